@@ -1,0 +1,37 @@
+"""tfkd: robust knowledge distillation from RNN-T models with full-sum loss."""
+
+from setuptools import find_packages, setup
+
+# The stack that works together on Python 3.11 (see README, "Dependencies"):
+# tensorflow-io 0.37.1's compiled audio ops fail to load from TF 2.18 on, so TF
+# stays at 2.17 and numpy below 2.
+INSTALL_REQUIRES = [
+    "tensorflow==2.17.1",
+    "tensorflow-io==0.37.1",
+    "keras==3.15.1",
+    "numpy==1.26.4",
+    "sentencepiece==0.2.3",
+    "gin-config==0.5.0",
+    "jiwer==4.0.0",
+    "tqdm>=4.66,<5",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8,<10",
+        "ruff==0.17.6",
+    ],
+}
+
+setup(
+    name="tfkd",
+    version="0.1.0",
+    description="Full-sum knowledge distillation for RNN-T models in TensorFlow/Keras",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.12",
+    packages=find_packages(include=["tfkd", "tfkd.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    license="Apache-2.0",
+)
