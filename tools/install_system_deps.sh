@@ -4,7 +4,7 @@
 set -euo pipefail
 PACKAGES=(
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-  sox libsndfile1 flac wordnet-base bible-kjv-text
+  sox libsndfile1 flac wordnet-base bible-kjv bible-kjv-text
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,374 @@
+"""Builds tfkd's offline speech corpus in LibriSpeech layout from Debian's TTS engines.
+
+Layout: ``OUT/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`` with one
+``<speaker>-<chapter>.trans.txt`` per chapter (``<utt-id> UPPER CASE TEXT``), plus
+``OUT/SPEAKERS.txt`` and ``OUT/manifest.json`` (speaker configurations, counts and hours).
+
+Splits are disjoint in speakers and in sentences. Everything is drawn from one seed in the main
+process and every utterance has its own generator, so the corpus does not depend on `jobs`.
+"""
+
+import dataclasses
+import json
+import multiprocessing
+import os
+
+import numpy as np
+import soundfile as sf
+import tqdm
+
+from tfkd.data import augment, text_pool, tts
+
+SPLITS = ("train-labeled", "train-unlabeled", "dev", "test")
+# espeak-ng sounds least natural, so it stays a minority of the speakers.
+ENGINE_SHARE = {"flite": 0.45, "festival": 0.35, "espeak-ng": 0.20}
+FIRST_SPEAKER_ID = 1000
+FIRST_CHAPTER_ID = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Corpus size: utterances and speakers per split, chapter length, vocabulary limit."""
+
+    utterances: dict
+    speakers: dict
+    chapter_size: int
+    vocab_limit: int | None
+
+
+PRESETS = {
+    "tiny": Preset(
+        {"train-labeled": 16, "train-unlabeled": 8, "dev": 6, "test": 6},
+        {"train-labeled": 4, "train-unlabeled": 2, "dev": 2, "test": 2},
+        chapter_size=4,
+        vocab_limit=1000,
+    ),
+    # 1,000 words leave ~34.6k pool sentences (~3% WordNet): every utterance gets its own
+    # sentence, in a domain that a small CPU model can learn.
+    "small": Preset(
+        {"train-labeled": 5000, "train-unlabeled": 4000, "dev": 500, "test": 500},
+        {"train-labeled": 50, "train-unlabeled": 40, "dev": 10, "test": 10},
+        chapter_size=25,
+        vocab_limit=1000,
+    ),
+    # 2,000 words leave ~53k sentences, enough for 50k distinct utterances.
+    "medium": Preset(
+        {"train-labeled": 25000, "train-unlabeled": 22000, "dev": 1500, "test": 1500},
+        {"train-labeled": 250, "train-unlabeled": 220, "dev": 30, "test": 30},
+        chapter_size=25,
+        vocab_limit=2000,
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Speaker:
+    """A synthetic speaker: its id, split, TTS voice and channel augmentation."""
+
+    speaker_id: int
+    split: str
+    voice: tts.Voice
+    channel: augment.Channel
+
+
+@dataclasses.dataclass(frozen=True)
+class Chapter:
+    """One unit of work: a speaker's consecutive utterances, rendered by one worker."""
+
+    speaker: Speaker
+    chapter_id: int
+    texts: tuple
+    sources: tuple
+
+    def utt_ids(self) -> list[str]:
+        s, c = self.speaker.speaker_id, self.chapter_id
+        return [f"{s}-{c}-{i:04d}" for i in range(len(self.texts))]
+
+    def directory(self, out_dir: str) -> str:
+        s = self.speaker
+        return os.path.join(out_dir, s.split, str(s.speaker_id), str(self.chapter_id))
+
+
+def _largest_remainder(total: int, shares: dict) -> dict:
+    """Splits `total` into integer parts proportional to `shares` (ties: dict order)."""
+    exact = {k: total * v for k, v in shares.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    order = sorted(shares, key=lambda k: -(exact[k] - counts[k]))
+    for k in order[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _sample_voice(engine: str, base: str, rng: np.random.Generator) -> tts.Voice:
+    rate = round(float(rng.uniform(0.85, 1.15)), 3)
+    pitch = round(float(rng.uniform(-2.5, 2.5)), 2)
+    if engine == "espeak-ng":
+        variant = tts.ESPEAK_VARIANTS[int(rng.integers(len(tts.ESPEAK_VARIANTS)))]
+        base = f"{base}+{variant}" if variant else base
+    return tts.Voice(engine, base, rate, pitch)
+
+
+def plan_speakers(preset: Preset, rng: np.random.Generator) -> list[Speaker]:
+    """Draws every split's speakers, with each engine's voices used in turn across splits."""
+    bases = {
+        "flite": list(tts.FLITE_VOICES),
+        "festival": list(tts.FESTIVAL_VOICES),
+        "espeak-ng": list(tts.ESPEAK_ACCENTS),
+    }
+    for names in bases.values():
+        rng.shuffle(names)
+    used = dict.fromkeys(bases, 0)
+    speakers = []
+    for split in SPLITS:
+        for engine, n in _largest_remainder(preset.speakers[split], ENGINE_SHARE).items():
+            for _ in range(n):
+                base = bases[engine][used[engine] % len(bases[engine])]
+                used[engine] += 1
+                voice = _sample_voice(engine, base, rng)
+                channel = augment.sample_channel(rng)
+                speaker_id = FIRST_SPEAKER_ID + len(speakers)
+                speakers.append(Speaker(speaker_id, split, voice, channel))
+    return speakers
+
+
+def assign_sentences(
+    pool: list[text_pool.Sentence], preset: Preset, rng: np.random.Generator
+) -> dict:
+    """Gives each split its sentences; no sentence is shared between splits.
+
+    dev and test always get distinct sentences. When the pool is too small for distinct training
+    sentences, the two training splits share what is left in proportion and repeat it (with
+    different speakers).
+
+    Returns:
+      split -> list of Sentence, of the preset's length.
+    """
+    need = preset.utterances
+    held_out = need["dev"] + need["test"]
+    if len(pool) < held_out + 2:
+        raise ValueError(f"The text pool has {len(pool)} sentences; {held_out + 2} are needed.")
+    order = rng.permutation(len(pool))
+    rest = len(pool) - held_out
+    train = {"train-labeled": need["train-labeled"], "train-unlabeled": need["train-unlabeled"]}
+    if sum(train.values()) > rest:
+        train_share = _largest_remainder(
+            rest, {k: v / sum(train.values()) for k, v in train.items()}
+        )
+    else:
+        train_share = train
+    out, start = {}, 0
+    for split in ("dev", "test", "train-labeled", "train-unlabeled"):
+        avail = need[split] if split in ("dev", "test") else max(1, train_share[split])
+        idx = order[start : start + avail]
+        start += avail
+        out[split] = [pool[idx[i % len(idx)]] for i in range(need[split])]
+    return out
+
+
+def plan_corpus(
+    size: str, seed: int, vocab_limit: int | None = None, pool: list | None = None
+) -> list[Chapter]:
+    """Plans the whole corpus (speakers, chapters, texts) from the seed, without audio.
+
+    Args:
+      size: "tiny", "small" or "medium".
+      seed: the corpus seed.
+      vocab_limit: overrides the preset's limit; 0 means no limit.
+      pool: the sentence pool (default: `text_pool.build_pool` with the limit).
+    """
+    preset = PRESETS[size]
+    limit = preset.vocab_limit if vocab_limit is None else (vocab_limit or None)
+    if pool is None:
+        pool = text_pool.build_pool(vocab_limit=limit)
+    rng = np.random.default_rng(seed)
+    speakers = plan_speakers(preset, rng)
+    sentences = assign_sentences(pool, preset, rng)
+    chapters = []
+    for split in SPLITS:
+        group = [s for s in speakers if s.split == split]
+        texts = sentences[split]
+        per = _largest_remainder(len(texts), {s.speaker_id: 1 / len(group) for s in group})
+        start = 0
+        for spk in group:
+            mine = texts[start : start + per[spk.speaker_id]]
+            start += len(mine)
+            for c in range(0, len(mine), preset.chapter_size):
+                part = mine[c : c + preset.chapter_size]
+                chapters.append(
+                    Chapter(
+                        spk,
+                        FIRST_CHAPTER_ID + len(chapters),
+                        tuple(s.text for s in part),
+                        tuple(s.source for s in part),
+                    )
+                )
+    return chapters
+
+
+def _utterance_rng(seed: int, chapter: Chapter, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, chapter.speaker.speaker_id, chapter.chapter_id, index])
+
+
+def _trans_path(chapter: Chapter, out_dir: str) -> str:
+    s = chapter.speaker.speaker_id
+    return os.path.join(chapter.directory(out_dir), f"{s}-{chapter.chapter_id}.trans.txt")
+
+
+def render_chapter(out_dir: str, seed: int, chapter: Chapter) -> list[dict]:
+    """Synthesises, augments and writes one chapter; skips it when it is already complete.
+
+    Runs in a worker process. Files are written under temporary names and renamed, and the
+    transcript comes last, so an interrupted build never leaves a chapter that looks complete.
+
+    Returns:
+      One record per utterance: id, split, speaker, seconds, source and the drawn gain/SNR.
+    """
+    d = chapter.directory(out_dir)
+    ids = chapter.utt_ids()
+    flacs = [os.path.join(d, f"{u}.flac") for u in ids]
+    trans = _trans_path(chapter, out_dir)
+    channel = chapter.speaker.channel
+    if os.path.exists(trans) and all(os.path.exists(p) for p in flacs):
+        samples = [sf.info(p).frames for p in flacs]
+        rngs = [_utterance_rng(seed, chapter, i) for i in range(len(ids))]
+        drawn = [augment.draw_utterance(channel, rng) for rng in rngs]
+    else:
+        os.makedirs(d, exist_ok=True)
+        fx = augment.sox_effects(channel)
+        waves = tts.synthesize(chapter.speaker.voice, list(chapter.texts), [fx] * len(ids))
+        samples, drawn = [], []
+        for i, (wave, path) in enumerate(zip(waves, flacs, strict=True)):
+            out, values = augment.apply_channel(wave, channel, _utterance_rng(seed, chapter, i))
+            sf.write(path + ".part", out, tts.SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+            os.replace(path + ".part", path)
+            samples.append(len(out))
+            drawn.append(values)
+        lines = "".join(f"{u} {t.upper()}\n" for u, t in zip(ids, chapter.texts, strict=True))
+        with open(trans + ".part", "w") as f:
+            f.write(lines)
+        os.replace(trans + ".part", trans)
+    return [
+        {
+            "id": u,
+            "split": chapter.speaker.split,
+            "speaker": chapter.speaker.speaker_id,
+            "seconds": n / tts.SAMPLE_RATE,
+            "source": src,
+            **values,
+        }
+        for u, n, src, values in zip(ids, samples, chapter.sources, drawn, strict=True)
+    ]
+
+
+def _render_star(args):
+    return render_chapter(*args)
+
+
+def _speaker_entry(s: Speaker) -> dict:
+    return {"split": s.split, **dataclasses.asdict(s.voice), **dataclasses.asdict(s.channel)}
+
+
+def write_manifest(out_dir: str, size: str, seed: int, chapters: list, records: list) -> dict:
+    """Writes manifest.json, SPEAKERS.txt and utterances.tsv; returns the manifest.
+
+    Only quantities that depend on the seed go in, so equal seeds give identical files.
+    """
+    speakers = {c.speaker.speaker_id: c.speaker for c in chapters}
+    by_split = {}
+    for split in SPLITS:
+        recs = [r for r in records if r["split"] == split]
+        spk = [s for s in speakers.values() if s.split == split]
+        by_split[split] = {
+            "utterances": len(recs),
+            "speakers": len(spk),
+            "chapters": sum(c.speaker.split == split for c in chapters),
+            "hours": round(sum(r["seconds"] for r in recs) / 3600, 4),
+            "wordnet_sentences": sum(r["source"] == "wordnet" for r in recs),
+            "engines": {e: sum(s.voice.engine == e for s in spk) for e in ENGINE_SHARE},
+        }
+    manifest = {
+        "size": size,
+        "seed": seed,
+        "sample_rate": tts.SAMPLE_RATE,
+        "splits": by_split,
+        "speakers": {str(k): _speaker_entry(v) for k, v in sorted(speakers.items())},
+    }
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    minutes = {}
+    for r in records:
+        minutes[r["speaker"]] = minutes.get(r["speaker"], 0.0) + r["seconds"] / 60
+    with open(os.path.join(out_dir, "SPEAKERS.txt"), "w") as f:
+        f.write(
+            ";ID  |SUBSET          |MINUTES|ENGINE   |VOICE                  |RATE |PITCH|NOISE\n"
+        )
+        for k, s in sorted(speakers.items()):
+            v, ch = s.voice, s.channel
+            noise = f"{ch.noise}@{ch.snr_db:.1f}dB" if ch.noise else "none"
+            f.write(
+                f"{k:<5}|{s.split:<16}|{minutes.get(k, 0):7.2f}|{v.engine:<9}|{v.voice:<23}|"
+                f"{v.rate:5.3f}|{v.pitch:+5.2f}|{noise}\n"
+            )
+    with open(os.path.join(out_dir, "utterances.tsv"), "w") as f:
+        f.write("id\tsplit\tseconds\tsource\tgain_db\tsnr_db\n")
+        for r in sorted(records, key=lambda r: r["id"]):
+            snr = r.get("snr_db", "")
+            f.write(f"{r['id']}\t{r['split']}\t{r['seconds']:.4f}\t{r['source']}\t")
+            f.write(f"{r['gain_db']}\t{snr}\n")
+    return manifest
+
+
+def build_corpus(
+    out_dir: str,
+    size: str = "tiny",
+    seed: int = 0,
+    jobs: int = 2,
+    vocab_limit: int | None = None,
+    progress: bool = True,
+    pool: list | None = None,
+) -> dict:
+    """Builds (or completes) the corpus in `out_dir`.
+
+    Args:
+      out_dir: output directory; complete chapters already there are kept.
+      size: "tiny", "small" or "medium".
+      seed: corpus seed: the same seed gives identical transcripts and audio.
+      jobs: worker processes.
+      vocab_limit: overrides the preset's vocabulary limit; 0 means no limit.
+      progress: show a tqdm bar on stderr.
+      pool: optional pre-built sentence pool (tests); defaults to WordNet + KJV.
+
+    Returns:
+      The manifest (also written to out_dir/manifest.json).
+
+    Raises:
+      tts.MissingEngineError: a TTS engine or sox is missing.
+    """
+    if size not in PRESETS:
+        raise ValueError(f"Unknown size {size!r}; use one of {sorted(PRESETS)}")
+    tts.check_engines(ENGINE_SHARE)
+    chapters = plan_corpus(size, seed, vocab_limit, pool)
+    os.makedirs(out_dir, exist_ok=True)
+    tasks = [(out_dir, seed, c) for c in chapters]
+    total = sum(len(c.texts) for c in chapters)
+    records = []
+    with tqdm.tqdm(total=total, unit="utt", disable=not progress, desc=f"corpus {size}") as bar:
+        if jobs <= 1:
+            results = map(_render_star, tasks)
+            for recs in results:
+                records += recs
+                bar.update(len(recs))
+        else:
+            # forkserver: workers need not inherit a parent that may have TensorFlow loaded.
+            ctx = multiprocessing.get_context("forkserver")
+            with ctx.Pool(jobs) as workers:
+                for recs in workers.imap_unordered(_render_star, tasks):
+                    records += recs
+                    bar.update(len(recs))
+    return write_manifest(out_dir, size, seed, chapters, records)
+
+
+def build_tiny_corpus(out_dir: str, seed: int = 0, jobs: int = 2) -> dict:
+    """Builds the `tiny` preset (36 utterances, 10 speakers) for tests; see `build_corpus`."""
+    return build_corpus(out_dir, "tiny", seed=seed, jobs=jobs, progress=False)

@@ -1,0 +1,52 @@
+"""Builds tfkd's offline synthetic speech corpus in LibriSpeech layout.
+
+Usage:
+  python tools/make_corpus.py --size {tiny,small,medium} [--seed S] [--jobs J]
+      [--vocab_limit K] OUT_DIR
+
+Missing Debian packages are installed by tools/install_system_deps.sh when run as root;
+otherwise it prints the apt-get line. Re-running on the same OUT_DIR keeps finished chapters.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from tfkd.data import synthetic_corpus, tts
+
+DEPS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_system_deps.sh")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--size", choices=sorted(synthetic_corpus.PRESETS), default="small")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--vocab_limit", type=int, default=None, help="K most frequent words; 0 = no limit"
+    )
+    args = parser.parse_args(argv)
+    try:
+        tts.check_engines(synthetic_corpus.ENGINE_SHARE)
+    except tts.MissingEngineError as err:
+        print(err, file=sys.stderr)
+        if subprocess.run(["bash", DEPS_SCRIPT]).returncode != 0:
+            return 1
+    start = time.time()
+    manifest = synthetic_corpus.build_corpus(
+        args.out_dir, args.size, seed=args.seed, jobs=args.jobs, vocab_limit=args.vocab_limit
+    )
+    for split, info in manifest["splits"].items():
+        print(
+            f"{split:16s} {info['utterances']:6d} utts {info['speakers']:4d} speakers "
+            f"{info['hours']:7.3f} h"
+        )
+    print(f"Wrote {args.out_dir} in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
