@@ -1,0 +1,33 @@
+"""RNN-T models: encoders, prediction networks, joint, the `Transducer` and preset builders."""
+
+from tfkd.models.conformer import ConformerEncoder
+from tfkd.models.joint import Joint
+from tfkd.models.lstm import LstmEncoder
+from tfkd.models.prediction import BLANK, LstmPrediction, StatelessPrediction
+from tfkd.models.presets import (
+    conformer_student,
+    conformer_teacher,
+    low_frame_rate_student,
+    lstm_student,
+    prediction_network,
+)
+from tfkd.models.subsampling import ConvSubsampler, StackingSubsampler, subsampled_lengths
+from tfkd.models.transducer import Transducer
+
+__all__ = [
+    "BLANK",
+    "ConformerEncoder",
+    "ConvSubsampler",
+    "Joint",
+    "LstmEncoder",
+    "LstmPrediction",
+    "StackingSubsampler",
+    "StatelessPrediction",
+    "Transducer",
+    "conformer_student",
+    "conformer_teacher",
+    "low_frame_rate_student",
+    "lstm_student",
+    "prediction_network",
+    "subsampled_lengths",
+]

@@ -1,0 +1,199 @@
+"""Front ends that lower the frame rate: frame stacking and 2-D convolution.
+
+Both keep an exact length rule, ``T' = ceil(T / factor)``, so that the loss and the decoders can
+compute output lengths without running the model (see `subsampled_lengths`). Both are causal at the
+output frame rate: output frame ``i`` reads input frames ``< (i + 1) * factor`` only, so a
+streaming student can run them chunk by chunk (chunks a multiple of ``factor`` frames).
+"""
+
+import keras
+import tensorflow as tf
+
+
+def subsampled_lengths(lengths, factor):
+    """Output lengths of a front end with time reduction ``factor``: ``ceil(lengths / factor)``.
+
+    Args:
+      lengths: int tensor of any shape, input frame counts.
+      factor: int, total time reduction.
+
+    Returns:
+      Int tensor of the same shape and dtype.
+    """
+    return (lengths + factor - 1) // factor
+
+
+def sequence_mask(lengths, max_len, dtype):
+    """``[B, T]`` mask of valid frames, as ``dtype``."""
+    return tf.sequence_mask(lengths, max_len, dtype=dtype)
+
+
+def zero_padded_frames(x, lengths):
+    """Zeroes frames of ``x [B, T, ...]`` at and beyond ``lengths [B]``."""
+    mask = sequence_mask(lengths, tf.shape(x)[1], x.dtype)
+    mask = tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([x.shape.rank - 2], tf.int32)], 0))
+    return x * mask
+
+
+def pad_time_to_multiple(x, factor):
+    """Right-pads axis 1 of ``x`` with zeros to a multiple of ``factor``."""
+    pad = (-tf.shape(x)[1]) % factor
+    paddings = [[0, 0], [0, pad]] + [[0, 0]] * (x.shape.rank - 2)
+    return tf.pad(x, paddings)
+
+
+def stack_frames(x, factor):
+    """Concatenates groups of ``factor`` frames: ``[B, T, D] -> [B, ceil(T/factor), factor*D]``."""
+    x = pad_time_to_multiple(x, factor)
+    return tf.reshape(x, [tf.shape(x)[0], -1, factor * x.shape[-1]])
+
+
+def split_factor(factor):
+    """Splits a reduction into conv stage strides of 2 (first) and 3, e.g. 6 -> (2, 3)."""
+    strides, rest = [], int(factor)
+    for prime in (2, 3):
+        while rest % prime == 0:
+            strides.append(prime)
+            rest //= prime
+    if rest != 1 or not strides:
+        raise ValueError(f"subsampling factor must be 2^a * 3^b > 1, got {factor}")
+    return tuple(strides)
+
+
+@keras.saving.register_keras_serializable(package="tfkd")
+class StackingSubsampler(keras.layers.Layer):
+    """Stacks ``factor`` consecutive frames and projects them to ``units``.
+
+    Stateless when streaming: chunks must hold a multiple of ``factor`` frames.
+    """
+
+    def __init__(self, factor=4, units=256, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+        self.units = int(units)
+        self.proj = keras.layers.Dense(self.units, name="proj")
+
+    def build(self, input_shape):
+        # Sublayers build on the first real call. Without this, Keras traces `call` symbolically
+        # at every nesting level to find them, which costs tens of seconds for a deep encoder.
+        del input_shape
+
+    def output_lengths(self, lengths):
+        return subsampled_lengths(lengths, self.factor)
+
+    def call(self, x, lengths):
+        """``x [B, T, F]``, ``lengths [B]`` -> ``([B, ceil(T/f), units], lengths')``."""
+        x = zero_padded_frames(tf.cast(x, self.compute_dtype), lengths)
+        return self.proj(stack_frames(x, self.factor)), self.output_lengths(lengths)
+
+    def initial_state(self, batch_size):
+        del batch_size
+        return {}
+
+    def stream_step(self, chunk, state):
+        """``chunk [B, C, F]`` (``C % factor == 0``) -> ``([B, C/factor, units], state)``."""
+        x = tf.cast(chunk, self.compute_dtype)
+        return self.proj(stack_frames(x, self.factor)), state
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor, "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="tfkd")
+class ConvSubsampler(keras.layers.Layer):
+    """2-D convolution subsampling (time x frequency), then a projection to ``units``.
+
+    Each stage with time stride ``s`` uses a ``(2s-1) x 3`` kernel, frequency stride 2 and ReLU.
+    In time, it pads ``s-1`` zero frames on the left (the only context it reads from the past)
+    and pads on the right to a multiple of ``s``, so the stage maps ``T -> ceil(T/s)`` and the
+    stack maps ``T -> ceil(T/factor)``. Frames beyond a sequence's length are zeroed before every
+    stage, which makes outputs on valid frames independent of how much padding follows.
+
+    Streaming keeps the last ``s-1`` input frames of each stage as state.
+    """
+
+    def __init__(self, factor=4, filters=64, units=256, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+        self.filters = int(filters)
+        self.units = int(units)
+        self.strides = split_factor(self.factor)
+        self.convs = [
+            keras.layers.Conv2D(
+                self.filters,
+                kernel_size=(2 * s - 1, 3),
+                strides=(s, 2),
+                padding="valid",
+                activation="relu",
+                name=f"conv{i}",
+            )
+            for i, s in enumerate(self.strides)
+        ]
+        self.proj = keras.layers.Dense(self.units, name="proj")
+        self._num_features = None
+
+    def build(self, input_shape):
+        # Sublayers build on the first real call. Without this, Keras traces `call` symbolically
+        # at every nesting level to find them, which costs tens of seconds for a deep encoder.
+        del input_shape
+
+    def output_lengths(self, lengths):
+        return subsampled_lengths(lengths, self.factor)
+
+    def _stage_shapes(self):
+        """(frames cached, frequency bins, channels) of each stage's input."""
+        if self._num_features is None:
+            raise ValueError("call the layer once before streaming (feature size unknown)")
+        shapes, freq, channels = [], self._num_features, 1
+        for s in self.strides:
+            shapes.append((s - 1, freq, channels))
+            freq, channels = (freq - 3) // 2 + 1, self.filters
+        return shapes
+
+    def _flatten(self, x):
+        x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
+        return self.proj(x)
+
+    def call(self, x, lengths):
+        """``x [B, T, F]``, ``lengths [B]`` -> ``([B, ceil(T/factor), units], lengths')``."""
+        self._num_features = int(x.shape[-1])
+        x = tf.cast(x, self.compute_dtype)[..., None]
+        for conv, s in zip(self.convs, self.strides, strict=True):
+            x = zero_padded_frames(x, lengths)
+            x = tf.pad(x, [[0, 0], [s - 1, 0], [0, 0], [0, 0]])
+            x = conv(_right_pad_stage(x, s))
+            lengths = subsampled_lengths(lengths, s)
+        return self._flatten(x), lengths
+
+    def initial_state(self, batch_size):
+        """Zero caches (the left padding of the full-utterance path), one per stage."""
+        return {
+            f"cache{i}": tf.zeros([batch_size, n, f, c], self.compute_dtype)
+            for i, (n, f, c) in enumerate(self._stage_shapes())
+        }
+
+    def stream_step(self, chunk, state):
+        """``chunk [B, C, F]`` (``C % factor == 0``) -> ``([B, C/factor, units], new_state)``."""
+        x = tf.cast(chunk, self.compute_dtype)[..., None]
+        new_state = {}
+        for i, (conv, s) in enumerate(zip(self.convs, self.strides, strict=True)):
+            x = tf.concat([state[f"cache{i}"], x], axis=1)
+            new_state[f"cache{i}"] = x[:, -(s - 1) :]
+            x = conv(x)
+        return self._flatten(x), new_state
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "factor": self.factor,
+            "filters": self.filters,
+            "units": self.units,
+        }
+
+
+def _right_pad_stage(x, s):
+    """Right-pads a left-padded stage input of ``s-1+T`` frames so that the valid conv with
+    kernel ``2s-1`` and stride ``s`` yields exactly ``ceil(T/s)`` frames."""
+    frames = tf.shape(x)[1] - (s - 1)
+    pad = (-frames) % s
+    return tf.pad(x, [[0, 0], [0, pad], [0, 0], [0, 0]])
