@@ -1,0 +1,212 @@
+import glob
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fixtures_corpus import TINY_SEED, tiny_corpus  # noqa: F401
+
+from tfkd.data import augment, synthetic_corpus, tts
+
+TINY = synthetic_corpus.PRESETS["tiny"]
+
+
+def _transcripts(root) -> dict:
+    """split -> {utt_id: text} read from every trans.txt under root."""
+    out = {}
+    for split in synthetic_corpus.SPLITS:
+        out[split] = {}
+        for path in glob.glob(os.path.join(root, split, "*", "*", "*.trans.txt")):
+            for line in open(path):
+                utt, text = line.rstrip("\n").split(" ", 1)
+                out[split][utt] = text
+    return out
+
+
+def _audio(root) -> dict:
+    return {
+        os.path.relpath(p, root): sf.read(p, dtype="int16")[0]
+        for p in sorted(glob.glob(os.path.join(root, "*", "*", "*", "*.flac")))
+    }
+
+
+def test_librispeech_layout_and_transcript_format(tiny_corpus):  # noqa: F811
+    for split in synthetic_corpus.SPLITS:
+        chapters = glob.glob(os.path.join(tiny_corpus, split, "*", "*"))
+        assert chapters, split
+        for chapter_dir in chapters:
+            spk, chap = chapter_dir.split(os.sep)[-2:]
+            assert spk.isdigit() and chap.isdigit()
+            files = sorted(os.listdir(chapter_dir))
+            trans = f"{spk}-{chap}.trans.txt"
+            assert trans in files
+            lines = open(os.path.join(chapter_dir, trans)).read().splitlines()
+            ids = []
+            for line in lines:
+                assert re.fullmatch(rf"{spk}-{chap}-\d{{4}} [A-Z']+( [A-Z']+){{3,19}}", line), line
+                ids.append(line.split(" ", 1)[0])
+            assert sorted(f"{u}.flac" for u in ids) + [trans] == files
+
+
+def test_flac_is_16k_mono_int16_and_not_silent(tiny_corpus):  # noqa: F811
+    paths = glob.glob(os.path.join(tiny_corpus, "*", "*", "*", "*.flac"))
+    assert len(paths) == sum(TINY.utterances.values()) == 36
+    for path in paths:
+        info = sf.info(path)
+        assert (info.format, info.subtype, info.samplerate, info.channels) == (
+            "FLAC", "PCM_16", 16000, 1,
+        )  # fmt: skip
+        wave, _ = sf.read(path, dtype="int16")
+        assert 0.5 < len(wave) / 16000 < 15
+        rms_dbfs = 20 * np.log10(np.sqrt(np.mean(wave.astype(float) ** 2)) / 32768)
+        assert -40 < rms_dbfs < -10, path  # -23 dBFS +- 8 dB of gain, before peak limiting
+
+
+def test_splits_are_disjoint_in_speakers_and_sentences(tiny_corpus):  # noqa: F811
+    trans = _transcripts(tiny_corpus)
+    for split in synthetic_corpus.SPLITS:
+        assert len(trans[split]) == TINY.utterances[split]
+        speakers = os.listdir(os.path.join(tiny_corpus, split))
+        assert len(speakers) == TINY.speakers[split]
+    for a in synthetic_corpus.SPLITS:
+        for b in synthetic_corpus.SPLITS:
+            if a < b:
+                assert not set(trans[a].values()) & set(trans[b].values()), (a, b)
+                spk_a = set(os.listdir(os.path.join(tiny_corpus, a)))
+                assert not spk_a & set(os.listdir(os.path.join(tiny_corpus, b))), (a, b)
+
+
+def test_manifest_matches_files(tiny_corpus):  # noqa: F811
+    manifest = json.load(open(os.path.join(tiny_corpus, "manifest.json")))
+    assert manifest["size"] == "tiny" and manifest["seed"] == TINY_SEED
+    for split, info in manifest["splits"].items():
+        waves = [
+            sf.info(p).frames
+            for p in glob.glob(os.path.join(tiny_corpus, split, "*", "*", "*.flac"))
+        ]
+        assert info["utterances"] == len(waves)
+        assert info["hours"] == pytest.approx(sum(waves) / 16000 / 3600, abs=1e-4)
+    dirs = {p.split(os.sep)[-1] for p in glob.glob(os.path.join(tiny_corpus, "*", "*"))}
+    assert set(manifest["speakers"]) == dirs
+    engines = {s["engine"] for s in manifest["speakers"].values()}
+    assert engines == {"espeak-ng", "flite", "festival"}
+    speakers_txt = open(os.path.join(tiny_corpus, "SPEAKERS.txt")).read().splitlines()
+    assert len(speakers_txt) == 1 + len(dirs)
+
+
+def test_speaker_plans_keep_espeak_a_minority_and_use_every_voice():
+    for size in ("small", "medium"):
+        preset = synthetic_corpus.PRESETS[size]
+        speakers = synthetic_corpus.plan_speakers(preset, np.random.default_rng(0))
+        assert len(speakers) == sum(preset.speakers.values())
+        engines = [s.voice.engine for s in speakers]
+        assert engines.count("espeak-ng") / len(engines) == pytest.approx(0.2, abs=0.02)
+        voices = {s.voice.voice for s in speakers if s.voice.engine != "espeak-ng"}
+        assert voices == set(tts.FLITE_VOICES) | set(tts.FESTIVAL_VOICES)
+        noisy = sum(s.channel.noise is not None for s in speakers) / len(speakers)
+        assert 0.3 < noisy < 0.7
+
+
+def test_same_seed_gives_identical_corpus(tiny_corpus, tmp_path):  # noqa: F811
+    # A second build with one process must match the two-process fixture exactly.
+    synthetic_corpus.build_corpus(str(tmp_path), "tiny", seed=TINY_SEED, jobs=1, progress=False)
+    for name in ("manifest.json", "SPEAKERS.txt", "utterances.tsv"):
+        assert (tmp_path / name).read_bytes() == (tiny_corpus / name).read_bytes()
+    assert _transcripts(tmp_path) == _transcripts(tiny_corpus)
+    first, second = _audio(tiny_corpus), _audio(tmp_path)
+    assert first.keys() == second.keys()
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])
+
+
+def test_other_seed_gives_other_corpus(tiny_corpus, tmp_path):  # noqa: F811
+    plan0 = synthetic_corpus.plan_corpus("tiny", TINY_SEED)
+    plan1 = synthetic_corpus.plan_corpus("tiny", TINY_SEED + 1)
+    assert [c.texts for c in plan0] != [c.texts for c in plan1]
+    assert [c.speaker.voice for c in plan0] != [c.speaker.voice for c in plan1]
+    # The same chapter rendered under another seed draws other gains (and noise).
+    chapter = plan0[0]
+    synthetic_corpus.render_chapter(str(tmp_path), TINY_SEED + 1, chapter)
+    rel = os.path.relpath(chapter.directory(str(tmp_path)), tmp_path)
+    for utt in chapter.utt_ids():
+        a = sf.read(tiny_corpus / rel / f"{utt}.flac", dtype="int16")[0]
+        b = sf.read(tmp_path / rel / f"{utt}.flac", dtype="int16")[0]
+        assert len(a) == len(b) and not np.array_equal(a, b)
+
+
+def test_resume_rebuilds_only_missing_chapters(tiny_corpus, tmp_path):  # noqa: F811
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_corpus, out)
+    chapter = synthetic_corpus.plan_corpus("tiny", TINY_SEED)[1]
+    missing = (
+        out / os.path.relpath(chapter.directory(str(out)), out) / f"{chapter.utt_ids()[2]}.flac"
+    )
+    missing.unlink()
+    other = sorted(out.glob("test/*/*/*.flac"))[0]
+    stamp = other.stat().st_mtime_ns
+    synthetic_corpus.build_corpus(str(out), "tiny", seed=TINY_SEED, jobs=1, progress=False)
+    assert other.stat().st_mtime_ns == stamp
+    assert missing.read_bytes() == (tiny_corpus / missing.relative_to(out)).read_bytes()
+    assert (out / "manifest.json").read_bytes() == (tiny_corpus / "manifest.json").read_bytes()
+
+
+@pytest.mark.parametrize("color", augment.NOISE_COLORS)
+@pytest.mark.parametrize("snr_db", [5.0, 12.5, 25.0])
+def test_add_noise_hits_requested_snr(color, snr_db):
+    rng = np.random.default_rng(1)
+    t = np.arange(32000) / 16000
+    speech = 0.1 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    noisy = augment.add_noise(speech, snr_db, color, rng)
+    measured = 10 * np.log10(np.sum(speech**2) / np.sum((noisy - speech) ** 2))
+    assert measured == pytest.approx(snr_db, abs=0.01)
+
+
+def test_noise_colours_have_their_spectral_slopes():
+    def low_high_density_ratio(color):
+        x = augment.colored_noise(160000, color, np.random.default_rng(2))
+        power = np.abs(np.fft.rfft(x)) ** 2
+        freqs = np.fft.rfftfreq(len(x), 1 / 16000)
+        low = power[(freqs >= 100) & (freqs < 500)].mean()
+        return low / power[(freqs >= 4000) & (freqs < 8000)].mean()
+
+    # Expected per-Hz density ratios of 1/f^0, 1/f and 1/f^2 spectra between the two bands.
+    assert low_high_density_ratio("white") == pytest.approx(1.0, rel=0.1)
+    assert low_high_density_ratio("pink") == pytest.approx(23.2, rel=0.15)
+    assert low_high_density_ratio("brown") == pytest.approx(640, rel=0.15)
+
+
+def test_apply_channel_sets_level_and_snr_after_quantisation():
+    t = np.arange(48000) / 16000
+    wave = (8000 * np.sin(2 * np.pi * 180 * t) * np.hanning(len(t))).astype(np.int16)
+    channel = augment.Channel(gain_db=-4.0, noise="pink", snr_db=15.0)
+    out, drawn = augment.apply_channel(wave, channel, np.random.default_rng(3))
+    expected = augment.draw_utterance(channel, np.random.default_rng(3))
+    assert drawn == expected
+    assert 12.0 <= drawn["snr_db"] <= 18.0 and -6.0 <= drawn["gain_db"] <= -2.0
+    clean = wave / 32768.0
+    clean *= 10 ** ((augment.REFERENCE_DBFS + drawn["gain_db"]) / 20) / np.sqrt(np.mean(clean**2))
+    noise = out / 32767.0 - clean
+    measured = 10 * np.log10(np.sum(clean**2) / np.sum(noise**2))
+    assert measured == pytest.approx(drawn["snr_db"], abs=0.1)
+
+
+def test_missing_engine_gives_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(tts.MissingEngineError, match=r"flite.*apt-get install -y sox flite"):
+        tts.check_engines(["flite"], path=str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(tts.MissingEngineError, match="install_system_deps.sh"):
+        synthetic_corpus.build_corpus(str(tmp_path / "out"), "tiny", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_festival_script_uses_native_rate_and_pitch_controls():
+    diphone = tts.festival_script(tts.Voice("festival", "kal_diphone", 1.25, 12.0), ["a b"], ["o"])
+    assert "(Parameter.set 'Duration_Stretch 0.8000)" in diphone
+    assert "(list 'target_f0_mean 210.0)" in diphone  # one octave above 105 Hz
+    hts = tts.Voice("festival", "cmu_us_slt_arctic_hts", 0.9, -1.5)
+    assert '(list "-r" 0.9000)' in tts.festival_script(hts, ["a b"], ["o"])
+    assert tts.sox_pitch_cents(hts) == -150.0
+    assert tts.sox_pitch_cents(tts.Voice("flite", "slt", 1.0, -1.5)) == 0.0
