@@ -238,8 +238,9 @@ class SpecAugment(keras.layers.Layer):
         features: float [B, T, F].
         lengths: int [B] valid frames; `None` means all `T`.
         training: masks only when true.
-        seed: optional int [2] stateless seed, e.g. to fold in the replica id;
-            replaces the layer's generator for this call.
+        seed: optional int [2] stateless seed; replaces the layer's generator for
+            this call. Without it, each call draws a new seed from the generator and,
+            under a multi-replica strategy, folds in the replica id.
 
     Returns:
         float [B, T, F], the masked features.
@@ -270,28 +271,35 @@ class SpecAugment(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def _uniform(self, shape, seed):
-        """Uniform [0, 1) floats from the call seed or the layer's generator."""
-        if seed is None:
-            return keras.random.uniform(shape, seed=self.seed_generator)
-        return tf.random.stateless_uniform(shape, seed=seed)
+    def _call_seed(self, seed):
+        """int64 [2]: the given seed, else the generator's next one folded with the replica id."""
+        if seed is not None:
+            return tf.cast(seed, tf.int64)
+        seed = tf.cast(self.seed_generator.next(), tf.int64)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # The generator state is mirrored, so without this every replica would
+            # draw the same masks.
+            replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
+            seed = tf.random.experimental.stateless_fold_in(seed, replica)
+        return seed
 
     def masks(self, shape, lengths, seed=None):
         """Boolean masks (True = masked) for features of `shape` [B, T, F].
 
         Returns:
             time_mask bool [B, T] and freq_mask bool [B, F].
+            Without `seed`, this draws from the layer's generator like a call does.
         """
         batch, max_t, num_f = shape[0], shape[1], shape[2]
         lengths = tf.cast(lengths, tf.float32)
-        if seed is not None:
-            seed_t, seed_f = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        else:
-            seed_t = seed_f = None
+        seed_t, seed_f = tf.unstack(
+            tf.random.experimental.stateless_split(self._call_seed(seed), 2)
+        )
 
         # Time masks: up to max_time_masks per row; row b uses the first n_b of them.
         k = self.max_time_masks
-        u = self._uniform((batch, k, 2), seed_t)
+        u = tf.random.stateless_uniform(tf.stack([batch, k, 2]), seed_t)
         n_masks = tf.minimum(tf.floor(self.time_mask_multiplicity * lengths), float(k))
         max_width = tf.floor(self.time_mask_ratio * lengths)[:, None]
         width = tf.floor(u[..., 0] * (max_width + 1.0))
@@ -303,7 +311,7 @@ class SpecAugment(keras.layers.Layer):
 
         # Frequency masks: the same number for every row.
         k = self.num_freq_masks
-        u = self._uniform((batch, k, 2), seed_f)
+        u = tf.random.stateless_uniform(tf.stack([batch, k, 2]), seed_f)
         num_f_float = tf.cast(num_f, tf.float32)
         width = tf.floor(u[..., 0] * (tf.minimum(float(self.max_freq_mask_width), num_f_float) + 1))
         start = tf.floor(u[..., 1] * (num_f_float - width + 1.0))
