@@ -1,0 +1,55 @@
+"""Trains a SentencePiece model whose id 0 is the RNN-T blank.
+
+    python tools/train_spm.py corpus/train-labeled --vocab_size 256 --output_prefix spm/spm
+    python tools/train_spm.py lines.txt --model_type bpe --vocab_size 1024 --output_prefix spm/bpe
+
+INPUT is a LibriSpeech-layout directory (its *.trans.txt are read) or a text file with one
+sentence per line. Text is lower-cased as in the TFRecords. Tiny corpora may yield fewer pieces
+than asked for (no hard limit); the actual size is printed.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("input", help="LibriSpeech-layout directory or a text file")
+    p.add_argument("--output_prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
+    p.add_argument("--vocab_size", type=int, default=256, help="including <blank> and <unk>")
+    p.add_argument("--model_type", choices=("unigram", "bpe"), default="unigram")
+    p.add_argument("--character_coverage", type=float, default=1.0)
+    p.add_argument(
+        "--hard_vocab_limit", action="store_true", help="fail if vocab_size cannot be reached"
+    )
+    args = p.parse_args(argv)
+
+    from tfkd.data import librispeech, tokenizer
+
+    if os.path.isdir(args.input):
+        texts = [text for _, _, _, text in librispeech.read_transcripts(args.input)]
+    else:
+        with open(args.input, encoding="utf-8") as f:
+            texts = [librispeech.normalize_text(line) for line in f]
+    texts = [t for t in texts if t]
+    path = tokenizer.train_sentencepiece(
+        texts,
+        args.output_prefix,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        character_coverage=args.character_coverage,
+        hard_vocab_limit=args.hard_vocab_limit,
+    )
+    tok = tokenizer.Tokenizer(path)
+    print(
+        f"{path}: {args.model_type}, {tok.vocab_size} ids (0 = blank) from {len(texts)} sentences"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
