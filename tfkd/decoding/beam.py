@@ -66,13 +66,14 @@ def beam_search_encoded(model, enc, enc_lengths, beam_width=4, nbest=None, max_s
     if m < 1:
         raise ValueError(f"max_symbols_per_frame must be >= 1, got {m}")
     net = stepping.prediction_network(model)
+    enc = stepping.encoder_side(model, enc)  # projected once, not per step
     batch = tf.shape(enc)[0]
     num_frames = tf.shape(enc)[1]
     enc_lengths = tf.minimum(tf.cast(enc_lengths, tf.int32), num_frames)
     max_len = num_frames * m
     rows = batch * k
 
-    pred_out, state = stepping.start(net, rows)
+    pred_out, state = stepping.start(model, net, rows)
     init = _Beam(
         scores=tf.tile(tf.concat([[0.0], tf.fill([k - 1], LOG_ZERO)], axis=0)[None, :], [batch, 1]),
         closed=tf.zeros([batch, k], tf.bool),
@@ -97,7 +98,9 @@ def beam_search_encoded(model, enc, enc_lengths, beam_width=4, nbest=None, max_s
         emit_flat = tf.reshape(emit, [-1])
 
         def advance_prediction():
-            new_out, new_state = stepping.prediction_step(net, tf.reshape(label, [-1]), state_g)
+            new_out, new_state = stepping.prediction_step(
+                model, net, tf.reshape(label, [-1]), state_g
+            )
             return stepping.select_rows(emit_flat, (new_out, new_state), (pred_out_g, state_g))
 
         new_pred_out, new_state = tf.cond(

@@ -35,10 +35,11 @@ def greedy_decode_encoded(model, enc, enc_lengths, max_symbols_per_frame=3):
     if max_symbols_per_frame < 1:
         raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame}")
     net = stepping.prediction_network(model)
+    enc = stepping.encoder_side(model, enc)  # projected once, not per step
     batch = tf.shape(enc)[0]
     num_frames = tf.shape(enc)[1]
     enc_lengths = tf.minimum(tf.cast(enc_lengths, tf.int32), num_frames)
-    pred_out, state = stepping.start(net, batch)
+    pred_out, state = stepping.start(model, net, batch)
 
     def body(t, n, scores, pred_out, state, emitted_ta):
         active = t < enc_lengths
@@ -54,7 +55,7 @@ def greedy_decode_encoded(model, enc, enc_lengths, max_symbols_per_frame=3):
         scores += tf.where(active, step_log_prob, 0.0)
 
         def advance_prediction():
-            new_out, new_state = stepping.prediction_step(net, choice, state)
+            new_out, new_state = stepping.prediction_step(model, net, choice, state)
             return stepping.select_rows(emit, (new_out, new_state), (pred_out, state))
 
         # Most steps are blanks for every row; skip the prediction network then.

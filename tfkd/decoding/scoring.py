@@ -29,8 +29,8 @@ def score(model, features, feature_lengths, hypotheses, hypothesis_lengths, trai
 
 def score_encoded(model, enc, enc_lengths, hypotheses, hypothesis_lengths, training=False):
     """`score` from encoder outputs enc [B, T, D] and enc_lengths [B]."""
-    # Imported here so that decoding alone does not pull in the loss module.
-    from tfkd.losses import rnnt_log_prob_from_joint
+    # Imported here so that importing the decoders does not pull in the loss module.
+    from tfkd import losses
 
     hypotheses = tf.cast(hypotheses, tf.int32)
     batch = tf.shape(hypotheses)[0]
@@ -38,14 +38,30 @@ def score_encoded(model, enc, enc_lengths, hypotheses, hypothesis_lengths, train
     utt = tf.repeat(tf.range(batch), n)  # [B*N]: the utterance of each hypothesis
     labels = tf.reshape(hypotheses, [batch * n, -1])
     label_lengths = tf.reshape(tf.cast(hypothesis_lengths, tf.int32), [-1])
-    pred = model.predict_labels(labels, training=training)
-    log_probs = rnnt_log_prob_from_joint(
-        tf.gather(enc, utt),
-        pred,
-        model.joint,
-        labels,
-        tf.gather(tf.cast(enc_lengths, tf.int32), utt),
-        label_lengths,
-        blank=stepping.BLANK,
-    )
+    logit_lengths = tf.gather(tf.cast(enc_lengths, tf.int32), utt)
+    # Project the encoder side once per utterance, then share it across its hypotheses.
+    enc_side = tf.gather(stepping.encoder_side(model, enc), utt)
+    pred_side = stepping.prediction_side(model, model.predict_labels(labels, training=training))
+
+    def joint_fn(e, p):
+        return stepping.joint_logits(model, e, p)
+
+    if hasattr(losses, "rnnt_log_prob_from_joint"):
+        log_probs = losses.rnnt_log_prob_from_joint(
+            enc_side,
+            pred_side,
+            joint_fn,
+            labels,
+            logit_lengths,
+            label_lengths,
+            blank=stepping.BLANK,
+        )
+    else:
+        log_probs = losses.rnnt_log_prob(
+            joint_fn(enc_side, pred_side),
+            labels,
+            logit_lengths,
+            label_lengths,
+            blank=stepping.BLANK,
+        )
     return tf.reshape(log_probs, [batch, n])

@@ -5,7 +5,10 @@ them to the model classes in `tfkd.models` (and to test doubles):
 - `model.encode(features, lengths, training) -> (enc [B, T, D], enc_lengths [B])`;
 - a prediction network with `step(label [B], state) -> (out [B, D], state)` and
   an initial state, found as `model.prediction` (or `model.prediction_network`);
-- `model.joint(enc [B, T, D], pred [B, U+1, D]) -> logits [B, T, U+1, V]`.
+- `model.joint(enc [B, T, D], pred [B, U+1, D]) -> logits [B, T, U+1, V]`; if the
+  joint also has `project_encoder`, `project_prediction` and `combine` (as
+  `tfkd.models.Joint` does), the encoder side is projected once per utterance
+  and each step only combines two projected vectors.
 Blank is id 0; the prediction network's first output is the one after blank,
 matching `model.predict_labels`, which prefixes the labels with blank.
 """
@@ -45,15 +48,45 @@ def initial_state(net, batch_size):
     raise AttributeError(f"{type(net).__name__} has no initial_state(batch_size)")
 
 
-def prediction_step(net, labels, state):
-    """One prediction step. labels [B] int32 -> (out [B, D], new_state)."""
-    return net.step(tf.cast(labels, tf.int32), state)
+def prediction_step(model, net, labels, state):
+    """One prediction step. labels [B] -> (`prediction_side` output [B, J], new_state)."""
+    out, new_state = net.step(tf.cast(labels, tf.int32), state)
+    return prediction_side(model, out), new_state
 
 
-def start(net, batch_size):
-    """Prediction output and state after the blank start symbol, for `batch_size` rows."""
+def start(model, net, batch_size):
+    """`prediction_step` on the blank start symbol from the zero state, for `batch_size` rows."""
     state = initial_state(net, batch_size)
-    return prediction_step(net, tf.fill([batch_size], BLANK), state)
+    return prediction_step(model, net, tf.fill([batch_size], BLANK), state)
+
+
+def encoder_side(model, enc):
+    """Encoder outputs as the joint consumes them: projected once if the joint allows it."""
+    joint = model.joint
+    return joint.project_encoder(enc) if hasattr(joint, "project_encoder") else enc
+
+
+def prediction_side(model, pred):
+    """Prediction outputs as the joint consumes them: projected if the joint allows it."""
+    joint = model.joint
+    return joint.project_prediction(pred) if hasattr(joint, "project_prediction") else pred
+
+
+def joint_logits(model, enc_side, pred_side):
+    """Broadcasting joint on `encoder_side` x `prediction_side` values.
+
+    Args:
+      model: the transducer.
+      enc_side: [B, T, J] (from `encoder_side`).
+      pred_side: [B, U+1, J] (from `prediction_side`).
+
+    Returns:
+      [B, T, U+1, V] logits.
+    """
+    joint = model.joint
+    if hasattr(joint, "combine"):
+        return joint.combine(enc_side[:, :, None, :], pred_side[:, None, :, :])
+    return joint(enc_side, pred_side)
 
 
 def joint_log_probs(model, enc_frame, pred_out):
@@ -61,13 +94,13 @@ def joint_log_probs(model, enc_frame, pred_out):
 
     Args:
       model: the transducer.
-      enc_frame: [R, D] encoder outputs.
-      pred_out: [R, D] prediction outputs.
+      enc_frame: [R, J] from `encoder_side`.
+      pred_out: [R, J] from `prediction_side`.
 
     Returns:
       [R, V] float32 log-softmax over the vocabulary.
     """
-    logits = model.joint(enc_frame[:, None, :], pred_out[:, None, :])[:, 0, 0, :]
+    logits = joint_logits(model, enc_frame[:, None, :], pred_out[:, None, :])[:, 0, 0, :]
     return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
 
 
