@@ -2,6 +2,7 @@
 
 import itertools
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -267,3 +268,91 @@ def test_beam_search_traces_under_tf_function(model, batch):
 
 GREEDY_EXPECTED = [[3, 3, 3, 3, 3, 3, 1, 1], [4, 4, 1, 1], [4, 4], [1, 1, 4, 4]]
 GREEDY_SCORES = [-19.705791, -7.795471, -5.487215, -8.743641]
+
+
+# ------------------------------------------------- the real tfkd.models.Transducer
+
+
+def _tiny_transducer(kind):
+    from tfkd import models
+
+    keras.utils.set_random_seed(7)
+    if kind == "conformer+lstm":
+        model = models.conformer_teacher(
+            6,
+            num_layers=1,
+            dim=16,
+            num_heads=2,
+            kernel_size=3,
+            subsampling_filters=8,
+            prediction_units=16,
+            prediction_embed_dim=8,
+            joint_dim=16,
+            dropout=0.0,
+        )
+    else:
+        model = models.lstm_student(
+            6,
+            num_layers=1,
+            units=16,
+            frontend_units=16,
+            prediction="stateless",
+            prediction_units=16,
+            prediction_embed_dim=8,
+            joint_dim=16,
+            dropout=0.0,
+        )
+    model.build_by_calling(num_features=4)
+    # Sharper posteriors than at initialisation, so that decoding makes real choices.
+    out = model.joint.output_layer
+    out.kernel.assign(out.kernel * 4.0)
+    return model
+
+
+@pytest.fixture(
+    scope="module",
+    params=["conformer+lstm", pytest.param("lstm+stateless", marks=pytest.mark.slow)],
+)
+def transducer(request):
+    return _tiny_transducer(request.param)
+
+
+def test_transducer_decoders_consistent(transducer):
+    feats, lens = random_features(3, 24, num_features=4, seed=8, min_frames=9)
+    tokens, lengths, scores = greedy_decode(transducer, feats, lens, max_symbols_per_frame=2)
+    nbest = beam_search(transducer, feats, lens, beam_width=1, max_symbols_per_frame=2)
+    assert unpack(nbest.token_ids[:, 0], nbest.lengths[:, 0]) == unpack(tokens, lengths)
+    np.testing.assert_allclose(nbest.scores[:, 0], scores, rtol=1e-5)
+    assert lengths.numpy().sum() > 0
+    nbest = beam_search(transducer, feats, lens, beam_width=4, nbest=3, max_symbols_per_frame=2)
+    assert np.all(np.diff(nbest.scores.numpy(), axis=1) <= 0)
+    full = score(transducer, feats, lens, nbest.token_ids, nbest.lengths).numpy()
+    assert np.all(full >= nbest.scores.numpy() - 1e-4)
+    for b in range(3):
+        # The stepped prediction network and `predict_labels` agree: the greedy score is the
+        # score of one alignment on the lattice built from whole label sequences.
+        y = unpack(tokens, lengths)[b]
+        lp = lattice_log_probs(transducer, feats[b], lens[b], y)
+        assert scores[b] <= forward(lp, y, max) + 1e-4
+        for n in range(3):
+            y = list(nbest.token_ids[b, n, : nbest.lengths[b, n]].numpy())
+            lp = lattice_log_probs(transducer, feats[b], lens[b], y)
+            np.testing.assert_allclose(full[b, n], forward(lp, y, np.logaddexp), rtol=1e-4)
+
+
+def test_transducer_batch_invariance(transducer):
+    feats, lens = random_features(3, 24, num_features=4, seed=9, min_frames=9)
+    padded = np.pad(feats, [[0, 0], [0, 8], [0, 0]])
+    together = beam_search(transducer, padded, lens, beam_width=3, max_symbols_per_frame=2)
+    full = score(transducer, padded, lens, together.token_ids, together.lengths).numpy()
+    for b in (1, 2):
+        alone_feats, alone_lens = feats[b : b + 1, : lens[b]], lens[b : b + 1]
+        alone = beam_search(
+            transducer, alone_feats, alone_lens, beam_width=3, max_symbols_per_frame=2
+        )
+        assert unpack(alone.token_ids[0], alone.lengths[0]) == unpack(
+            together.token_ids[b], together.lengths[b]
+        )
+        np.testing.assert_allclose(alone.scores[0], together.scores[b], rtol=1e-4)
+        alone_full = score(transducer, alone_feats, alone_lens, alone.token_ids, alone.lengths)
+        np.testing.assert_allclose(alone_full[0], full[b], rtol=1e-4)
