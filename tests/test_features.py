@@ -1,4 +1,8 @@
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -206,3 +210,46 @@ def test_spec_augment_config_round_trip():
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
     assert isinstance(clone, features.SpecAugment)
     assert clone.get_config() == layer.get_config()
+
+
+_TFLITE_SCRIPT = """
+import json
+import numpy as np, tensorflow as tf
+from tfkd import features
+
+layer = features.LogMel(normalization="utterance")
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+def log_mel(waveform):
+    return layer(waveform[None])[0]
+
+converter = tf.lite.TFLiteConverter.from_concrete_functions(
+    [log_mel.get_concrete_function()], log_mel
+)
+converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+interpreter = tf.lite.Interpreter(model_content=converter.convert())
+x = (0.1 * np.random.default_rng(0).standard_normal(12345)).astype(np.float32)
+interpreter.resize_tensor_input(0, [x.size])
+interpreter.allocate_tensors()
+interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+interpreter.invoke()
+y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+print("RESULT " + json.dumps([list(y.shape), float(np.abs(y - log_mel(x).numpy()).max())]))
+"""
+
+
+def test_log_mel_converts_to_tflite_builtins_and_matches():
+    # In a subprocess: the converter can abort the process on failure.
+    proc = subprocess.run(
+        [sys.executable, "-c", _TFLITE_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+    )
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert proc.returncode == 0 and result, proc.stderr[-3000:]
+    shape, max_diff = json.loads(result[0][len("RESULT ") :])
+    assert shape == [1, 75, 80]
+    assert max_diff < 1e-3

@@ -295,7 +295,12 @@ def make_dataset(
 def distribute_dataset(
     strategy: tf.distribute.Strategy, file_pattern: str | Sequence[str], **kwargs
 ) -> tf.distribute.DistributedDataset:
-    """`make_dataset` per input pipeline under `strategy`; kwargs as for `make_dataset`."""
+    """`make_dataset` per input pipeline under `strategy`; kwargs as for `make_dataset`.
+
+    Each input pipeline yields per-replica batches, dealt to its replicas in turn.
+    When a finite dataset's batch count is not a multiple of the replicas, the last
+    step gives some replicas empty batches; train with `repeat=True`.
+    """
     return strategy.distribute_datasets_from_function(
         lambda context: make_dataset(file_pattern, input_context=context, **kwargs)
     )
