@@ -126,6 +126,16 @@ def test_global_normalisation_and_stats_file(tmp_path):
         features.LogMel(normalization="global", mean=[0.0], stddev=[1.0])
 
 
+def test_log_mel_compiles_with_xla():
+    layer = features.LogMel(normalization="utterance")
+    batch, lengths = _pad(_waves([3000, 5000], seed=2))
+    compiled = tf.function(lambda x, n: layer(x, n), jit_compile=True)
+    feats, frame_lengths = compiled(batch, lengths)
+    eager, _ = layer(batch, lengths)
+    assert frame_lengths.numpy().tolist() == [17, 29]
+    np.testing.assert_allclose(feats, eager, atol=1e-4)
+
+
 def test_log_mel_config_round_trip():
     layer = features.LogMel(normalization="global", mean=[0.5] * 80, stddev=[2.0] * 80)
     clone = features.LogMel.from_config(layer.get_config())

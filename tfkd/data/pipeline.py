@@ -337,7 +337,9 @@ def compute_feature_stats(
         deterministic=True,
     )
 
-    @tf.function
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)]
+    )
     def sums(waveform, num_samples):
         feats, lengths = log_mel(waveform, num_samples)
         feats = tf.cast(feats, tf.float64)  # padding frames are zeros: they add nothing
