@@ -1,0 +1,328 @@
+"""Inner training loops: one optimisation step, run on every replica through `strategy.run`.
+
+A trainer turns a batch into named per-example loss terms (`{"rnnt": [B]}` for supervised
+training; `{"hard": [B], "fullsum": [B], "rnnt_gt": [B], ...}` for distillation), weights them into
+a total, and applies one optimizer update. The outer loop (`tfkd.training.loop`) owns checkpoints,
+summaries and intervals; trainers own only the step.
+
+Terminology: *per replica* code runs inside `strategy.run` on one replica's share of the global
+batch; *host* code runs in the cross-replica context and sees reduced values.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+
+import keras
+import tensorflow as tf
+
+from tfkd import features as features_lib
+from tfkd import losses
+
+NUM_EXAMPLES = "num_examples"
+TOTAL = "loss"
+
+
+class LossTermsTrainer(abc.ABC):
+    """Base for a step that returns named per-example loss terms and a weighted total.
+
+    Subclasses implement `loss_terms` (per replica) and may override `trainable_variables`
+    (a distillation trainer returns the student's only). Everything else — loss averaging over the
+    global batch, None-gradient filtering, global-norm clipping that agrees across replicas, loss
+    scaling for float16, XLA compilation and true-mean logging — lives here.
+
+    Args:
+        model: the Keras model being trained, built inside `strategy.scope()`.
+        optimizer: a Keras optimizer (or `keras.optimizers.LossScaleOptimizer`) built in the same
+            scope. Do not give it `clipnorm`/`global_clipnorm`: Keras would clip each replica's
+            partial gradient; use `clip_norm` here instead.
+        strategy: the strategy the model was built under.
+        global_batch_size: examples per step summed over all replicas (the pipeline's batch).
+        loss_weights: weight per term name; names not given default to 1.0. Unknown names raise.
+        clip_norm: clip the global gradient norm to this value; `None` disables clipping.
+        jit_compile: compile the per-replica forward and backward pass with XLA.
+        frontend: waveform → features layer, `frontend(waveform [B, N], num_samples [B]) ->
+            (features [B, T, F], lengths [B])`; default `tfkd.features.LogMel()`.
+        spec_augment: optional `tfkd.features.SpecAugment`, applied in training steps only.
+        augment_seed: base of the per-step, per-replica stateless SpecAugment seeds.
+    """
+
+    #: The names `loss_terms` returns, in logging order. Subclasses set this.
+    term_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        *,
+        strategy: tf.distribute.Strategy,
+        global_batch_size: int,
+        loss_weights: Mapping[str, float] | None = None,
+        clip_norm: float | None = None,
+        jit_compile: bool = True,
+        frontend: keras.layers.Layer | None = None,
+        spec_augment: keras.layers.Layer | None = None,
+        augment_seed: int = 0,
+    ):
+        unknown = set(loss_weights or {}) - set(self.term_names)
+        if unknown:
+            raise ValueError(
+                f"loss_weights has unknown terms {sorted(unknown)}; "
+                f"{type(self).__name__} returns {list(self.term_names)}"
+            )
+        if global_batch_size <= 0:
+            raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.global_batch_size = int(global_batch_size)
+        self.loss_weights = {name: 1.0 for name in self.term_names}
+        self.loss_weights.update({k: float(v) for k, v in (loss_weights or {}).items()})
+        self.clip_norm = clip_norm
+        self.jit_compile = jit_compile
+        self.frontend = frontend if frontend is not None else features_lib.LogMel()
+        self.spec_augment = spec_augment
+        self.augment_seed = augment_seed
+        self._grads_fn = tf.function(self._grads, jit_compile=jit_compile)
+        self._eval_terms_fn = tf.function(
+            lambda batch: self.loss_terms(batch, training=False), jit_compile=jit_compile
+        )
+        self._train_fn = None
+        self._eval_fn = None
+
+    # ---- what subclasses define -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def loss_terms(self, batch: Mapping[str, tf.Tensor], training: bool) -> dict[str, tf.Tensor]:
+        """Per replica: returns `{name: float32 [B_replica]}` for every name in `term_names`."""
+
+    @property
+    def trainable_variables(self) -> list:
+        """The variables the optimizer updates."""
+        return self.model.trainable_variables
+
+    # ---- per replica ------------------------------------------------------------------------
+
+    def features(self, batch, training: bool):
+        """Per replica: `(features float32 [B, T, F], lengths int32 [B])` of a pipeline batch.
+
+        SpecAugment draws stateless randomness from (step, replica id): replicas mask differently,
+        and a resumed run repeats the masks of the run it replaces.
+        """
+        feats, lengths = self.frontend(batch["waveform"], batch["num_samples"])
+        if training and self.spec_augment is not None:
+            ctx = tf.distribute.get_replica_context()
+            replica = tf.cast(ctx.replica_id_in_sync_group if ctx else 0, tf.int64)
+            step = tf.cast(self.optimizer.iterations, tf.int64)
+            seed = tf.stack([self.augment_seed + step, replica])
+            feats = self.spec_augment(feats, lengths, training=True, seed=seed)
+        return feats, lengths
+
+    def weighted_total(self, terms: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Per replica: `sum_k w_k * terms[k]`, float32 [B_replica]."""
+        total = None
+        for name in self.term_names:
+            weighted = self.loss_weights[name] * tf.cast(terms[name], tf.float32)
+            total = weighted if total is None else total + weighted
+        return total
+
+    def _grads(self, batch):
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(batch, training=True)
+            missing = set(self.term_names) - set(terms)
+            if missing:
+                raise ValueError(f"{type(self).__name__}.loss_terms did not return {missing}")
+            total = self.weighted_total(terms)
+            # Sum over this replica's examples, divide by the *global* batch: the optimizer
+            # all-reduces gradients with SUM across replicas, so the applied gradient is that of
+            # the mean over the whole global batch — the same update one device would make on the
+            # same batch. Dividing by the per-replica batch would multiply it by the replica count.
+            loss = tf.reduce_sum(total) / self.global_batch_size
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, self.trainable_variables)
+        sums = {name: tf.reduce_sum(tf.cast(terms[name], tf.float32)) for name in self.term_names}
+        sums[TOTAL] = tf.reduce_sum(total)
+        sums[NUM_EXAMPLES] = tf.cast(tf.shape(total)[0], tf.float32)
+        return sums, grads
+
+    def _loss_scale(self):
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        return tf.constant(1.0)
+
+    def _clip(self, grads):
+        """Per replica: scales local gradients so that their cross-replica SUM has norm <= clip.
+
+        The norm must be that of the summed (global) gradient, identical on every replica; Keras'
+        own `global_clipnorm` would clip each replica's partial gradient before the all-reduce.
+        """
+        summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        norm = tf.linalg.global_norm(summed) / self._loss_scale()
+        factor = tf.minimum(1.0, self.clip_norm / tf.maximum(norm, 1e-12))
+        # A non-finite norm (float16 overflow) must reach LossScaleOptimizer as non-finite on every
+        # replica, so that all of them skip the step together.
+        factor = tf.where(tf.math.is_finite(norm), factor, float("nan"))
+        return [g * tf.cast(factor, g.dtype) for g in grads], norm
+
+    def _replica_train_step(self, batch):
+        sums, grads = self._grads_fn(batch)
+        pairs = [
+            (g, v) for g, v in zip(grads, self.trainable_variables, strict=True) if g is not None
+        ]
+        if not pairs:
+            raise ValueError("no trainable variable receives a gradient from the loss")
+        # Unused heads give None gradients; Keras would warn on every step.
+        grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
+        if self.clip_norm is not None:
+            grads, norm = self._clip(grads)
+        else:
+            norm = tf.linalg.global_norm(grads) / self._loss_scale()  # this replica's share only
+        self.optimizer.apply(grads, variables)
+        return sums, norm
+
+    # ---- host -------------------------------------------------------------------------------
+
+    def train_step(self, iterator) -> dict[str, tf.Tensor]:
+        """Host: runs one step on the next global batch of a distributed iterator.
+
+        Returns:
+            True means over the global batch: one scalar per term name, `loss` (the weighted
+            total), and `grad_norm` (the global norm before clipping; with `clip_norm=None` and
+            several replicas, the first replica's share).
+        """
+        if self._train_fn is None:
+
+            @tf.function
+            def train_fn(iterator):
+                sums, norm = self.strategy.run(self._replica_train_step, args=(next(iterator),))
+                sums = self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+                norm = self.strategy.experimental_local_results(norm)[0]
+                return sums, norm
+
+            self._train_fn = train_fn
+        sums, norm = self._train_fn(iterator)
+        means = _true_means(sums)
+        means["grad_norm"] = norm
+        return means
+
+    def eval_sums(self, batch) -> dict[str, tf.Tensor]:
+        """Host: summed terms (plus `num_examples`) on one distributed batch, without updates."""
+        if self._eval_fn is None:
+
+            @tf.function
+            def eval_fn(batch):
+                def replica_fn(batch):
+                    terms = self._eval_terms_fn(batch)
+                    sums = {k: tf.reduce_sum(tf.cast(terms[k], tf.float32)) for k in terms}
+                    total = self.weighted_total(terms)
+                    sums[TOTAL] = tf.reduce_sum(total)
+                    sums[NUM_EXAMPLES] = tf.cast(tf.shape(total)[0], tf.float32)
+                    return sums
+
+                per_replica = self.strategy.run(replica_fn, args=(batch,))
+                return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            self._eval_fn = eval_fn
+        return self._eval_fn(batch)
+
+    def evaluate(self, dataset, max_batches: int | None = None) -> dict[str, float]:
+        """Host: true means of every term over a distributed dataset (or its first batches)."""
+        totals: dict[str, float] = {}
+        for i, batch in enumerate(dataset):
+            if max_batches is not None and i >= max_batches:
+                break
+            for k, v in self.eval_sums(batch).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        if not totals:
+            return {}
+        n = max(totals.pop(NUM_EXAMPLES), 1.0)
+        return {k: v / n for k, v in totals.items()}
+
+
+def _true_means(sums: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    # Sums over every replica divided by the number of examples they saw: a true mean, not the
+    # per-replica fraction `sum / global_batch` that a Keras-style metric would report.
+    n = tf.maximum(sums[NUM_EXAMPLES], 1.0)
+    return {k: v / n for k, v in sums.items() if k != NUM_EXAMPLES}
+
+
+class SupervisedTrainer(LossTermsTrainer):
+    """RNN-T training on ground-truth transcripts: one term, `rnnt` = −log P(y* | x).
+
+    Args:
+        fastemit_lambda: FastEmit regulariser weight passed to the loss.
+        joint_time_chunk: when set, compute the loss from encoder and prediction outputs in time
+            chunks of this many frames (`rnnt_loss_from_joint`) so that the whole
+            `[B, T, U+1, V]` joint tensor never exists at once.
+        **kwargs: see `LossTermsTrainer`.
+    """
+
+    term_names = ("rnnt",)
+
+    def __init__(
+        self, model, optimizer, *, fastemit_lambda: float = 0.0, joint_time_chunk=None, **kwargs
+    ):
+        super().__init__(model, optimizer, **kwargs)
+        self.fastemit_lambda = fastemit_lambda
+        self.joint_time_chunk = joint_time_chunk
+
+    def loss_terms(self, batch, training):
+        features, lengths = self.features(batch, training)
+        loss = rnnt_per_example(
+            self.model,
+            features,
+            lengths,
+            batch["token_ids"],
+            batch["label_length"],
+            training=training,
+            fastemit_lambda=self.fastemit_lambda,
+            joint_time_chunk=self.joint_time_chunk,
+        )
+        return {"rnnt": loss}
+
+
+def rnnt_per_example(
+    model,
+    features,
+    feature_lengths,
+    labels,
+    label_lengths,
+    *,
+    training,
+    fastemit_lambda=0.0,
+    joint_time_chunk=None,
+) -> tf.Tensor:
+    """Per replica: float32 [B] RNN-T loss −log P(labels | features) under a `Transducer`.
+
+    Args:
+        features: float [B, T, F]; feature_lengths: int [B].
+        labels: int32 [B, U] (blank excluded, zero padded); label_lengths: int [B].
+
+    Logits are cast to float32 before the loss so that mixed-precision models keep a float32 loss.
+    """
+    label_lengths = tf.cast(label_lengths, tf.int32)
+    if joint_time_chunk:
+        enc, enc_lengths = model.encode(features, feature_lengths, training=training)
+        pred = model.predict_labels(labels, training=training)
+        return losses.rnnt_loss_from_joint(
+            enc,
+            pred,
+            lambda e, p: tf.cast(model.joint(e, p, training=training), tf.float32),
+            labels,
+            enc_lengths,
+            label_lengths,
+            time_chunk=joint_time_chunk,
+        )
+    out = model(
+        {"features": features, "feature_lengths": feature_lengths, "labels": labels},
+        training=training,
+    )
+    return losses.rnnt_loss(
+        tf.cast(out["logits"], tf.float32),
+        labels,
+        out["logit_lengths"],
+        label_lengths,
+        fastemit_lambda=fastemit_lambda,
+    )
