@@ -41,8 +41,11 @@ def apply_rotary(x, positions):
     return tf.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def attention_bias(q_pos, k_pos, key_valid, causal, chunk_size=1, left_context=None):
-    """Additive float32 attention bias ``[B, 1, Tq, Tk]`` (0 where allowed, large negative not).
+def attention_mask(q_pos, k_pos, key_valid, causal, chunk_size=1, left_context=None):
+    """Boolean attention mask ``[B, 1, Tq, Tk]``, True where a query may attend to a key.
+
+    A mask rather than an additive bias: Keras autocasts float call arguments to the compute
+    dtype, and a large negative bias overflows to -inf in float16.
 
     Args:
       q_pos: int32 ``[Tq]`` query frame indices.
@@ -60,8 +63,7 @@ def attention_bias(q_pos, k_pos, key_valid, causal, chunk_size=1, left_context=N
         allowed = k <= chunk_end
     if left_context is not None:
         allowed = tf.logical_and(allowed, k >= q - left_context)
-    allowed = tf.logical_and(allowed[None, None], key_valid[:, None, None, :])
-    return tf.where(allowed, 0.0, _MASKED)
+    return tf.logical_and(allowed[None, None], key_valid[:, None, None, :])
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
@@ -95,19 +97,20 @@ class RotaryAttention(keras.layers.Layer):
         k = apply_rotary(self._heads(k), positions)
         return q, k, self._heads(v)
 
-    def attend(self, q, k, v, bias, training=False):
+    def attend(self, q, k, v, attn_mask, training=False):
         """Scaled dot-product attention; softmax in float32. Returns ``[B, Tq, D]``."""
         scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(self.head_dim))
-        probs = tf.nn.softmax(tf.cast(scores, tf.float32) + bias, axis=-1)
+        scores = tf.where(attn_mask, tf.cast(scores, tf.float32), _MASKED)
+        probs = tf.nn.softmax(scores, axis=-1)
         probs = self.dropout(tf.cast(probs, v.dtype), training=training)
         ctx = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])
         ctx = tf.reshape(ctx, [tf.shape(ctx)[0], tf.shape(ctx)[1], self.dim])
         return self.out(ctx)
 
-    def call(self, x, bias, positions, training=False):
-        """``x [B, T, D]``, ``bias [B, 1, T, T]``, ``positions [T]`` -> ``[B, T, D]``."""
+    def call(self, x, attn_mask, positions, training=False):
+        """``x [B, T, D]``, ``attn_mask [B, 1, T, T]`` bool, ``positions [T]`` -> ``[B, T, D]``."""
         q, k, v = self.project(x, positions)
-        return self.attend(q, k, v, bias, training=training)
+        return self.attend(q, k, v, attn_mask, training=training)
 
     def get_config(self):
         return {
@@ -231,16 +234,16 @@ class ConformerBlock(keras.layers.Layer):
         # at every nesting level to find them, which costs tens of seconds for a deep encoder.
         del input_shape
 
-    def call(self, x, lengths, bias, positions, training=False):
-        """``x [B, T, D]``, ``lengths [B]``, ``bias [B, 1, T, T]``, ``positions [T]``."""
+    def call(self, x, lengths, attn_mask, positions, training=False):
+        """``x [B, T, D]``, ``lengths [B]``, ``attn_mask [B, 1, T, T]`` bool, ``positions [T]``."""
         x = x + 0.5 * self.ff1(x, training=training)
-        a = self.attn(self.attn_norm(x), bias, positions, training=training)
+        a = self.attn(self.attn_norm(x), attn_mask, positions, training=training)
         x = x + self.attn_dropout(a, training=training)
         x = x + self.conv(x, lengths, training=training)
         x = x + 0.5 * self.ff2(x, training=training)
         return self.out_norm(x)
 
-    def stream_step(self, x, state, positions, bias):
+    def stream_step(self, x, state, positions, attn_mask):
         """One chunk with explicit caches; see `ConformerEncoder.stream_step`.
 
         Args:
@@ -248,13 +251,13 @@ class ConformerBlock(keras.layers.Layer):
           state: ``keys``/``values`` ``[B, H, L, Dh]`` (rotated at their own positions) and
             ``conv`` ``[B, K-1, D]``.
           positions: int32 ``[C]`` absolute frame indices of the chunk.
-          bias: ``[B, 1, C, L + C]`` attention bias over cache + chunk.
+          attn_mask: bool ``[B, 1, C, L + C]`` attention mask over cache + chunk.
         """
         x = x + 0.5 * self.ff1(x)
         q, k, v = self.attn.project(self.attn_norm(x), positions)
         keys = tf.concat([state["keys"], k], axis=2)
         values = tf.concat([state["values"], v], axis=2)
-        x = x + self.attn.attend(q, keys, values, bias)
+        x = x + self.attn.attend(q, keys, values, attn_mask)
         conv_out, conv_cache = self.conv.stream_step(x, state["conv"])
         x = x + conv_out
         x = x + 0.5 * self.ff2(x)
@@ -369,7 +372,7 @@ class ConformerEncoder(keras.layers.Layer):
         x = self.input_dropout(x, training=training)
         frames = tf.shape(x)[1]
         positions = tf.range(frames)
-        bias = attention_bias(
+        attn_mask = attention_mask(
             positions,
             positions,
             tf.cast(sequence_mask(lengths, frames, tf.int32), tf.bool),
@@ -378,7 +381,7 @@ class ConformerEncoder(keras.layers.Layer):
             self.left_context,
         )
         for block in self.blocks:
-            x = block(x, lengths, bias, positions, training=training)
+            x = block(x, lengths, attn_mask, positions, training=training)
         return zero_padded_frames(x, lengths), lengths
 
     def initial_state(self, batch_size):
@@ -416,12 +419,12 @@ class ConformerEncoder(keras.layers.Layer):
         k_pos = tf.concat([offset - self.left_context + tf.range(self.left_context), q_pos], 0)
         # Cache slots before the start of the stream are empty.
         key_valid = tf.broadcast_to(k_pos >= 0, [tf.shape(x)[0], tf.shape(k_pos)[0]])
-        bias = attention_bias(
+        attn_mask = attention_mask(
             q_pos, k_pos, key_valid, self.causal, self.chunk_size, self.left_context
         )
         new_state = {"frontend": frontend_state, "offset": offset + tf.shape(x)[1]}
         for i, block in enumerate(self.blocks):
-            x, new_state[f"block{i}"] = block.stream_step(x, state[f"block{i}"], q_pos, bias)
+            x, new_state[f"block{i}"] = block.stream_step(x, state[f"block{i}"], q_pos, attn_mask)
         return x, new_state
 
     def get_config(self):

@@ -103,7 +103,8 @@ class StackingSubsampler(keras.layers.Layer):
 class ConvSubsampler(keras.layers.Layer):
     """2-D convolution subsampling (time x frequency), then a projection to ``units``.
 
-    Each stage with time stride ``s`` uses a ``(2s-1) x 3`` kernel, frequency stride 2 and ReLU.
+    Each stage with time stride ``s`` uses a ``(2s-1) x 3`` kernel, frequency stride 2 (one zero
+    bin padded on each side, so ``F -> ceil(F/2)``) and ReLU.
     In time, it pads ``s-1`` zero frames on the left (the only context it reads from the past)
     and pads on the right to a multiple of ``s``, so the stage maps ``T -> ceil(T/s)`` and the
     stack maps ``T -> ceil(T/factor)``. Frames beyond a sequence's length are zeroed before every
@@ -147,7 +148,7 @@ class ConvSubsampler(keras.layers.Layer):
         shapes, freq, channels = [], self._num_features, 1
         for s in self.strides:
             shapes.append((s - 1, freq, channels))
-            freq, channels = (freq - 3) // 2 + 1, self.filters
+            freq, channels = (freq + 1) // 2, self.filters
         return shapes
 
     def _flatten(self, x):
@@ -160,7 +161,7 @@ class ConvSubsampler(keras.layers.Layer):
         x = tf.cast(x, self.compute_dtype)[..., None]
         for conv, s in zip(self.convs, self.strides, strict=True):
             x = zero_padded_frames(x, lengths)
-            x = tf.pad(x, [[0, 0], [s - 1, 0], [0, 0], [0, 0]])
+            x = tf.pad(x, [[0, 0], [s - 1, 0], [1, 1], [0, 0]])
             x = conv(_right_pad_stage(x, s))
             lengths = subsampled_lengths(lengths, s)
         return self._flatten(x), lengths
@@ -179,7 +180,7 @@ class ConvSubsampler(keras.layers.Layer):
         for i, (conv, s) in enumerate(zip(self.convs, self.strides, strict=True)):
             x = tf.concat([state[f"cache{i}"], x], axis=1)
             new_state[f"cache{i}"] = x[:, -(s - 1) :]
-            x = conv(x)
+            x = conv(tf.pad(x, [[0, 0], [0, 0], [1, 1], [0, 0]]))
         return self._flatten(x), new_state
 
     def get_config(self):
