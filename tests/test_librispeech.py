@@ -236,6 +236,26 @@ def test_changed_tokenizer_rewrites_shards(tmp_path, spm_model):
     assert read_records(out, "s")["19-198-0000"]["token_ids"].numpy().size > 0
 
 
+def test_moved_corpus_keeps_shards_and_edited_transcript_rewrites_one(tmp_path):
+    corpus = str(tmp_path / "c")
+    make_corpus(corpus, bad=False)
+    out = str(tmp_path / "rec")
+    first = librispeech.prepare(corpus, out, split="s", num_shards=2, progress=False)
+    os.rename(corpus, str(tmp_path / "moved"))
+    corpus = str(tmp_path / "moved")
+    m = librispeech.prepare(corpus, out, split="s", num_shards=2, progress=False)
+    assert m["shards_skipped"] == first["shards"]
+    # Round-robin puts the 4th utterance in sorted order (19-198-0003) in shard 1.
+    trans = os.path.join(corpus, "19", "198", "19-198.trans.txt")
+    with open(trans) as f:
+        text = f.read().replace("A BIG CAT SAT ON THE MAT", "A BIG DOG SAT ON THE MAT")
+    with open(trans, "w") as f:
+        f.write(text)
+    m = librispeech.prepare(corpus, out, split="s", num_shards=2, progress=False)
+    assert m["shards_skipped"] == first["shards"][:1]
+    assert read_records(out, "s")["19-198-0003"]["text"].numpy() == b"a big dog sat on the mat"
+
+
 def test_bad_arguments(tmp_path, corpus):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         librispeech.prepare(str(tmp_path / "nope"), str(tmp_path / "o"))

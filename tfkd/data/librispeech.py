@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
 import hashlib
-import json
 import math
 import multiprocessing
 import os
-import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import tensorflow as tf
 from tqdm import tqdm
 
-from tfkd.data import audio_io, records
+from tfkd.data import records, shard_writer
+from tfkd.data.shard_writer import shard_name, shard_pattern  # noqa: F401  (public here too)
 from tfkd.data.tokenizer import UNK_ID, Tokenizer
 
 PROBLEM_KINDS = (
@@ -176,208 +173,13 @@ def scan(root: str) -> tuple[list[Source], list[Problem]]:
     return sources, problems
 
 
-def shard_name(split: str, index: int, num_shards: int) -> str:
-    """`<split>-00003-of-00008.tfrecord`."""
-    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
-
-
-def shard_pattern(output_dir: str, split: str) -> str:
-    """Glob pattern that matches the split's shards (for `tf.data`)."""
-    return os.path.join(output_dir, f"{split}-?????-of-?????.tfrecord")
-
-
 def manifest_path(output_dir: str, split: str) -> str:
     return os.path.join(output_dir, f"{split}.manifest.json")
-
-
-def _stats_path(shard_path: str) -> str:
-    return shard_path[: -len(".tfrecord")] + ".stats.json"
 
 
 def _file_digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def _fingerprint(sources: list[Source], options: dict) -> str:
-    """Hash of what a shard is made from: its inputs (with sizes and times) and the options."""
-    h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
-    for s in sources:
-        st = os.stat(s.audio_path)
-        line = f"{s.utterance_id}\t{s.audio_path}\t{s.text}\t{st.st_size}\t{st.st_mtime_ns}\n"
-        h.update(line.encode())
-    return h.hexdigest()
-
-
-# ---- per shard (runs in worker processes) -------------------------------------------------
-
-_progress: Callable[[int], None] = lambda n: None
-
-
-def _init_worker(counter) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    global _progress
-
-    def bump(n: int) -> None:
-        with counter.get_lock():
-            counter.value += n
-
-    _progress = bump
-
-
-def _count_records(path: str) -> int:
-    """Reads every record, so a truncated or corrupted shard fails its CRC check here."""
-    ds = tf.data.TFRecordDataset(path)
-    return int(ds.reduce(0, lambda n, _: n + 1))
-
-
-def _finished_stats(shard_path: str, fingerprint: str, verify: bool) -> tuple[dict | None, str]:
-    """Returns (stats, "") for a finished, intact shard, or (None, why it must be rewritten)."""
-    stats_path = _stats_path(shard_path)
-    if not os.path.exists(stats_path):
-        return None, ""
-    try:
-        with open(stats_path, encoding="utf-8") as f:
-            stats = json.load(f)
-    except (OSError, ValueError) as e:
-        return None, f"unreadable stats file {stats_path} ({e})"
-    if stats.get("fingerprint") != fingerprint:
-        return None, "its inputs or options changed"
-    if not os.path.exists(shard_path):
-        return None, "the shard file is missing"
-    size = os.path.getsize(shard_path)
-    if size != stats["num_bytes"]:
-        return None, f"it has {size} bytes, {stats['num_bytes']} expected (truncated?)"
-    if verify:
-        try:
-            n = _count_records(shard_path)
-        except Exception as e:  # DataLossError and friends: any failure means rewrite
-            return None, f"it fails to read back ({type(e).__name__})"
-        if n != stats["num_records"]:
-            return None, f"it holds {n} records, {stats['num_records']} expected"
-    return stats, ""
-
-
-def _load_audio(src: Source, sample_rate: int, resample: bool):
-    """Returns (pcm int16 [N], None) or (None, Problem)."""
-
-    try:
-        with open(src.audio_path, "rb") as f:
-            data = f.read()
-        info = audio_io.probe(data, src.audio_path)
-        if info.sample_rate != sample_rate and not resample:
-            return None, Problem(
-                "wrong_sample_rate",
-                src.audio_path,
-                f"{src.audio_path}: {info.sample_rate} Hz, expected {sample_rate} Hz; skipped "
-                "(pass --resample to resample it)",
-            )
-        pcm, rate = audio_io.decode(data, src.audio_path)
-        if rate != sample_rate:
-            pcm = audio_io.resample(pcm, rate, sample_rate)
-        return pcm, None
-    except audio_io.UnsupportedAudioError as e:
-        return None, Problem("unsupported_audio", src.audio_path, f"{e}; skipped")
-    except audio_io.AudioDecodeError as e:
-        return None, Problem("corrupt_audio", src.audio_path, f"{e}; skipped")
-    except Exception as e:  # noqa: BLE001 -- one unreadable file must not stop the run
-        return None, Problem(
-            "corrupt_audio", src.audio_path, f"{src.audio_path}: {type(e).__name__}: {e}; skipped"
-        )
-
-
-def _word_has_unk(tokenizer, word: str, cache: dict[str, bool]) -> bool:
-    if word not in cache:
-        cache[word] = UNK_ID in tokenizer.encode(word)
-    return cache[word]
-
-
-def _process_shard(task: dict) -> dict:
-    """Writes one shard (or verifies and skips a finished one); returns its stats."""
-
-    path = os.path.join(task["output_dir"], task["name"])
-    sources = [Source(**s) for s in task["sources"]]
-    stats, why = _finished_stats(path, task["fingerprint"], task["verify"])
-    if stats is not None:
-        _progress(len(sources))
-        return {**stats, "skipped": True, "rewrite_reason": ""}
-
-    tokenizer = None
-    if task["spm_model"]:
-        tokenizer = Tokenizer(task["spm_model"])
-    words: collections.Counter = collections.Counter()
-    pieces: collections.Counter = collections.Counter()
-    unk_cache: dict[str, bool] = {}
-    problems, speakers, durations = [], set(), []
-    num_tokens = num_unk = oov_words = 0
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for src in sources:
-            pcm, problem = _load_audio(src, task["sample_rate"], task["resample"])
-            _progress(1)
-            if problem is not None:
-                problems.append(dataclasses.asdict(problem))
-                continue
-            ids = tokenizer.encode(src.text) if tokenizer else []
-            utt = records.Utterance(
-                utterance_id=src.utterance_id,
-                speaker_id=src.speaker_id,
-                text=src.text,
-                pcm16=pcm,
-                sample_rate=task["sample_rate"],
-                token_ids=ids,
-            )
-            writer.write(records.serialize_utterance(utt))
-            speakers.add(src.speaker_id)
-            durations.append(pcm.shape[0] / task["sample_rate"])
-            words.update(src.text.split())
-            if tokenizer:
-                pieces.update(ids)
-                num_tokens += len(ids)
-                num_unk += ids.count(UNK_ID)
-                oov_words += sum(_word_has_unk(tokenizer, w, unk_cache) for w in src.text.split())
-    stats = {
-        "fingerprint": task["fingerprint"],
-        "num_records": len(durations),
-        "num_bytes": os.path.getsize(tmp),
-        "seconds": sum(durations),
-        "min_seconds": min(durations, default=0.0),
-        "max_seconds": max(durations, default=0.0),
-        "speakers": sorted(speakers),
-        "word_counts": dict(words),
-        "piece_counts": {str(k): v for k, v in sorted(pieces.items())},
-        "num_tokens": num_tokens,
-        "num_unk_tokens": num_unk,
-        "oov_words": oov_words,
-        "problems": problems,
-    }
-    # The shard is renamed into place first and its stats file last: a stats file that
-    # exists therefore always describes a complete shard.
-    os.replace(tmp, path)
-    _write_json_atomic(_stats_path(path), stats)
-    return {**stats, "skipped": False, "rewrite_reason": why}
-
-
-def _write_json_atomic(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-# ---- the whole split (main process) --------------------------------------------------------
-
-
-def _remove_stale(output_dir: str, split: str, num_shards: int, say) -> None:
-    """Removes temp files of interrupted runs and shards of a run with another shard count."""
-    for tmp in glob.glob(os.path.join(output_dir, f"{split}-*.tmp-*")):
-        os.remove(tmp)
-    keep = re.compile(rf"^{re.escape(split)}-\d{{5}}-of-{num_shards:05d}\.(tfrecord|stats\.json)$")
-    for path in glob.glob(os.path.join(output_dir, f"{split}-?????-of-?????.*")):
-        if not keep.match(os.path.basename(path)):
-            say(f"removing {path}: left over from a run with another number of shards")
-            os.remove(path)
 
 
 def _vocabulary(stats: list[dict], tokenizer) -> dict:
@@ -392,7 +194,7 @@ def _vocabulary(stats: list[dict], tokenizer) -> dict:
         pieces.update({int(k): v for k, v in s["piece_counts"].items()})
     num_tokens = sum(s["num_tokens"] for s in stats)
     oov_words = sum(s["oov_words"] for s in stats)
-    oov_types = sum(1 for w in words if 1 in tokenizer.encode(w))
+    oov_types = sum(1 for w in words if UNK_ID in tokenizer.encode(w))
     real_pieces = tokenizer.vocab_size - 2  # minus blank and unk
     used = sum(1 for k in pieces if k > 1)
     vocab.update(
@@ -473,7 +275,7 @@ def prepare(
         num_shards = math.ceil(len(sources) / (shard_size or DEFAULT_SHARD_SIZE))
     num_shards = max(1, min(num_shards, len(sources)))
     os.makedirs(output_dir, exist_ok=True)
-    _remove_stale(output_dir, split, num_shards, say)
+    shard_writer.remove_stale(output_dir, split, num_shards, say)
 
     tokenizer = None
     options = {"format": _FORMAT_VERSION, "sample_rate": sample_rate, "resample": resample}
@@ -483,13 +285,13 @@ def prepare(
     tasks = []
     for i in range(num_shards):
         # Round-robin so that every shard mixes speakers (sources are sorted by speaker).
-        part = sources[i::num_shards]
+        part = [dataclasses.asdict(s) for s in sources[i::num_shards]]
         tasks.append(
             {
                 "name": shard_name(split, i, num_shards),
                 "output_dir": output_dir,
-                "sources": [dataclasses.asdict(s) for s in part],
-                "fingerprint": _fingerprint(part, options),
+                "sources": part,
+                "fingerprint": shard_writer.fingerprint(part, options),
                 "spm_model": spm_model,
                 "sample_rate": sample_rate,
                 "resample": resample,
@@ -528,19 +330,19 @@ def prepare(
         "problem_messages": [p["message"] for p in problems],
         "vocabulary": _vocabulary(results, tokenizer),
     }
-    _write_json_atomic(manifest_path(output_dir, split), manifest)
+    shard_writer.write_json_atomic(manifest_path(output_dir, split), manifest)
+    detail = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
     say(
         f"{split}: {num_records} utterances, {manifest['hours']:.3f} h in {num_shards} shards "
-        f"({len(manifest['shards_skipped'])} already done); {len(problems)} skipped inputs "
-        f"{ {k: v for k, v in counts.items() if v} or '' }; manifest "
-        f"{manifest_path(output_dir, split)}"
+        f"({len(manifest['shards_skipped'])} already done); "
+        + (f"{len(problems)} inputs skipped ({detail})" if problems else "no input skipped")
+        + f"; manifest {manifest_path(output_dir, split)}"
     )
     return manifest
 
 
 def _run(tasks: list[dict], total: int, jobs: int, progress: bool, say) -> list[dict]:
     """Runs the shard tasks in this process (jobs=1) or a spawned pool, with a progress bar."""
-    global _progress
     results = []
     bar = tqdm(total=total, unit="utt", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
@@ -556,18 +358,18 @@ def _run(tasks: list[dict], total: int, jobs: int, progress: bool, say) -> list[
 
     try:
         if jobs == 1 or len(tasks) == 1:
-            saved, _progress = _progress, bar.update
+            saved = shard_writer.set_progress(bar.update)
             try:
                 for task in tasks:
-                    finish(task, _process_shard(task))
+                    finish(task, shard_writer.write_shard(task))
             finally:
-                _progress = saved
+                shard_writer.set_progress(saved)
         else:
             # Spawn, not fork: the parent may already run TF threads, which fork can deadlock.
             ctx = multiprocessing.get_context("spawn")
             counter = ctx.Value("q", 0)
-            with ctx.Pool(min(jobs, len(tasks)), _init_worker, (counter,)) as pool:
-                pending = [(t, pool.apply_async(_process_shard, (t,))) for t in tasks]
+            with ctx.Pool(min(jobs, len(tasks)), shard_writer.init_worker, (counter,)) as pool:
+                pending = [(t, pool.apply_async(shard_writer.write_shard, (t,))) for t in tasks]
                 while pending:
                     for item in [p for p in pending if p[1].ready()]:
                         pending.remove(item)
