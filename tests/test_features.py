@@ -176,6 +176,10 @@ def test_spec_augment_masks_respect_bounds_and_lengths():
     # Row 2: floor(0.02*40) = 0 masks; row 3 has no frames.
     assert not time_mask[2].any() and not time_mask[3].any()
     assert (freq_mask.sum(1) <= 20).all() and freq_mask.any()
+    # Overlapping masks merge, so each row has at most as many masked runs as masks.
+    runs = lambda m: np.count_nonzero(np.diff(np.concatenate([[0], m.astype(int)])) == 1)
+    assert [runs(m) <= n for m, n in zip(time_mask, [4, 2, 0, 0], strict=True)] == [True] * 4
+    assert all(runs(m) <= 2 for m in freq_mask)
 
     x = _ramp()
     y = layer(x, lengths, training=True, seed=seed).numpy()

@@ -63,19 +63,19 @@ def test_round_trip_audio_to_batch_is_sample_exact(corpus):
     ds = pipeline.make_dataset(pattern, global_batch_size=5, with_text=True, deterministic=True)
     seen = 0
     for batch in ds:
-        wave = batch["waveform"].numpy()
-        assert wave.shape[1] == batch["num_samples"].numpy().max()
-        for row, uid in enumerate(batch["utterance_id"].numpy()):
+        batch = {k: v.numpy() for k, v in batch.items()}
+        wave, tokens = batch["waveform"], batch["token_ids"]
+        assert wave.shape[1] == batch["num_samples"].max()
+        for row, uid in enumerate(batch["utterance_id"]):
             utt = by_id[uid.decode()]
             n, u = len(utt.pcm16), len(utt.token_ids)
             assert batch["num_samples"][row] == n and batch["label_length"][row] == u
-            np.testing.assert_array_equal(
-                np.round(wave[row, :n] * 32768).astype(np.int16), utt.pcm16
-            )
+            pcm = np.round(wave[row, :n] * 32768).astype(np.int16)
+            np.testing.assert_array_equal(pcm, utt.pcm16)
             assert not wave[row, n:].any()
-            assert batch["token_ids"][row, :u].numpy().tolist() == list(utt.token_ids)
-            assert not batch["token_ids"][row, u:].numpy().any()
-            assert batch["text"][row].numpy().decode() == utt.text
+            assert tokens[row, :u].tolist() == list(utt.token_ids)
+            assert not tokens[row, u:].any()
+            assert batch["text"][row].decode() == utt.text
             seen += 1
     assert seen == len(by_id)
 
