@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from audio_fixtures import signal, truncate, write_flac
+from audio_fixtures import signal, truncate, write_flac, write_wav
 
 from tfkd.data import librispeech, records, tokenizer
 
@@ -44,12 +44,17 @@ def make_corpus(root, bad=True):
         write_flac(os.path.join(d, "26-495-0005.flac"), signal(5, 3000))  # no transcript line
         write_flac(os.path.join(d, "26-495-0006.flac"), signal(6, 3000))
         write_flac(os.path.join(d, "26-495-0007.flac"), signal(7, 22050, 22050), rate=22050)
+        stereo = np.stack([signal(8, 3000), signal(9, 3000)], axis=1)
+        write_flac(os.path.join(d, "26-495-0008.flac"), stereo)
+        # A second file for an id that already has one.
+        write_wav(os.path.join(root, "19", "198", "19-198-0000.wav"), signal(1, 100))
         lines["26-495"] += [
             "26-495-0002 TRUNCATED AUDIO",
             "26-495-0003 CORRUPT AUDIO",
             "26-495-0004 THIS LINE HAS NO AUDIO",
             "26-495-0006",
             "26-495-0007 THE WRONG RATE",
+            "26-495-0008 TWO CHANNELS",
         ]
     for key, ls in lines.items():
         spk, chap = key.split("-")
@@ -83,12 +88,22 @@ def read_records(output_dir, split):
 def test_scan_pairs_files_and_reports_problems_without_decoding(corpus):
     sources, problems = librispeech.scan(corpus)
     ids = [s.utterance_id for s in sources]
-    assert ids == sorted([*GOOD, "26-495-0002", "26-495-0003", "26-495-0007"])
+    assert ids == sorted([*GOOD, "26-495-0002", "26-495-0003", "26-495-0007", "26-495-0008"])
     src = sources[ids.index("26-495-0001")]
     assert src.text == "she's selling sea shells" and src.speaker_id == "26"
     assert src.audio_path == os.path.join(corpus, "26", "495", "26-495-0001.flac")
     by_kind = {p.kind: p.message for p in problems}
-    assert sorted(by_kind) == ["empty_transcript", "missing_audio", "missing_transcript"]
+    assert len(problems) == 4
+    assert sorted(by_kind) == [
+        "duplicate_utterance",
+        "empty_transcript",
+        "missing_audio",
+        "missing_transcript",
+    ]
+    assert by_kind["duplicate_utterance"] == (
+        f"{corpus}/19/198/19-198-0000.wav: second audio file for 19-198-0000 "
+        f"(first {corpus}/19/198/19-198-0000.flac); kept the first"
+    )
     assert (
         "26-495.trans.txt:5: transcript line for 26-495-0004 has no audio"
         in (by_kind["missing_audio"])
@@ -111,12 +126,12 @@ def test_round_trip_bad_inputs_and_manifest(corpus, spm_model, tmp_path, capsys)
     ]
     assert manifest["problems"] == {
         "corrupt_audio": 2,
-        "unsupported_audio": 0,
+        "unsupported_audio": 1,
         "wrong_sample_rate": 1,
         "missing_audio": 1,
         "missing_transcript": 1,
         "empty_transcript": 1,
-        "duplicate_utterance": 0,
+        "duplicate_utterance": 1,
     }
     # Each bad input is named on stderr and in the manifest.
     for name, words in [
@@ -126,6 +141,8 @@ def test_round_trip_bad_inputs_and_manifest(corpus, spm_model, tmp_path, capsys)
         ("26-495-0005.flac", "no transcript line"),
         ("26-495-0004", "has no audio"),
         ("26-495-0006", "empty transcript"),
+        ("26-495-0008.flac", "2 channels; tfkd expects mono"),
+        ("19-198-0000.wav", "second audio file"),
     ]:
         assert any(name in m and words in m for m in manifest["problem_messages"]), name
         assert any(name in line and words in line for line in err.splitlines()), name
@@ -288,7 +305,7 @@ def test_train_spm_cli_on_librispeech_layout(corpus, tmp_path, capsys):
     assert tok.pieces[0] == "<blank>" and tok.vocab_size <= 30
     # Lower-cased like the records; the empty transcript line is not a sentence.
     assert tok.decode(tok.encode("the wrong rate")) == "the wrong rate"
-    assert f"{tok.vocab_size} ids (0 = blank) from 10 sentences" in capsys.readouterr().out
+    assert f"{tok.vocab_size} ids (0 = blank) from 11 sentences" in capsys.readouterr().out
 
 
 def test_prepare_cli_in_process(corpus, tmp_path, capsys):
@@ -297,7 +314,7 @@ def test_prepare_cli_in_process(corpus, tmp_path, capsys):
     assert tool.main([corpus, out, "--shard_size", "4", "--no_progress"]) == 0
     with open(os.path.join(out, "dev-tiny.manifest.json")) as f:
         m = json.load(f)
-    assert m["num_utterances"] == 6 and len(m["shards"]) == 3  # 9 candidates / 4 per shard
+    assert m["num_utterances"] == 6 and len(m["shards"]) == 3  # 10 candidates / 4 per shard
     assert "26-495-0007.flac: 22050 Hz" in capsys.readouterr().err
     assert tool.main([corpus, out, "--num_shards", "3", "--no_progress", "--no_verify"]) == 0
     assert "3 already done" in capsys.readouterr().err
