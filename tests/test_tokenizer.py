@@ -25,9 +25,24 @@ def test_special_ids_and_vocab(tok):
     assert tok.pieces[0] == "<blank>"
     assert tok.pieces[1] == "<unk>"
     assert tok.vocab_size == len(tok.pieces)
-    # hard_vocab_limit=False lets a tiny corpus stop short of the request rather than fail.
-    assert 30 <= tok.vocab_size <= 48
+    assert tok.vocab_size == 48
     assert len(set(tok.pieces)) == tok.vocab_size
+
+
+def test_training_is_deterministic(tok, tmp_path):
+    again = tokenizer.Tokenizer(tokenizer.train_sentencepiece(CORPUS, str(tmp_path / "b"), 48))
+    assert again.pieces == tok.pieces
+    ids = tok.encode("the quick brown fox")
+    assert [tok.pieces[i] for i in ids[:3]] == ["\u2581the", "\u2581", "q"]
+    assert again.encode("the quick brown fox") == ids
+
+
+def test_tiny_corpus_gets_fewer_pieces_instead_of_failing(tmp_path):
+    # hard_vocab_limit=False: a corpus too small for the request yields a smaller vocabulary.
+    path = tokenizer.train_sentencepiece(["ab ba ab"], str(tmp_path / "t"), vocab_size=100)
+    small = tokenizer.Tokenizer(path)
+    assert 3 <= small.vocab_size < 100
+    assert small.decode(small.encode("ba ab")) == "ba ab"
 
 
 def test_round_trip_and_blank_never_produced(tok):
