@@ -96,7 +96,12 @@ def checked_records(
 
     zero = tf.constant(0, tf.int64)
     numbered = raw.scan((zero, zero), locate)
-    parsed = numbered.map(lambda i, off, r, end: (i, off, end, parse_fn(r)))
+    # Order must be kept: the checks below rely on record numbers arriving in sequence.
+    parsed = numbered.map(
+        lambda i, off, r, end: (i, off, end, parse_fn(r)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     parsed = parsed.ignore_errors(log_warning=True)
 
     def check(expected, element):
