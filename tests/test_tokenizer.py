@@ -139,6 +139,25 @@ def test_in_graph_decode_survives_saved_model(tok, tmp_path):
     assert [t.decode() for t in out.numpy()] == expected[1:2]
 
 
+def test_in_graph_decode_in_keras_export_archive(tok, tmp_path):
+    import keras
+
+    layer = tok.ids_to_text_layer()
+    archive = keras.export.ExportArchive()
+    archive.track(layer)
+    archive.add_endpoint(
+        "decode",
+        lambda ids, lengths: layer(ids, lengths),
+        input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)],
+    )
+    archive.write_out(str(tmp_path / "archive"))
+    ids, lengths = _batch(tok, TEXTS)
+    out = tf.saved_model.load(str(tmp_path / "archive")).decode(ids, lengths)
+    assert [t.decode() for t in out.numpy()] == [
+        tok.decode(s[:n]) for s, n in zip(ids, lengths, strict=True)
+    ]
+
+
 def test_layer_config_round_trip(tok):
     layer = tok.ids_to_text_layer(name="detok")
     clone = tokenizer.IdsToText.from_config(layer.get_config())

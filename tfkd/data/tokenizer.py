@@ -155,6 +155,8 @@ class IdsToText(keras.layers.Layer):
         surfaces[BLANK_ID] = ""
         surfaces[UNK_ID] = UNK_SURFACE
         self._surfaces = surfaces
+        # No weights to create: mark built so that exporters (ExportArchive) accept it uncalled.
+        self.built = True
 
     def call(self, ids, lengths=None):
         """Decodes a padded batch.
