@@ -3,8 +3,8 @@
 `LogMel` is the one front end of every tfkd model: training, SavedModels and
 TFLite all feed it raw 16 kHz audio. It uses only `tf.signal` (frame, window,
 RFFT, mel matrix). The TFLite converter maps these to builtin ops (`RFFT` becomes
-`RFFT2D`, framing becomes `GATHER`/`RESHAPE`/`PAD`); checked on TF 2.17, no
-`SELECT_TF_OPS` needed.
+`RFFT2D`, framing becomes `GATHER`/`RESHAPE`/`PAD`); on TF 2.17 no
+`SELECT_TF_OPS` are needed (tests/test_features.py converts and compares it).
 
 Frame-count rule (exact, also for padded batches): an utterance of `n` samples
 has `T(n) = max(0, (n - frame_length) // frame_step + 1)` frames, each lying
@@ -287,9 +287,13 @@ class SpecAugment(keras.layers.Layer):
     def masks(self, shape, lengths, seed=None):
         """Boolean masks (True = masked) for features of `shape` [B, T, F].
 
+        Args:
+            shape: int [3] the features' shape.
+            lengths: int [B] valid frames.
+            seed: as in `call`; without it, this draws from the layer's generator.
+
         Returns:
             time_mask bool [B, T] and freq_mask bool [B, F].
-            Without `seed`, this draws from the layer's generator like a call does.
         """
         batch, max_t, num_f = shape[0], shape[1], shape[2]
         lengths = tf.cast(lengths, tf.float32)
