@@ -34,9 +34,7 @@ def test_round_trip_is_sample_exact():
 
 def test_nbest_fields_round_trip():
     utt = _utt(nbest_token_ids=[[3, 4], [3], []], nbest_teacher_scores=[-1.0, -2.5, -9.0])
-    parsed = records.parse_example(
-        tf.constant(records.serialize_utterance(utt)), with_nbest=True
-    )
+    parsed = records.parse_example(tf.constant(records.serialize_utterance(utt)), with_nbest=True)
     assert parsed["nbest_token_ids"].numpy().tolist() == [[3, 4], [3, 0], [0, 0]]
     assert parsed["nbest_lengths"].numpy().tolist() == [2, 1, 0]
     np.testing.assert_allclose(parsed["teacher_scores"].numpy(), [-1.0, -2.5, -9.0])

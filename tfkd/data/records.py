@@ -2,19 +2,16 @@
 
 Every TFRecord tfkd writes or reads holds one utterance per `tf.train.Example`:
 
-| key                    | type          | meaning                                                  |
-|------------------------|---------------|----------------------------------------------------------|
-| `audio/pcm16`          | bytes [1]     | little-endian 16-bit PCM, mono                           |
-| `audio/sample_rate`    | int64 [1]     | Hz (tfkd works at 16000)                                  |
-| `audio/num_samples`    | int64 [1]     | number of samples in `audio/pcm16`                        |
-| `duration`             | float [1]     | seconds                                                   |
-| `text`                 | bytes [1]     | normalised transcript (lower case)                        |
-| `token_ids`            | int64 [U]     | SentencePiece ids, blank excluded (may be empty)          |
-| `utterance_id`         | bytes [1]     | e.g. `103-1240-0000`                                      |
-| `speaker_id`           | bytes [1]     | e.g. `103`                                                |
-| `nbest/token_ids`      | int64 [ΣU_n]  | pseudo-labels: the N hypotheses' ids, concatenated        |
-| `nbest/lengths`        | int64 [N]     | pseudo-labels: tokens in each hypothesis                  |
-| `nbest/teacher_scores` | float [N]     | pseudo-labels: teacher full-sum log P(y_n given x)        |
+- `audio/pcm16` bytes [1]: little-endian 16-bit PCM, mono.
+- `audio/sample_rate` int64 [1]: Hz (tfkd works at 16000).
+- `audio/num_samples` int64 [1]: samples in `audio/pcm16`.
+- `duration` float [1]: seconds.
+- `text` bytes [1]: normalised transcript (lower case).
+- `token_ids` int64 [U]: SentencePiece ids, blank excluded (may be empty).
+- `utterance_id` bytes [1] (e.g. `103-1240-0000`); `speaker_id` bytes [1] (e.g. `103`).
+- `nbest/token_ids` int64 [sum of U_n]: pseudo-labels, the N hypotheses' ids concatenated.
+- `nbest/lengths` int64 [N]: tokens in each hypothesis.
+- `nbest/teacher_scores` float [N]: the teacher's full-sum log P(y_n | x).
 
 The `nbest/*` fields are optional: only records written by `bin/pseudo_label` have them.
 """
