@@ -1,5 +1,10 @@
 """Streaming pieces: chunked causal encoding equals full encoding; step-wise prediction."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -111,3 +116,65 @@ def test_prediction_step_equals_full_call(net):
     np.testing.assert_allclose(tf.stack(steps, 1), full[:, :-1], atol=1e-5)
     out, state = net.step(labels[:, -1], state)
     np.testing.assert_allclose(out, full[:, -1], atol=1e-5)
+
+
+_TFLITE_SCRIPT = """
+import json, sys, tempfile
+import keras, numpy as np, tensorflow as tf
+from tfkd.models import conformer_student
+
+model = conformer_student(9, num_layers=1, dim=16, num_heads=2, left_context=4,
+                          prediction_units=8, prediction_embed_dim=4, joint_dim=8, dropout=0.0)
+model.build_by_calling(num_features=12)
+enc_state = model.encoder.initial_state(1)
+pred_state = model.prediction.initial_state(1)
+state = {"encoder": enc_state, "prediction": pred_state}
+flat = tf.nest.flatten(state)
+
+def step(chunk, label, *flat_state):
+    st = tf.nest.pack_sequence_as(state, list(flat_state))
+    enc, new_enc = model.encoder.stream_step(chunk, st["encoder"])
+    pred, new_pred = model.prediction.step(label, st["prediction"])
+    logits = model.joint.combine(model.joint.project_encoder(enc[:, -1]),
+                                 model.joint.project_prediction(pred))
+    return [logits] + tf.nest.flatten({"encoder": new_enc, "prediction": new_pred})
+
+specs = [tf.TensorSpec([1, 8, 12], tf.float32), tf.TensorSpec([1], tf.int32)]
+specs += [tf.TensorSpec(t.shape, t.dtype) for t in flat]
+archive = keras.export.ExportArchive()
+archive.track(model)
+archive.add_endpoint("serve", step, input_signature=specs)
+path = tempfile.mkdtemp()
+archive.write_out(path, verbose=False)
+converter = tf.lite.TFLiteConverter.from_saved_model(path)
+converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner()
+x = np.random.default_rng(0).normal(size=(1, 32, 12)).astype(np.float32)
+tfl_state, tf_state, diffs = [t.numpy() for t in flat], flat, []
+for i, label in enumerate([0, 3, 5, 2]):
+    chunk = x[:, 8 * i : 8 * i + 8]
+    out = runner(chunk=chunk, label=np.array([label], np.int32),
+                 **{f"flat_state_{j}": v for j, v in enumerate(tfl_state)})
+    tfl_state = [out[f"output_{j + 1}"] for j in range(len(flat))]
+    ref = step(tf.constant(chunk), tf.constant([label]), *tf_state)
+    tf_state = ref[1:]
+    diffs.append(float(np.abs(out["output_0"] - ref[0].numpy()).max()))
+print(json.dumps(diffs))
+"""
+
+
+@pytest.mark.slow
+def test_streaming_pieces_convert_to_tflite_builtins(tmp_path):
+    """Encoder stream step + prediction step + joint combine: builtins only, same numbers.
+
+    Runs in a subprocess because converter failures can abort the process.
+    """
+    script = tmp_path / "convert.py"
+    script.write_text(_TFLITE_SCRIPT)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    diffs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(diffs) == 4 and max(diffs) < 1e-4
