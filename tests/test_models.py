@@ -328,3 +328,10 @@ def test_mixed_precision_keeps_float32_logits(policy):
     # Same weights, lower precision: close to the float32 model, not equal to it.
     diff = np.abs(out["logits"].numpy() - reference(batch())["logits"].numpy()).max()
     assert 0 < diff < 0.1
+
+
+def test_keras_file_round_trip_restores_weights(tmp_path):
+    model = tiny_student().build_by_calling(num_features=F)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded(batch())["logits"], model(batch())["logits"], atol=1e-6)

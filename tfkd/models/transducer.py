@@ -86,6 +86,14 @@ class Transducer(keras.Model):
         )
         return self
 
+    def build_from_config(self, config):
+        # Keras loading (`load_model`) calls this before restoring weights; the sublayers only
+        # create their variables when called, so build by calling, or the weights would be
+        # silently skipped.
+        shapes = (config or {}).get("input_shape") or {}
+        if "features" in shapes:
+            self.build_by_calling(num_features=shapes["features"][-1])
+
     def get_config(self):
         return {
             **super().get_config(),
