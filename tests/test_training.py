@@ -1,0 +1,227 @@
+"""Trainer steps, the LR schedule, strict gin parsing and the train() root (single device)."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from training_records import write_tiny_records
+
+import gin
+from tfkd import config
+from tfkd.models import presets
+from tfkd.training import loop, schedules, trainers
+
+VOCAB = 16
+B = 4
+
+
+def tiny_model():
+    return presets.lstm_student(
+        VOCAB,
+        num_layers=1,
+        units=32,
+        frontend_units=32,
+        prediction_units=32,
+        prediction_embed_dim=16,
+        joint_dim=32,
+        dropout=0.0,
+    )
+
+
+def fixed_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "waveform": tf.constant(rng.normal(size=(B, 8000)).astype("float32") * 0.1),
+        "num_samples": tf.constant([8000, 7000, 6000, 8000], tf.int32),
+        "token_ids": tf.constant(rng.integers(1, VOCAB, size=(B, 5)), tf.int32),
+        "label_length": tf.constant([5, 4, 3, 5], tf.int32),
+    }
+
+
+def make_trainer(optimizer=None, trainer_cls=trainers.SupervisedTrainer, **kwargs):
+    strategy = tf.distribute.get_strategy()
+    model = tiny_model()
+    optimizer = optimizer or keras.optimizers.Adam(1e-2)
+    kwargs.setdefault("jit_compile", False)
+    trainer = trainer_cls(model, optimizer, strategy=strategy, global_batch_size=B, **kwargs)
+    batch = fixed_batch()
+    trainer.loss_terms(batch, training=False)
+    optimizer.build(trainer.trainable_variables)
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    return trainer, batch, iterator
+
+
+def test_train_step_reduces_loss_and_reports_true_means():
+    trainer, batch, iterator = make_trainer(clip_norm=5.0)
+    before = trainer.loss_terms(batch, training=False)["rnnt"].numpy()
+    first = trainer.train_step(iterator)
+    assert set(first) == {"rnnt", "loss", "grad_norm"}
+    # The logged value is the mean over the batch, not sum / global batch of one replica's share.
+    np.testing.assert_allclose(float(first["rnnt"]), before.mean(), rtol=1e-5)
+    assert float(first["grad_norm"]) > 5.0  # clipping was active on this step
+    for _ in range(24):
+        last = trainer.train_step(iterator)
+    assert float(last["rnnt"]) < 0.6 * float(first["rnnt"])
+
+
+def test_jit_compiled_step_matches_eager_step():
+    # SGD, not Adam: Adam's normalisation would magnify rounding differences in tiny gradients.
+    keras.utils.set_random_seed(1)
+    eager, _, it_e = make_trainer(keras.optimizers.SGD(0.1), jit_compile=False)
+    keras.utils.set_random_seed(1)
+    xla, _, it_x = make_trainer(keras.optimizers.SGD(0.1), jit_compile=True)
+    for _ in range(2):
+        m_e, m_x = eager.train_step(it_e), xla.train_step(it_x)
+    np.testing.assert_allclose(float(m_x["rnnt"]), float(m_e["rnnt"]), rtol=1e-4)
+    for a, b in zip(eager.model.trainable_variables, xla.model.trainable_variables, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_clipping_bounds_the_update_to_clip_norm():
+    # With SGD(lr=1) the update is the clipped gradient itself.
+    trainer, _, iterator = make_trainer(keras.optimizers.SGD(1.0), clip_norm=0.01)
+    before = [v.numpy() for v in trainer.trainable_variables]
+    metrics = trainer.train_step(iterator)
+    after = [v.numpy() for v in trainer.trainable_variables]
+    update = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before, strict=True)))
+    assert float(metrics["grad_norm"]) > 1.0
+    np.testing.assert_allclose(update, 0.01, rtol=1e-3)
+
+
+class HeadsModel(keras.Model):
+    """Two heads on one input; the `unused` head gets None gradients."""
+
+    def __init__(self):
+        super().__init__(name="heads")
+        self.used = keras.layers.Dense(1)
+        self.unused = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.used(x), self.unused(x)
+
+
+class _TwoTermTrainer(trainers.LossTermsTrainer):
+    term_names = ("a", "b")
+
+    def loss_terms(self, batch, training):
+        used, _ = self.model(batch["x"])
+        err = tf.squeeze(used, -1) - batch["y"]
+        return {"a": err**2, "b": tf.abs(err)}
+
+
+def test_weighted_terms_and_none_gradients_are_filtered():
+    strategy = tf.distribute.get_strategy()
+    model = HeadsModel()
+    optimizer = keras.optimizers.SGD(0.1)
+    trainer = _TwoTermTrainer(
+        model,
+        optimizer,
+        strategy=strategy,
+        global_batch_size=2,
+        loss_weights={"b": 0.5},
+        jit_compile=False,
+    )
+    batch = {"x": tf.constant([[1.0, 2.0], [3.0, 4.0]]), "y": tf.constant([1.0, -1.0])}
+    model(batch["x"])
+    optimizer.build(model.trainable_variables)
+    terms = {k: v.numpy() for k, v in trainer.loss_terms(batch, False).items()}
+    unused_before = [v.numpy() for v in model.unused.trainable_variables]
+    metrics = trainer.train_step(iter(tf.data.Dataset.from_tensors(batch).repeat()))
+    np.testing.assert_allclose(float(metrics["a"]), terms["a"].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["b"]), terms["b"].mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(metrics["loss"]), (terms["a"] + 0.5 * terms["b"]).mean(), rtol=1e-6
+    )
+    for a, b in zip(unused_before, model.unused.trainable_variables, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())
+    with pytest.raises(ValueError, match="unknown terms"):
+        _TwoTermTrainer(
+            model, optimizer, strategy=strategy, global_batch_size=2, loss_weights={"c": 1.0}
+        )
+
+
+def test_mixed_float16_step_keeps_float32_loss_and_variables():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-2))
+        trainer, _, iterator = make_trainer(optimizer, clip_norm=5.0)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    first = trainer.train_step(iterator)
+    # The first steps overflow at the initial scale 2^15 and are skipped while the scale halves.
+    for _ in range(15):
+        last = trainer.train_step(iterator)
+    assert float(optimizer.dynamic_scale) < 2.0**15
+    assert first["rnnt"].dtype == tf.float32
+    assert all(v.dtype == "float32" for v in trainer.trainable_variables)
+    assert np.isfinite(float(last["rnnt"])) and float(last["rnnt"]) < float(first["rnnt"])
+
+
+def test_warmup_decay_values():
+    rsqrt = schedules.WarmupDecay(1e-3, warmup_steps=100, decay="rsqrt")
+    np.testing.assert_allclose(float(rsqrt(0)), 1e-5, rtol=1e-6)
+    np.testing.assert_allclose(float(rsqrt(49)), 5e-4, rtol=1e-6)
+    np.testing.assert_allclose(float(rsqrt(100)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(rsqrt(400)), 5e-4, rtol=1e-6)
+    cosine = schedules.WarmupDecay(
+        1e-3, warmup_steps=10, decay="cosine", decay_steps=110, final_learning_rate=1e-4
+    )
+    np.testing.assert_allclose(float(cosine(10)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(cosine(60)), 5.5e-4, rtol=1e-5)
+    np.testing.assert_allclose(float(cosine(110)), 1e-4, rtol=1e-5)
+    np.testing.assert_allclose(float(cosine(10_000)), 1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown decay"):
+        schedules.WarmupDecay(decay="linear")
+
+
+@pytest.fixture
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("train.num_stepz = 3", "num_stepz"),
+        ("trian.num_steps = 3", "trian"),
+        ("WarmupDecay.peak_lr = 1e-3", "peak_lr"),
+    ],
+)
+def test_gin_typos_raise(clean_gin, binding, message):
+    with pytest.raises((ValueError, KeyError), match=message):
+        config.parse_gin(["gin/test/tiny.gin"], [binding])
+
+
+@pytest.mark.parametrize(
+    "gin_file",
+    sorted(glob.glob(os.path.join(config.GIN_DIR, "*.gin")))
+    + sorted(glob.glob(os.path.join(config.GIN_DIR, "*", "*.gin"))),
+)
+def test_every_gin_file_parses_strictly(clean_gin, gin_file):
+    text = config.parse_gin([gin_file])
+    assert text.strip()
+
+
+def test_gin_train_root_writes_operative_config_and_summaries(clean_gin, tmp_path):
+    pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)
+    model_dir = tmp_path / "run"
+    config.parse_gin(
+        ["gin/test/tiny.gin"],
+        [f"TRAIN_RECORDS = '{pattern}'", "NUM_STEPS = 3", "train.progress = False"],
+    )
+    last = config.train(str(model_dir))
+    assert set(last) >= {"rnnt", "loss", "grad_norm", "learning_rate"}
+    operative = (model_dir / loop.OPERATIVE_CONFIG).read_text()
+    assert "lstm_student.units = 32" in operative
+    assert "NUM_STEPS = 3" in operative and "train.num_steps = %NUM_STEPS" in operative
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-3")
+    tags = set()
+    for path in glob.glob(str(model_dir / "train" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"rnnt", "loss", "learning_rate", "operative_config"} <= tags
