@@ -20,6 +20,7 @@ from tfkd.models import (
     lstm_student,
     subsampled_lengths,
 )
+from tfkd.models.conformer import apply_rotary, attention_mask
 
 F = 12  # feature width: small for speed; nothing depends on 80
 
@@ -335,3 +336,33 @@ def test_keras_file_round_trip_restores_weights(tmp_path):
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(loaded(batch())["logits"], model(batch())["logits"], atol=1e-6)
+
+
+def test_attention_mask_chunks_and_left_context():
+    pos = tf.range(5)
+    mask = attention_mask(pos, pos, tf.constant([[True] * 4 + [False]]), True, 2, 1)
+    expected = [  # query rows, key columns; chunks {0,1} {2,3} {4}; key 4 is padding
+        [1, 1, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [0, 1, 1, 1, 0],
+        [0, 0, 1, 1, 0],
+        [0, 0, 0, 1, 0],
+    ]
+    np.testing.assert_array_equal(mask[0, 0].numpy().astype(int), expected)
+    full = attention_mask(pos, pos, tf.ones([1, 5], tf.bool), False)
+    assert bool(tf.reduce_all(full))
+
+
+def test_rotary_scores_depend_only_on_distance():
+    rng = np.random.default_rng(6)
+    q = tf.constant(rng.normal(size=(1, 1, 1, 8)), tf.float32)
+    k = tf.constant(rng.normal(size=(1, 1, 1, 8)), tf.float32)
+
+    def score(i, j):
+        qi = apply_rotary(q, tf.constant([i]))
+        kj = apply_rotary(k, tf.constant([j]))
+        return float(tf.reduce_sum(qi * kj))
+
+    np.testing.assert_allclose(score(3, 1), score(103, 101), rtol=1e-4)
+    assert abs(score(3, 1) - score(3, 2)) > 1e-3
+    np.testing.assert_allclose(score(0, 0), float(tf.reduce_sum(q * k)), rtol=1e-6)

@@ -199,7 +199,7 @@ class ConvModule(keras.layers.Layer):
     def stream_step(self, x, cache):
         """``x [B, C, D]``, ``cache [B, K-1, D]`` -> ``(out [B, C, D], new_cache)``."""
         h = tf.concat([cache, self._gated(x)], axis=1)
-        return self._finish(h, False), h[:, -(self.kernel_size - 1) :]
+        return self._finish(h, False), h[:, tf.shape(h)[1] - (self.kernel_size - 1) :]
 
     def get_config(self):
         return {
@@ -385,7 +385,12 @@ class ConformerEncoder(keras.layers.Layer):
         return zero_padded_frames(x, lengths), lengths
 
     def initial_state(self, batch_size):
-        """Streaming state: front-end caches, per-block key/value/conv caches, frame offset."""
+        """Streaming state (a nested dict of tensors; flatten with `tf.nest` for export).
+
+        ``frontend``: the front end's caches; ``block{i}``: ``keys``/``values``
+        ``[B, H, left_context, Dh]`` and ``conv`` ``[B, K-1, dim]``; ``offset``: int32 scalar,
+        encoder frames consumed so far (shared by the batch: all streams advance together).
+        """
         if not self.causal or self.left_context is None:
             raise ValueError("streaming needs causal=True and a finite left_context")
         head_dim = self.dim // self.num_heads
