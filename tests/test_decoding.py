@@ -356,3 +356,14 @@ def test_transducer_batch_invariance(transducer):
         np.testing.assert_allclose(alone.scores[0], together.scores[b], rtol=1e-4)
         alone_full = score(transducer, alone_feats, alone_lens, alone.token_ids, alone.lengths)
         np.testing.assert_allclose(alone_full[0], full[b], rtol=1e-4)
+
+
+def test_score_is_differentiable_for_student_training(model, batch):
+    feats, lens = batch
+    hyps = np.array([[[1, 2], [3, 0]]] * 4, np.int32)
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(score(model, feats, lens, hyps, np.full([4, 2], [2, 1], np.int32)))
+    grads = tape.gradient(total, model.trainable_variables)
+    assert all(g is not None for g in grads)
+    assert all(np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads)
+    assert sum(float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) for g in grads) > 0

@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -112,3 +113,37 @@ def test_report_and_table(tmp_path):
 def test_unknown_decoder_raises():
     with pytest.raises(ValueError, match="decoder must be one of"):
         evaluation.make_decode_fn(None, None, decoder="viterbi")
+
+
+class _ListHolder(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.tracked = keras.layers.Dense(2, name="tracked")
+        self.in_list = [keras.layers.Dense(2, name="in_list")]
+
+    def call(self, x):
+        return self.in_list[0](self.tracked(x))
+
+
+def test_load_checkpoint_restores_and_refuses_untracked_weights(tmp_path):
+    model = make_fake_model(vocab_size=5, num_features=3, seed=1)
+    step = tf.Variable(5, dtype=tf.int64)
+    tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, step=step), str(tmp_path), 1, checkpoint_name="ckpt"
+    ).save(checkpoint_number=5)
+    other = make_fake_model(vocab_size=5, num_features=3, seed=2)
+    assert not np.allclose(other.joint_out.kernel.numpy(), model.joint_out.kernel.numpy())
+    path, restored_step = evaluation.load_checkpoint(other, str(tmp_path))
+    assert (path, restored_step) == (str(tmp_path / "ckpt-5"), 5)
+    for a, b in zip(model.weights, other.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    holder = _ListHolder(name="holder")
+    holder(tf.zeros([1, 2]))
+    root = tf.train.Checkpoint(model=holder)
+    assert evaluation.untracked_weights(root, holder) == [
+        "holder/in_list/kernel",
+        "holder/in_list/bias",
+    ]
+    with pytest.raises(RuntimeError, match="2 weights of holder are not tracked"):
+        evaluation.load_checkpoint(holder, str(tmp_path))
