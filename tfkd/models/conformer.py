@@ -329,8 +329,10 @@ class ConformerEncoder(keras.layers.Layer):
             self.subsampling_factor, self.subsampling_filters, self.dim, name="subsampling"
         )
         self.input_dropout = keras.layers.Dropout(self.dropout_rate)
-        self.blocks = [
-            ConformerBlock(
+        # One attribute per sublayer, not a list: Keras 3 tracks lists in a way that
+        # tf.train.Checkpoint does not follow, and their weights would never be saved.
+        for i in range(self.num_layers):
+            block = ConformerBlock(
                 self.dim,
                 self.num_heads,
                 self.ff_expansion,
@@ -339,13 +341,16 @@ class ConformerEncoder(keras.layers.Layer):
                 self.dropout_rate,
                 name=f"block{i}",
             )
-            for i in range(self.num_layers)
-        ]
+            setattr(self, f"block{i}", block)
 
     def build(self, input_shape):
         # Sublayers build on the first real call. Without this, Keras traces `call` symbolically
         # at every nesting level to find them, which costs tens of seconds for a deep encoder.
         del input_shape
+
+    @property
+    def blocks(self):
+        return [getattr(self, f"block{i}") for i in range(self.num_layers)]
 
     @property
     def reduction_factor(self):

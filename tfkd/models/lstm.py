@@ -65,7 +65,8 @@ class LstmEncoder(keras.layers.Layer):
             self.frontend = None
         else:
             raise ValueError(f"unknown front end {frontend!r} with factor {frontend_factor}")
-        self.lstms = []
+        # One attribute per sublayer, not a list: Keras 3 tracks lists in a way that
+        # tf.train.Checkpoint does not follow, and their weights would never be saved.
         for i in range(self.num_layers):
             if self.bidirectional:
                 layer = keras.layers.Bidirectional(
@@ -75,13 +76,17 @@ class LstmEncoder(keras.layers.Layer):
                 layer = keras.layers.LSTM(
                     self.units, return_sequences=True, return_state=True, name=f"lstm{i}"
                 )
-            self.lstms.append(layer)
+            setattr(self, f"lstm{i}", layer)
         self.dropout = keras.layers.Dropout(self.dropout_rate)
 
     def build(self, input_shape):
         # Sublayers build on the first real call. Without this, Keras traces `call` symbolically
         # at every nesting level to find them, which costs tens of seconds for a deep encoder.
         del input_shape
+
+    @property
+    def lstms(self):
+        return [getattr(self, f"lstm{i}") for i in range(self.num_layers)]
 
     @property
     def causal(self):

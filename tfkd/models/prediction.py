@@ -37,16 +37,21 @@ class LstmPrediction(keras.layers.Layer):
         self.vocab_size, self.embed_dim = int(vocab_size), int(embed_dim)
         self.units, self.num_layers, self.dropout_rate = int(units), int(num_layers), float(dropout)
         self.embedding = keras.layers.Embedding(self.vocab_size, self.embed_dim, name="embedding")
-        self.lstms = [
-            keras.layers.LSTM(self.units, return_sequences=True, name=f"lstm{i}")
-            for i in range(self.num_layers)
-        ]
+        # One attribute per sublayer, not a list: Keras 3 tracks lists in a way that
+        # tf.train.Checkpoint does not follow, and their weights would never be saved.
+        for i in range(self.num_layers):
+            lstm = keras.layers.LSTM(self.units, return_sequences=True, name=f"lstm{i}")
+            setattr(self, f"lstm{i}", lstm)
         self.dropout = keras.layers.Dropout(self.dropout_rate)
 
     def build(self, input_shape):
         # Sublayers build on the first real call. Without this, Keras traces `call` symbolically
         # at every nesting level to find them, which costs tens of seconds for a deep encoder.
         del input_shape
+
+    @property
+    def lstms(self):
+        return [getattr(self, f"lstm{i}") for i in range(self.num_layers)]
 
     @property
     def output_dim(self):

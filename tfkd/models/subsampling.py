@@ -119,8 +119,10 @@ class ConvSubsampler(keras.layers.Layer):
         self.filters = int(filters)
         self.units = int(units)
         self.strides = split_factor(self.factor)
-        self.convs = [
-            keras.layers.Conv2D(
+        # One attribute per sublayer, not a list: Keras 3 tracks lists in a way that
+        # tf.train.Checkpoint does not follow, and their weights would never be saved.
+        for i, s in enumerate(self.strides):
+            conv = keras.layers.Conv2D(
                 self.filters,
                 kernel_size=(2 * s - 1, 3),
                 strides=(s, 2),
@@ -128,8 +130,7 @@ class ConvSubsampler(keras.layers.Layer):
                 activation="relu",
                 name=f"conv{i}",
             )
-            for i, s in enumerate(self.strides)
-        ]
+            setattr(self, f"conv{i}", conv)
         self.proj = keras.layers.Dense(self.units, name="proj")
         self._num_features = None
 
@@ -137,6 +138,10 @@ class ConvSubsampler(keras.layers.Layer):
         # Sublayers build on the first real call. Without this, Keras traces `call` symbolically
         # at every nesting level to find them, which costs tens of seconds for a deep encoder.
         del input_shape
+
+    @property
+    def convs(self):
+        return [getattr(self, f"conv{i}") for i in range(len(self.strides))]
 
     def output_lengths(self, lengths):
         return subsampled_lengths(lengths, self.factor)
