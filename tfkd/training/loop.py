@@ -208,11 +208,14 @@ def _build(trainer, strat, first_batch):
 
 
 def _learning_rate(optimizer, step: int) -> float:
-    lr = optimizer.learning_rate
+    """The learning rate that the update of (0-based) `step` used."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
     schedule = getattr(optimizer, "_learning_rate", None)
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         return float(schedule(step))
-    return float(lr)
+    lr = optimizer.learning_rate
+    # A constant rate is a (possibly mirrored) variable; identity reads one copy.
+    return float(tf.identity(getattr(lr, "value", lr)))
 
 
 def _write_scalars(writer, values: Mapping[str, float], step: int) -> None:

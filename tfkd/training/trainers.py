@@ -197,7 +197,7 @@ class LossTermsTrainer(abc.ABC):
             @tf.function
             def train_fn(iterator):
                 sums, norm = self.strategy.run(self._replica_train_step, args=(next(iterator),))
-                sums = self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+                sums = _reduce_sum(self.strategy, sums)
                 norm = self.strategy.experimental_local_results(norm)[0]
                 return sums, norm
 
@@ -221,8 +221,7 @@ class LossTermsTrainer(abc.ABC):
                     sums[NUM_EXAMPLES] = tf.cast(tf.shape(total)[0], tf.float32)
                     return sums
 
-                per_replica = self.strategy.run(replica_fn, args=(batch,))
-                return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+                return _reduce_sum(self.strategy, self.strategy.run(replica_fn, args=(batch,)))
 
             self._eval_fn = eval_fn
         return self._eval_fn(batch)
@@ -239,6 +238,13 @@ class LossTermsTrainer(abc.ABC):
             return {}
         n = max(totals.pop(NUM_EXAMPLES), 1.0)
         return {k: v / n for k, v in totals.items()}
+
+
+def _reduce_sum(strategy, per_replica: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    # One reduce per value: MultiWorkerMirroredStrategy.reduce does not take nested structures.
+    return {
+        k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()
+    }
 
 
 def _true_means(sums: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
