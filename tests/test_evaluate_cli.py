@@ -7,7 +7,6 @@ import sys
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import gin
@@ -61,17 +60,13 @@ def test_bin_evaluate_writes_reports_matching_an_in_process_evaluation(tmp_path)
     model.build_by_calling(num_features=80)
     step = tf.Variable(7, dtype=tf.int64)
     ckpt = tf.train.Checkpoint(model=model, optimizer=keras.optimizers.Adam(), step=step)
-    missing = evaluation.untracked_weights(ckpt, model)
+    assert evaluation.untracked_weights(ckpt, model) == []
     tf.train.CheckpointManager(ckpt, model_dir, 2, checkpoint_name="ckpt").save(checkpoint_number=7)
 
     argv = [sys.executable, os.path.join(ROOT, "bin", "evaluate"), f"--model_dir={model_dir}"]
     argv += ["--gin_file=gin/test/tiny.gin", f"--spm_model={spm}", "--keep_hypotheses"]
     argv += [f"--gin_bindings={b}" for b in bindings]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if missing:
-        # Evaluating half-random weights must fail loudly, not report a WER.
-        assert proc.returncode != 0 and "not tracked by tf.train.Checkpoint" in proc.stderr
-        pytest.xfail(f"the trainer's checkpoint cannot hold {len(missing)} weights: {missing[:3]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "split" in proc.stdout and "dev" in proc.stdout and "test" in proc.stdout
 
