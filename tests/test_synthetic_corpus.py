@@ -210,3 +210,17 @@ def test_festival_script_uses_native_rate_and_pitch_controls():
     assert '(list "-r" 0.9000)' in tts.festival_script(hts, ["a b"], ["o"])
     assert tts.sox_pitch_cents(hts) == -150.0
     assert tts.sox_pitch_cents(tts.Voice("flite", "slt", 1.0, -1.5)) == 0.0
+
+
+@pytest.mark.slow
+def test_make_corpus_cli_builds_tiny(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, "tools", "make_corpus.py"), "--size", "tiny",
+           "--seed", "3", "--jobs", "2", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert re.search(r"^dev +6 utts +2 speakers", proc.stdout, flags=re.MULTILINE)
+    assert json.load(open(tmp_path / "manifest.json"))["seed"] == 3
+    assert len(list(tmp_path.glob("*/*/*/*.flac"))) == 36

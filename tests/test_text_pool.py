@@ -117,3 +117,9 @@ def test_real_pool_with_1000_word_limit():
     assert 0.01 < sources["wordnet"] / len(pool) < 0.06  # KJV dominates common words
     for s in pool[:: len(pool) // 50]:
         assert tp.normalize(s.text) == s.text
+
+
+def test_check_sources_names_the_missing_package(tmp_path):
+    tp.check_sources()  # both sources are installed on a set-up machine
+    with pytest.raises(FileNotFoundError, match="wordnet-base"):
+        tp.check_sources(str(tmp_path))

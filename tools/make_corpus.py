@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from tfkd.data import synthetic_corpus, tts
+from tfkd.data import synthetic_corpus, text_pool, tts
 
 DEPS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_system_deps.sh")
 
@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         tts.check_engines(synthetic_corpus.ENGINE_SHARE)
-    except tts.MissingEngineError as err:
+        text_pool.check_sources()
+    except (tts.MissingEngineError, FileNotFoundError) as err:
         print(err, file=sys.stderr)
         if subprocess.run(["bash", DEPS_SCRIPT]).returncode != 0:
             return 1

@@ -71,6 +71,14 @@ def normalize(text: str) -> str | None:
     return " ".join(words)
 
 
+def check_sources(wordnet_dir: str = WORDNET_DIR) -> None:
+    """Raises FileNotFoundError naming the Debian packages if a text source is missing."""
+    if not glob.glob(os.path.join(wordnet_dir, "data.*")):
+        raise FileNotFoundError(f"No WordNet data.* files in {wordnet_dir} (Debian: wordnet-base)")
+    if shutil.which("bible") is None or not os.path.exists("/usr/lib/bible.data"):
+        raise FileNotFoundError("No KJV text (Debian: bible-kjv and bible-kjv-text)")
+
+
 def wordnet_examples(wordnet_dir: str = WORDNET_DIR) -> list[str]:
     """Returns WordNet's raw example sentences (the quoted parts of glosses), in file order.
 
