@@ -224,3 +224,20 @@ def test_make_corpus_cli_builds_tiny(tmp_path):
     assert re.search(r"^dev +6 utts +2 speakers", proc.stdout, flags=re.MULTILINE)
     assert json.load(open(tmp_path / "manifest.json"))["seed"] == 3
     assert len(list(tmp_path.glob("*/*/*/*.flac"))) == 36
+
+
+@pytest.mark.parametrize(
+    "voice",
+    [tts.Voice("espeak-ng", a) for a in tts.ESPEAK_ACCENTS]
+    + [tts.Voice("espeak-ng", "en-us+klatt", 1.15, 2.0)]
+    + [tts.Voice("flite", v, 0.9, -1.0) for v in tts.FLITE_VOICES]
+    + [tts.Voice("festival", "cmu_us_slt_arctic_hts", 1.1, 1.0)],
+    ids=str,
+)
+def test_every_voice_speaks_at_16k(voice):
+    text = "the lord is my shepherd i shall not want"
+    (wave,) = tts.synthesize(voice, [text])
+    assert wave.dtype == np.int16
+    seconds = len(wave) / tts.SAMPLE_RATE
+    assert 1.0 < seconds < 5.0  # about 2-4 words per second
+    assert np.sqrt(np.mean(wave.astype(float) ** 2)) > 300

@@ -80,6 +80,12 @@ def check_engines(engines, path: str | None = None) -> None:
     if "festival" in engines and "festival" not in missing:
         if any(not os.path.isdir(d) for d in FESTIVAL_VOICE_DIRS.values()):
             missing.append("festival")
+    if "flite" in engines and "flite" not in missing:
+        listed = subprocess.run(
+            [shutil.which("flite", path=path), "-lv"], capture_output=True, text=True
+        ).stdout.split()
+        if any(v not in listed for v in FLITE_VOICES):
+            missing.append("flite")  # a flite build without the built-in CMU voices
     if missing:
         packages = " ".join(PACKAGES[m] for m in missing)
         raise MissingEngineError(
