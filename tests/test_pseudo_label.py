@@ -1,0 +1,274 @@
+"""Pseudo-labelling (tfkd.pseudo_label) and controlled label noise (tfkd.label_noise)."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from training_records import write_tiny_records
+
+from tfkd import decoding, features, label_noise, metrics, models, pseudo_label
+from tfkd.data import records
+
+VOCAB = 8
+NUM_MEL = 16
+SETTINGS = pseudo_label.Settings(beam_width=4, nbest=3, teacher="random-init")
+
+
+def tokens_text(ids):
+    """The tiny records' text is their token ids joined by spaces."""
+    return " ".join(str(int(i)) for i in ids)
+
+
+def levenshtein(a, b):
+    """Independent of label_noise.edit_distance: jiwer through tfkd.metrics on id strings."""
+    e = metrics.utterance_errors([tokens_text(a)], [tokens_text(b)])[0]
+    return e.errors
+
+
+# ----------------------------------------------------------------------------------------------
+# label noise
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3])
+def test_corruption_rate_measured_by_edit_distance(rate):
+    rng = np.random.default_rng(0)
+    hyps = [rng.integers(1, 50, size=12).tolist() for _ in range(500)]  # 6000 tokens
+    noisy = [label_noise.corrupt_tokens(h, rate, rng, vocab_size=50) for h in hyps]
+    measured = sum(levenshtein(h, n) for h, n in zip(hyps, noisy, strict=True)) / 6000
+    assert abs(measured - rate) < 0.02, measured
+    assert sum(label_noise.edit_distance(h, n) for h, n in zip(hyps, noisy, strict=True)) == (
+        round(measured * 6000)
+    )
+    lengths = np.array([len(n) for n in noisy])
+    assert 0 < np.sum(lengths < 12) and 0 < np.sum(lengths > 12)  # deletions and insertions
+
+
+def test_corruption_never_produces_blank():
+    rng = np.random.default_rng(1)
+    for blank in (0, 2):
+        ids = [k for k in range(3) if k != blank]
+        for _ in range(200):
+            noisy = label_noise.corrupt_tokens(rng.choice(ids, size=5), 1.0, rng, 3, blank=blank)
+            assert blank not in noisy
+
+
+def test_corruption_is_seeded_per_utterance():
+    hyps = [[1, 2, 3, 4, 5, 6, 7]] * 3
+    a = label_noise.corrupt_nbest(hyps, 0.5, VOCAB, seed=3, key="utt-1")
+    assert a == label_noise.corrupt_nbest(hyps, 0.5, VOCAB, seed=3, key="utt-1")
+    assert a != label_noise.corrupt_nbest(hyps, 0.5, VOCAB, seed=4, key="utt-1")
+    assert a != label_noise.corrupt_nbest(hyps, 0.5, VOCAB, seed=3, key="utt-2")
+    assert len({tuple(h) for h in a}) > 1  # hypotheses of one utterance get different noise
+    assert label_noise.corrupt_nbest(hyps, 0.0, VOCAB, seed=3, key="utt-1") == hyps
+
+
+def test_corruption_rejects_bad_arguments():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="rate"):
+        label_noise.corrupt_tokens([1], 1.5, rng, VOCAB)
+    with pytest.raises(ValueError, match="two non-blank"):
+        label_noise.corrupt_tokens([1], 0.5, rng, 2)
+
+
+def test_edit_distance():
+    assert label_noise.edit_distance([1, 2, 3], [1, 3, 4]) == 2
+    assert label_noise.edit_distance([], [5, 6]) == 2
+    assert label_noise.edit_distance([1, 2], []) == 2
+    assert label_noise.edit_distance([7, 1, 2], [1, 2]) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# pseudo-labelling a split
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    model = models.lstm_student(
+        VOCAB,
+        num_layers=1,
+        units=16,
+        frontend_units=16,
+        prediction="stateless",
+        prediction_units=16,
+        prediction_embed_dim=8,
+        joint_dim=16,
+        dropout=0.0,
+    )
+    model.build_by_calling(num_features=NUM_MEL)
+    # Sharper posteriors than at initialisation, so that the beam makes real choices.
+    out = model.joint.output_layer
+    out.kernel.assign(out.kernel * 4.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def frontend():
+    return features.LogMel(num_mel_bins=NUM_MEL)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pseudo")
+    pattern = write_tiny_records(
+        str(root / "in"), "train-unlabeled", num_files=2, per_file=5, vocab_size=VOCAB, seed=3
+    )
+    return root, pattern
+
+
+def _run(model, frontend, pattern, out_dir, settings=SETTINGS):
+    return pseudo_label.pseudo_label(
+        model,
+        pattern,
+        str(out_dir),
+        settings,
+        frontend=frontend,
+        batch_size=4,
+        ids_to_text=tokens_text,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def clean_run(teacher, frontend, split):
+    root, pattern = split
+    return _run(teacher, frontend, pattern, root / "clean")
+
+
+def _read(pattern, with_nbest):
+    out = []
+    for path in sorted(glob.glob(pattern)):
+        for s in tf.data.TFRecordDataset(path):
+            out.append({k: v.numpy() for k, v in records.parse_example(s, with_nbest).items()})
+    return out
+
+
+def _decoder_reference(model, frontend, examples, hypotheses=None):
+    """The decoder's own N-best and full-sum scores on one padded batch of the examples."""
+    waveform = np.zeros([len(examples), max(e["num_samples"] for e in examples)], np.float32)
+    for b, e in enumerate(examples):
+        waveform[b, : e["num_samples"]] = e["waveform"]
+    feats, lengths = frontend(waveform, [e["num_samples"] for e in examples])
+    if hypotheses is None:
+        # Traced: an eager beam search runs its while loops op by op, which is slow.
+        nbest = tf.function(decoding.beam_search)(
+            model, feats, lengths, SETTINGS.beam_width, SETTINGS.nbest
+        )
+        hypotheses = [
+            [row[:n].tolist() for row, n, s in zip(ids, lens, sc, strict=True) if s > -np.inf]
+            for ids, lens, sc in zip(
+                nbest.token_ids.numpy(), nbest.lengths.numpy(), nbest.scores.numpy(), strict=True
+            )
+        ]
+    ids, lens = pseudo_label._pad(hypotheses, SETTINGS.nbest)
+    scores = decoding.score(model, feats, lengths, ids, lens).numpy()
+    return hypotheses, [scores[b, : len(h)] for b, h in enumerate(hypotheses)]
+
+
+def _stored(example):
+    return [
+        row[:n].tolist()
+        for row, n in zip(example["nbest_token_ids"], example["nbest_lengths"], strict=True)
+    ]
+
+
+def test_records_keep_fields_and_hold_decoder_nbest(teacher, frontend, split, clean_run):
+    root, pattern = split
+    originals = _read(pattern, with_nbest=False)
+    labelled = _read(str(root / "clean" / "*.tfrecord"), with_nbest=True)
+    assert [e["utterance_id"] for e in labelled] == [e["utterance_id"] for e in originals]
+    for orig, lab in zip(originals, labelled, strict=True):
+        for key in ("waveform", "text", "token_ids", "speaker_id", "duration"):
+            np.testing.assert_array_equal(lab[key], orig[key])
+    hyps, scores = _decoder_reference(teacher, frontend, labelled)
+    for lab, h, s in zip(labelled, hyps, scores, strict=True):
+        assert _stored(lab) == h
+        np.testing.assert_allclose(lab["teacher_scores"], s, rtol=1e-4)
+    counts = [len(e["nbest_lengths"]) for e in labelled]
+    assert max(counts) == SETTINGS.nbest and min(counts) >= 1
+    assert any(len(set(map(tuple, _stored(e)))) > 1 for e in labelled)
+
+
+def test_manifest_records_teacher_wer(split, clean_run):
+    root, _ = split
+    with open(root / "clean" / pseudo_label.MANIFEST) as f:
+        manifest = json.load(f)
+    assert manifest["utterances"] == 10 and len(manifest["shards"]) == 2
+    assert manifest["beam_width"] == 4 and manifest["nbest"] == 3 and manifest["noise_rate"] == 0
+    labelled = _read(str(root / "clean" / "*.tfrecord"), with_nbest=True)
+    refs = [tokens_text(e["token_ids"]) for e in labelled]
+    firsts = [tokens_text(_stored(e)[0]) for e in labelled]
+    want = metrics.corpus_errors(refs, firsts)
+    assert manifest["teacher_wer"] == pytest.approx(want.wer)
+    assert manifest["teacher_word_errors"]["errors"] == want.errors > 0
+    # The tiny records' words are their tokens, so word and word-piece error rates agree.
+    assert manifest["teacher_token_error_rate"] * 100 == pytest.approx(want.wer)
+    assert manifest["label_wer"] == manifest["teacher_wer"] and manifest["applied_noise_rate"] == 0
+
+
+def test_resume_skips_finished_shards(teacher, frontend, split, clean_run):
+    root, pattern = split
+    out = root / "clean"
+    shards = sorted(glob.glob(str(out / "*.tfrecord")))
+    before = {p: (os.stat(p).st_mtime_ns, open(p, "rb").read()) for p in shards}
+    # Every shard is finished: no decoding at all (a None model would fail at the first use).
+    again = _run(None, frontend, pattern, out)
+    assert [s["skipped"] for s in again["shards"]] == [True, True]
+    assert again["teacher_wer"] == clean_run["teacher_wer"] and again["utterances"] == 10
+    assert {p: os.stat(p).st_mtime_ns for p in shards} == {p: m for p, (m, _) in before.items()}
+    # A lost shard (and a stale temp file of an interrupted run) is redone, the other kept.
+    os.remove(shards[1])
+    with open(shards[1] + ".tmp-123", "wb") as f:
+        f.write(b"partial")
+    redo = _run(teacher, frontend, pattern, out)
+    assert [s["skipped"] for s in redo["shards"]] == [True, False]
+    assert open(shards[1], "rb").read() == before[shards[1]][1]
+    assert os.stat(shards[0]).st_mtime_ns == before[shards[0]][0]
+    assert redo["teacher_wer"] == clean_run["teacher_wer"]
+
+
+def test_noise_corrupts_and_rescores(teacher, frontend, split, clean_run):
+    root, pattern = split
+    noisy_settings = pseudo_label.Settings(
+        beam_width=4, nbest=3, noise_rate=0.4, seed=7, teacher="random-init"
+    )
+    manifest = _run(teacher, frontend, pattern, root / "noisy", noisy_settings)
+    clean = _read(str(root / "clean" / "*.tfrecord"), with_nbest=True)
+    noisy = _read(str(root / "noisy" / "*.tfrecord"), with_nbest=True)
+    changed = 0
+    for c, n in zip(clean, noisy, strict=True):
+        want = label_noise.corrupt_nbest(_stored(c), 0.4, VOCAB, 7, c["utterance_id"].decode())
+        assert _stored(n) == want
+        assert all(0 not in h for h in want)  # never the blank id
+        for hc, hn, sc, sn in zip(
+            _stored(c), want, c["teacher_scores"], n["teacher_scores"], strict=True
+        ):
+            if hc != hn:
+                changed += 1
+                assert abs(sc - sn) > 1e-3  # the teacher's belief in the new label
+            else:
+                assert sc == pytest.approx(sn, rel=1e-4)
+    assert changed >= 5
+    # Stored scores are the teacher's full-sum scores of the corrupted hypotheses.
+    _, rescored = _decoder_reference(teacher, frontend, noisy, [_stored(n) for n in noisy])
+    for n, s in zip(noisy, rescored, strict=True):
+        np.testing.assert_allclose(n["teacher_scores"], s, rtol=1e-4)
+    assert manifest["teacher_wer"] == pytest.approx(clean_run["teacher_wer"])
+    assert manifest["label_wer"] != manifest["teacher_wer"]
+    edits = sum(
+        label_noise.edit_distance(a, b)
+        for c, n in zip(clean, noisy, strict=True)
+        for a, b in zip(_stored(c), _stored(n), strict=True)
+    )
+    assert manifest["applied_noise_rate"] == pytest.approx(edits / manifest["clean_tokens"])
+    assert 0.15 < manifest["applied_noise_rate"] < 0.65
+
+
+def test_refuses_to_overwrite_inputs(teacher, frontend, split):
+    root, pattern = split
+    with pytest.raises(ValueError, match="holds the input"):
+        _run(teacher, frontend, pattern, root / "in")
+    with pytest.raises(ValueError, match="nbest"):
+        pseudo_label.Settings(beam_width=2, nbest=3)
