@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from fixtures_corpus import TINY_SEED, tiny_corpus  # noqa: F401
 
-from tfkd.data import augment, synthetic_corpus, tts
+from tfkd.data import augment, synthetic_corpus, text_pool, tts
 
 TINY = synthetic_corpus.PRESETS["tiny"]
 
@@ -241,3 +241,20 @@ def test_every_voice_speaks_at_16k(voice):
     seconds = len(wave) / tts.SAMPLE_RATE
     assert 1.0 < seconds < 5.0  # about 2-4 words per second
     assert np.sqrt(np.mean(wave.astype(float) ** 2)) > 300
+
+
+@pytest.mark.parametrize("pool_size", [14, 20, 1000])
+def test_assign_sentences_keeps_splits_disjoint_even_when_reusing(pool_size):
+    pool = [text_pool.Sentence(f"sentence number {i} is here", "kjv") for i in range(pool_size)]
+    out = synthetic_corpus.assign_sentences(pool, TINY, np.random.default_rng(0))
+    assert {k: len(v) for k, v in out.items()} == TINY.utterances
+    assert len(set(out["dev"])) == 6 and len(set(out["test"])) == 6
+    distinct = {k: set(v) for k, v in out.items()}
+    for a in synthetic_corpus.SPLITS:
+        for b in synthetic_corpus.SPLITS:
+            assert a == b or not distinct[a] & distinct[b]
+    # 14 sentences leave one for each training split; 20 leave 8, shared 5:3 like 16:8.
+    expected = {14: (1, 1), 20: (5, 3), 1000: (16, 8)}[pool_size]
+    assert (len(distinct["train-labeled"]), len(distinct["train-unlabeled"])) == expected
+    with pytest.raises(ValueError, match="13 sentences"):
+        synthetic_corpus.assign_sentences(pool[:13], TINY, np.random.default_rng(0))

@@ -149,18 +149,16 @@ def assign_sentences(
         raise ValueError(f"The text pool has {len(pool)} sentences; {held_out + 2} are needed.")
     order = rng.permutation(len(pool))
     rest = len(pool) - held_out
-    train = {"train-labeled": need["train-labeled"], "train-unlabeled": need["train-unlabeled"]}
-    if sum(train.values()) > rest:
-        train_share = _largest_remainder(
-            rest, {k: v / sum(train.values()) for k, v in train.items()}
-        )
-    else:
-        train_share = train
+    labeled, unlabeled = need["train-labeled"], need["train-unlabeled"]
+    if labeled + unlabeled > rest:  # share the rest in proportion, at least one sentence each
+        labeled = min(rest - 1, max(1, round(rest * labeled / (labeled + unlabeled))))
+        unlabeled = rest - labeled
+    avail = {"dev": need["dev"], "test": need["test"]}
+    avail.update({"train-labeled": labeled, "train-unlabeled": unlabeled})
     out, start = {}, 0
     for split in ("dev", "test", "train-labeled", "train-unlabeled"):
-        avail = need[split] if split in ("dev", "test") else max(1, train_share[split])
-        idx = order[start : start + avail]
-        start += avail
+        idx = order[start : start + avail[split]]
+        start += avail[split]
         out[split] = [pool[idx[i % len(idx)]] for i in range(need[split])]
     return out
 
