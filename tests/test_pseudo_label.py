@@ -162,7 +162,7 @@ def _decoder_reference(model, frontend, examples, hypotheses=None):
                 nbest.token_ids.numpy(), nbest.lengths.numpy(), nbest.scores.numpy(), strict=True
             )
         ]
-    ids, lens = pseudo_label._pad(hypotheses, SETTINGS.nbest)
+    ids, lens = pseudo_label.pad_hypotheses(hypotheses, SETTINGS.nbest)
     scores = decoding.score(model, feats, lengths, ids, lens).numpy()
     return hypotheses, [scores[b, : len(h)] for b, h in enumerate(hypotheses)]
 
@@ -272,3 +272,75 @@ def test_refuses_to_overwrite_inputs(teacher, frontend, split):
         _run(teacher, frontend, pattern, root / "in")
     with pytest.raises(ValueError, match="nbest"):
         pseudo_label.Settings(beam_width=2, nbest=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# bin/pseudo_label
+
+
+@pytest.mark.slow
+def test_bin_pseudo_label_restores_the_trainer_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    import keras
+
+    import gin
+    from tfkd import config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pattern = write_tiny_records(str(tmp_path / "in"), "train-unlabeled", 1, 4, 16, seed=5)
+    bindings = [f"TRAIN_RECORDS = '{pattern}'"]
+    try:
+        config.parse_gin(["gin/test/tiny.gin"], bindings)
+        keras.utils.set_random_seed(2)
+        model = gin.query_parameter("train.model_fn").scoped_configurable_fn()
+    finally:
+        gin.clear_config()
+    model.build_by_calling(num_features=80)
+    out = model.joint.output_layer
+    out.kernel.assign(out.kernel * 4.0)
+    teacher_dir = str(tmp_path / "teacher")
+    ckpt = tf.train.Checkpoint(
+        model=model, optimizer=keras.optimizers.Adam(), step=tf.Variable(5, dtype=tf.int64)
+    )
+    saved = tf.train.CheckpointManager(ckpt, teacher_dir, 1, checkpoint_name="ckpt").save(5)
+
+    argv = [
+        sys.executable,
+        os.path.join(root, "bin", "pseudo_label"),
+        f"--teacher_dir={teacher_dir}",
+        "--gin_file=gin/test/tiny.gin",
+        f"--input_pattern={pattern}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--beam_width=3",
+        "--nbest=2",
+        "--noise_rate=0.2",
+        "--seed=4",
+    ]
+    argv += [f"--gin_bindings={b}" for b in bindings]
+    bad = subprocess.run(
+        argv[: -len(bindings)] + ["--nbest=5"] + argv[-len(bindings) :],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "nbest" in bad.stderr and "Traceback" not in bad.stderr
+    proc = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "out" / pseudo_label.MANIFEST) as f:
+        manifest = json.load(f)
+    assert manifest["teacher"] == os.path.abspath(saved) and manifest["utterances"] == 4
+    assert "teacher_wer" not in manifest  # no SentencePiece model in tiny.gin
+
+    # The restored teacher labels exactly as the in-memory one does.
+    settings = pseudo_label.Settings(
+        beam_width=3, nbest=2, noise_rate=0.2, seed=4, teacher=os.path.abspath(saved)
+    )
+    pseudo_label.pseudo_label(model, pattern, str(tmp_path / "ref"), settings, progress=False)
+    got = _read(str(tmp_path / "out" / "*.tfrecord"), with_nbest=True)
+    want = _read(str(tmp_path / "ref" / "*.tfrecord"), with_nbest=True)
+    for g, w in zip(got, want, strict=True):
+        assert _stored(g) == _stored(w)
+        np.testing.assert_allclose(g["teacher_scores"], w["teacher_scores"], rtol=1e-5)

@@ -128,7 +128,7 @@ def add_nbest(serialized: bytes, hypotheses, scores) -> bytes:
     return example.SerializeToString()
 
 
-def _pad(hypotheses_per_utt, num_slots):
+def pad_hypotheses(hypotheses_per_utt, num_slots):
     """[[ids]] per utterance -> (ids [B, N, U] int32 0-padded, lengths [B, N])."""
     max_len = max([len(h) for hyps in hypotheses_per_utt for h in hyps] + [1])
     ids = np.zeros([len(hypotheses_per_utt), num_slots, max_len], np.int32)
@@ -212,7 +212,7 @@ def label_shard(
                         )
                         for h, key in zip(clean, keys, strict=True)
                     ]
-                    ids, lengths = _pad(stored, out["token_ids"].shape[1])
+                    ids, lengths = pad_hypotheses(stored, out["token_ids"].shape[1])
                     rescored = rescore_fn(out["enc"], out["enc_lengths"], ids, lengths).numpy()
                     scores = [rescored[b, : len(h)] for b, h in enumerate(stored)]
                 for b, row in enumerate(batch["token_ids"].numpy()):
