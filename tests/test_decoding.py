@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from decoding_fakes import make_fake_model, random_features
 
-from tfkd.decoding import beam_search, greedy_decode, score
+from tfkd.decoding import beam_search, greedy_decode, nbest_full_sum, score
 
 # ---------------------------------------------------------------- references
 
@@ -368,3 +368,30 @@ def test_score_is_differentiable_for_student_training(model, batch):
     assert all(g is not None for g in grads)
     assert all(np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads)
     assert sum(float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) for g in grads) > 0
+
+
+def test_nbest_full_sum_shares_one_encoder_pass(batch):
+    counted = make_fake_model(vocab_size=5, seed=1, logit_scale=2.0, blank_bias=1.0)
+    feats, lens = batch
+    found = beam_search(counted, feats, lens, beam_width=4, nbest=3, max_symbols_per_frame=2)
+    calls = []
+    encode = counted.encode
+
+    def counting_encode(features, lengths, training=False):
+        calls.append(int(tf.shape(features)[0]))
+        return encode(features, lengths, training=training)
+
+    counted.encode = counting_encode
+    rescored = nbest_full_sum(counted, feats, lens, beam_width=4, nbest=3, max_symbols_per_frame=2)
+    assert calls == [4]
+    scores = rescored.scores.numpy()
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    want = score(counted, feats, lens, found.token_ids, found.lengths).numpy()
+    for b in range(4):
+        got_hyps = map(tuple, unpack(rescored.token_ids[b], rescored.lengths[b]))
+        ref_hyps = map(tuple, unpack(found.token_ids[b], found.lengths[b]))
+        got = dict(zip(got_hyps, scores[b], strict=True))
+        ref = dict(zip(ref_hyps, want[b], strict=True))
+        assert got.keys() == ref.keys()
+        for hyp, s in got.items():
+            np.testing.assert_allclose(s, ref[hyp], rtol=1e-5)
