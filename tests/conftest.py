@@ -1,19 +1,19 @@
-"""Shared pytest set-up: quiet TF logs and fixed seeds."""
+"""Shared pytest set-up: quiet TF logs, fixed seeds, session fixtures."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# Session fixtures shared by every test module (e.g. `tiny_corpus`).
+pytest_plugins = ["fixtures_corpus"]
 
 
 @pytest.fixture(autouse=True)
 def _fixed_seeds():
     import keras
-    import tensorflow as tf
 
-    np.random.seed(0)
-    tf.random.set_seed(0)
+    # Seeds Python's `random`, NumPy's global generator and TensorFlow together.
     keras.utils.set_random_seed(0)
     yield

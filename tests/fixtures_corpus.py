@@ -1,7 +1,6 @@
 """Session fixture: the `tiny` synthetic corpus, built once per test session.
 
-Wire it into a test module with ``from fixtures_corpus import tiny_corpus  # noqa: F401`` (or
-the same import in conftest.py to share it with every test).
+conftest.py registers this module as a pytest plugin, so every test can ask for `tiny_corpus`.
 """
 
 import pytest

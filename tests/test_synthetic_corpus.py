@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from fixtures_corpus import TINY_SEED, tiny_corpus  # noqa: F401
+from fixtures_corpus import TINY_SEED
 
 from tfkd.data import augment, synthetic_corpus, text_pool, tts
 
@@ -33,7 +33,7 @@ def _audio(root) -> dict:
     }
 
 
-def test_librispeech_layout_and_transcript_format(tiny_corpus):  # noqa: F811
+def test_librispeech_layout_and_transcript_format(tiny_corpus):
     for split in synthetic_corpus.SPLITS:
         chapters = glob.glob(os.path.join(tiny_corpus, split, "*", "*"))
         assert chapters, split
@@ -51,7 +51,7 @@ def test_librispeech_layout_and_transcript_format(tiny_corpus):  # noqa: F811
             assert sorted(f"{u}.flac" for u in ids) + [trans] == files
 
 
-def test_flac_is_16k_mono_int16_and_not_silent(tiny_corpus):  # noqa: F811
+def test_flac_is_16k_mono_int16_and_not_silent(tiny_corpus):
     paths = glob.glob(os.path.join(tiny_corpus, "*", "*", "*", "*.flac"))
     assert len(paths) == sum(TINY.utterances.values()) == 36
     for path in paths:
@@ -65,7 +65,7 @@ def test_flac_is_16k_mono_int16_and_not_silent(tiny_corpus):  # noqa: F811
         assert -40 < rms_dbfs < -10, path  # -23 dBFS +- 8 dB of gain, before peak limiting
 
 
-def test_splits_are_disjoint_in_speakers_and_sentences(tiny_corpus):  # noqa: F811
+def test_splits_are_disjoint_in_speakers_and_sentences(tiny_corpus):
     trans = _transcripts(tiny_corpus)
     for split in synthetic_corpus.SPLITS:
         assert len(trans[split]) == TINY.utterances[split]
@@ -79,7 +79,7 @@ def test_splits_are_disjoint_in_speakers_and_sentences(tiny_corpus):  # noqa: F8
                 assert not spk_a & set(os.listdir(os.path.join(tiny_corpus, b))), (a, b)
 
 
-def test_manifest_matches_files(tiny_corpus):  # noqa: F811
+def test_manifest_matches_files(tiny_corpus):
     manifest = json.load(open(os.path.join(tiny_corpus, "manifest.json")))
     assert manifest["size"] == "tiny" and manifest["seed"] == TINY_SEED
     for split, info in manifest["splits"].items():
@@ -110,7 +110,7 @@ def test_speaker_plans_keep_espeak_a_minority_and_use_every_voice():
         assert 0.3 < noisy < 0.7
 
 
-def test_same_seed_gives_identical_corpus(tiny_corpus, tmp_path):  # noqa: F811
+def test_same_seed_gives_identical_corpus(tiny_corpus, tmp_path):
     # A second build with one process must match the two-process fixture exactly.
     synthetic_corpus.build_corpus(str(tmp_path), "tiny", seed=TINY_SEED, jobs=1, progress=False)
     for name in ("manifest.json", "SPEAKERS.txt", "utterances.tsv"):
@@ -122,7 +122,7 @@ def test_same_seed_gives_identical_corpus(tiny_corpus, tmp_path):  # noqa: F811
         np.testing.assert_array_equal(first[key], second[key])
 
 
-def test_other_seed_gives_other_corpus(tiny_corpus, tmp_path):  # noqa: F811
+def test_other_seed_gives_other_corpus(tiny_corpus, tmp_path):
     plan0 = synthetic_corpus.plan_corpus("tiny", TINY_SEED)
     plan1 = synthetic_corpus.plan_corpus("tiny", TINY_SEED + 1)
     assert [c.texts for c in plan0] != [c.texts for c in plan1]
@@ -137,7 +137,7 @@ def test_other_seed_gives_other_corpus(tiny_corpus, tmp_path):  # noqa: F811
         assert len(a) == len(b) and not np.array_equal(a, b)
 
 
-def test_resume_rebuilds_only_missing_chapters(tiny_corpus, tmp_path):  # noqa: F811
+def test_resume_rebuilds_only_missing_chapters(tiny_corpus, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(tiny_corpus, out)
     chapter = synthetic_corpus.plan_corpus("tiny", TINY_SEED)[1]
