@@ -11,8 +11,9 @@ from training_records import write_tiny_records
 
 import gin
 from tfkd import config
+from tfkd.data import pipeline, tokenizer
 from tfkd.models import presets
-from tfkd.training import loop, schedules, trainers
+from tfkd.training import loop, periodic_eval, schedules, trainers
 
 VOCAB = 16
 B = 4
@@ -225,3 +226,50 @@ def test_gin_train_root_writes_operative_config_and_summaries(clean_gin, tmp_pat
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(v.tag for v in event.summary.value)
     assert {"rnnt", "loss", "learning_rate", "operative_config"} <= tags
+
+
+@pytest.mark.slow  # ~50 s: two train() calls, each tracing a step and a greedy decoder
+def test_train_resumes_and_reports_dev_wer(tmp_path):
+    pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)
+    rng = np.random.default_rng(0)
+    texts = [" ".join(map(str, rng.integers(1, VOCAB, size=5))) for _ in range(200)]
+    spm = tokenizer.train_sentencepiece(texts, str(tmp_path / "spm" / "spm"), VOCAB)
+    evaluator = periodic_eval.WerEvaluator(
+        lambda: pipeline.make_dataset(pattern, global_batch_size=4, with_text=True),
+        spm,
+        max_batches=2,
+    )
+
+    def dataset_fn(input_context, seed):
+        return pipeline.make_dataset(
+            pattern,
+            global_batch_size=B,
+            shuffle=True,
+            seed=seed,
+            repeat=True,
+            input_context=input_context,
+        )
+
+    kwargs = dict(
+        model_fn=tiny_model,
+        train_dataset_fn=dataset_fn,
+        global_batch_size=B,
+        trainer_fn=lambda *a, **k: trainers.SupervisedTrainer(*a, jit_compile=False, **k),
+        checkpoint_every=2,
+        summary_every=1,
+        eval_every=2,
+        eval_fn=evaluator,
+        progress=False,
+    )
+    model_dir = str(tmp_path / "run")
+    loop.train(model_dir, num_steps=2, **kwargs)
+    # A second call with a larger target resumes at step 2 and trains 2 more steps.
+    loop.train(model_dir, num_steps=4, **kwargs)
+    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
+    values = {}
+    for path in sorted(glob.glob(os.path.join(model_dir, "eval", "events.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                values.setdefault(v.tag, []).append(event.step)
+    assert values["dev/wer"] == [2, 4]
+    assert values["dev/rnnt"] == [2, 4]

@@ -261,7 +261,7 @@ class SupervisedTrainer(LossTermsTrainer):
         fastemit_lambda: FastEmit regulariser weight passed to the loss.
         joint_time_chunk: when set, compute the loss from encoder and prediction outputs in time
             chunks of this many frames (`rnnt_loss_from_joint`) so that the whole
-            `[B, T, U+1, V]` joint tensor never exists at once.
+            `[B, T, U+1, V]` joint tensor never exists at once (FastEmit is not applied there).
         **kwargs: see `LossTermsTrainer`.
     """
 
@@ -310,6 +310,8 @@ def rnnt_per_example(
     """
     label_lengths = tf.cast(label_lengths, tf.int32)
     if joint_time_chunk:
+        if not hasattr(losses, "rnnt_loss_from_joint"):
+            raise NotImplementedError("joint_time_chunk needs tfkd.losses.rnnt_loss_from_joint")
         enc, enc_lengths = model.encode(features, feature_lengths, training=training)
         pred = model.predict_labels(labels, training=training)
         return losses.rnnt_loss_from_joint(
