@@ -103,10 +103,10 @@ def test_report_and_table(tmp_path):
     with open(path) as f:
         loaded = json.load(f)
     assert loaded["split"] == "dev" and loaded["wer"] == pytest.approx(30.0)
-    table = evaluation.format_table({"dev": result, "test": result})
+    table = evaluation.format_table({"dev": {**result, "seconds": 12.34}, "test": result})
     lines = table.splitlines()
-    assert lines[0].split() == ["split", "WER", "%", "sub", "del", "ins", "words", "utts"]
-    assert lines[2].split() == ["dev", "30.00", "1", "2", "0", "10", "3"]
+    assert lines[0].split() == ["split", "WER", "%", "sub", "del", "ins", "words", "utts", "secs"]
+    assert lines[2].split() == ["dev", "30.00", "1", "2", "0", "10", "3", "12.3"]
     assert lines[3].startswith("test")
 
 

@@ -214,12 +214,16 @@ def write_report(result, model_dir, split):
 
 
 def format_table(results):
-    """A short text table of {split: result} (WER and counts)."""
-    header = f"{'split':<12} {'WER %':>7} {'sub':>6} {'del':>6} {'ins':>6} {'words':>7} {'utts':>6}"
+    """A short text table of {split: result}: WER, counts and decoding time."""
+    header = (
+        f"{'split':<12} {'WER %':>7} {'sub':>6} {'del':>6} {'ins':>6} {'words':>7} {'utts':>6} "
+        f"{'secs':>7}"
+    )
     lines = [header, "-" * len(header)]
     for split, r in results.items():
         lines.append(
             f"{split:<12} {r['wer']:>7.2f} {r['substitutions']:>6d} {r['deletions']:>6d} "
-            f"{r['insertions']:>6d} {r['reference_words']:>7d} {r['utterances']:>6d}"
+            f"{r['insertions']:>6d} {r['reference_words']:>7d} {r['utterances']:>6d} "
+            f"{r.get('seconds', float('nan')):>7.1f}"
         )
     return "\n".join(lines)
