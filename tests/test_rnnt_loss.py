@@ -170,6 +170,22 @@ def test_finite_for_logits_up_to_1e4():
     np.testing.assert_allclose(value, expected, atol=1e-2)
 
 
+def test_logit_far_above_blank_and_label_takes_the_exact_max_path():
+    """The one-pass logsumexp shifts by max(blank, label logit); a logit 100 above that would
+    overflow exp, so the kernel must fall back to the max-shifted form and stay exact."""
+    rng = np.random.default_rng(16)
+    logits, labels, logit_lengths, label_lengths = ref.random_batch(rng, 3, 5, 3, 7)
+    logits[1, 0, 0, :] = 0.0
+    logits[1, 0, 0, 3 if labels[1, 0] != 3 else 4] = 100.0
+    value, grad = _value_and_grad(rnnt_log_prob, logits, labels, logit_lengths, label_lengths)
+    logits64 = logits.astype(np.float64)
+    expected = ref.batch_log_prob(logits64, labels, logit_lengths, label_lengths)
+    np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-4)
+    expected_grad = ref.batch_grad(logits64, labels, logit_lengths, label_lengths)
+    # float32 resolves 100 to ~1e-5, hence the slightly looser tolerance.
+    np.testing.assert_allclose(grad.numpy(), expected_grad, atol=3e-5)
+
+
 def test_fastemit_scales_label_gradients_and_value():
     rng = np.random.default_rng(12)
     lam = 0.3

@@ -346,7 +346,7 @@ def vocab_factors(vocab):
     return tuple(factors) if factors is not None and len(factors) > 1 else None
 
 
-def logsumexp_last(z, factors):
+def logsumexp_last(z, factors, shift=None, valid=None):
     """`logsumexp` over the last axis of a float32 tensor, fused with its `exp` by XLA on CPU.
 
     XLA:CPU rewrites a reduction over a dimension longer than 32 into reduce-window + reduce
@@ -354,23 +354,47 @@ def logsumexp_last(z, factors):
     full-size `exp(z - max)` tensor. Reducing over V split into dims of at most 32 (`factors`, a
     free reshape) keeps the reduction whole. `factors=None` uses the plain form (V unknown at
     trace time, or with a prime factor above 32).
+
+    The textbook form reads z twice (max, then the sum). With `shift`, a per-row value that is an
+    element of the row (e.g. the blank logit), one read suffices: `shift + log Σ exp(z - shift)`.
+    The sum is >= 1, so it cannot underflow, and its relative precision does not depend on the
+    shift. It overflows only if some logit exceeds the shift by ~88; if that happens at any
+    `valid` row, a `tf.cond` recomputes everything with the max (a second pass, only then).
     """
     if factors is not None:
         axes = list(range(-len(factors), 0))
         z = tf.reshape(z, tf.concat([tf.shape(z)[:-1], factors], 0))
     else:
         axes = [-1]
-    m = tf.reduce_max(z, axis=axes, keepdims=True)
-    lse = m + tf.math.log(tf.reduce_sum(tf.exp(z - m), axis=axes, keepdims=True))
-    return tf.reshape(lse, tf.shape(lse)[: -len(axes)])
+    rows = tf.shape(z)[: -len(axes)]
+
+    def shifted(m):
+        m = tf.reshape(m, tf.concat([rows, [1] * len(axes)], 0))
+        lse = m + tf.math.log(tf.reduce_sum(tf.exp(z - m), axis=axes, keepdims=True))
+        return tf.reshape(lse, rows)
+
+    def exact():
+        return shifted(tf.reduce_max(z, axis=axes))
+
+    if shift is None:
+        return exact()
+    fast = shifted(shift)
+    overflow = ~tf.math.is_finite(fast)
+    if valid is not None:
+        overflow &= valid
+    return tf.cond(tf.reduce_any(overflow), exact, lambda: fast)
 
 
-def dense_stats(logits, next_ids, blank, factors):
-    """One read of the logits: logsumexp over V, blank logit and next-label logit, `[B, T, U+1]`."""
-    lse = logsumexp_last(tf.cast(logits, tf.float32), factors)
+def dense_stats(logits, next_ids, blank, factors, valid=None):
+    """One read of the logits: logsumexp over V, blank logit and next-label logit, `[B, T, U+1]`.
+
+    `valid` `[B, T, U+1]` marks the nodes whose logsumexp matters (see `logsumexp_last`).
+    """
     blank_logit = tf.cast(logits[..., blank], tf.float32)
     ids = tf.broadcast_to(next_ids[:, None, :, None], tf.concat([tf.shape(logits)[:3], [1]], 0))
     label_logit = tf.cast(tf.gather(logits, ids, axis=3, batch_dims=3)[..., 0], tf.float32)
+    shift = tf.maximum(blank_logit, label_logit)
+    lse = logsumexp_last(tf.cast(logits, tf.float32), factors, shift, valid)
     return lse, blank_logit, label_logit
 
 
@@ -395,7 +419,8 @@ def _forward_kernel(logits, labels, logit_lengths, label_lengths, blank, factors
         labels, logit_lengths, label_lengths, frames, vocab, blank
     )
     next_ids = next_labels(labels, label_lengths, blank)
-    lse, blank_logit, label_logit = dense_stats(logits, next_ids, blank, factors)
+    blank_ok, _ = emission_masks(frames, tf.shape(logits)[2], logit_lengths, label_lengths)
+    lse, blank_logit, label_logit = dense_stats(logits, next_ids, blank, factors, blank_ok)
     blank_lp, label_lp = lattice_log_probs(
         lse, blank_logit, label_logit, logit_lengths, label_lengths
     )
