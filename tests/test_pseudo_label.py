@@ -225,6 +225,7 @@ def test_resume_skips_finished_shards(teacher, frontend, split, clean_run):
     redo = _run(teacher, frontend, pattern, out)
     assert [s["skipped"] for s in redo["shards"]] == [True, False]
     assert open(shards[1], "rb").read() == before[shards[1]][1]
+    assert not os.path.exists(shards[1] + ".tmp-123")
     assert os.stat(shards[0]).st_mtime_ns == before[shards[0]][0]
     assert redo["teacher_wer"] == clean_run["teacher_wer"]
 

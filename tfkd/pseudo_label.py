@@ -21,6 +21,7 @@ Runs on the host, one device.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -305,6 +306,8 @@ def pseudo_label(
     if len(set(outputs)) != len(outputs):
         raise ValueError("input files share a name: they would map to the same output shard")
 
+    for tmp in glob.glob(os.path.join(output_dir, "*.tfrecord.tmp-*")):
+        os.remove(tmp)  # left by a killed run; its shard has no stats mark and is redone
     pending, shards = [], []
     for src, dst in zip(inputs, outputs, strict=True):
         expected = shard_fingerprint(src, settings)
