@@ -208,6 +208,35 @@ def test_manifest_records_teacher_wer(split, clean_run):
     assert manifest["label_wer"] == manifest["teacher_wer"] and manifest["applied_noise_rate"] == 0
 
 
+def test_pipeline_reads_the_pseudo_labels(split, clean_run):
+    from tfkd.data import pipeline
+    from tfkd.losses import fullsum_distillation_loss
+
+    root, _ = split
+    labelled = {e["utterance_id"]: e for e in _read(str(root / "clean" / "*.tfrecord"), True)}
+    ds = pipeline.make_dataset(
+        str(root / "clean" / "*.tfrecord"),
+        global_batch_size=10,
+        with_nbest=True,
+        with_text=True,
+        deterministic=True,
+    )
+    batch = next(iter(ds))
+    assert batch["nbest_token_ids"].shape[:2] == (10, SETTINGS.nbest)
+    for b, utt in enumerate(batch["utterance_id"].numpy()):
+        e = labelled[utt]
+        n = int(batch["nbest_count"][b])
+        assert n == len(e["nbest_lengths"])
+        np.testing.assert_array_equal(batch["teacher_scores"][b, :n], e["teacher_scores"])
+    # Student = teacher + 1 on real hypotheses, 0 on padding (scored -1e30): loss exactly 1.
+    real = np.arange(SETTINGS.nbest)[None, :] < batch["nbest_count"].numpy()[:, None]
+    student = np.where(real, batch["teacher_scores"].numpy() + 1.0, 0.0)
+    loss = fullsum_distillation_loss(
+        batch["teacher_scores"], student, batch["nbest_lengths"], batch["nbest_count"]
+    )
+    np.testing.assert_allclose(loss.numpy(), np.ones(10), rtol=1e-5)
+
+
 def test_resume_skips_finished_shards(teacher, frontend, split, clean_run):
     root, pattern = split
     out = root / "clean"
