@@ -55,7 +55,7 @@ _COUNTS = (
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What a pseudo-label shard depends on, besides its input file and the teacher."""
+    """All a pseudo-label shard depends on besides its input file (both are fingerprinted)."""
 
     beam_width: int = 8
     nbest: int = 4
