@@ -1,0 +1,455 @@
+"""Distillation trainers (METHODS.md §2–§6): hard, soft, full-sum and discriminative full-sum.
+
+Each trainer is a `LossTermsTrainer` whose model is the *student*; it returns named per-example
+terms and the base class weights, averages, clips and logs them (one TensorBoard scalar per term).
+
+Two ways to get the teacher's outputs, chosen by what the batch holds:
+- offline: the batch carries the pseudo-label fields of `make_dataset(with_nbest=True)`
+  (`nbest_token_ids [B, H, U']`, `nbest_lengths [B, H]`, `teacher_scores [B, H]` full-sum,
+  `nbest_count [B]`). Hard and full-sum students then need no teacher in memory.
+- online: a frozen teacher (`teacher=`, or `teacher_fn` + `teacher_dir` restored from a
+  `bin/train` checkpoint) decodes each batch by beam search (width `beam_width`) and scores its
+  N-best with the full-sum log-likelihood. Soft distillation always needs it (lattice logits).
+The teacher runs per replica before the step's gradient tape (and outside its XLA cluster), with
+`training=False`, under `stop_gradient`; only the student's variables are trained.
+
+Ground truth (§6, term `rnnt_gt`): `ground_truth="flag"` (default) adds `−log P_S(y*|x)` on the
+examples whose optional boolean batch field `labeled [B]` is True, and 0 elsewhere (and for every
+example when the field is absent: pseudo-label records keep the true transcript for analysis, and
+it must not leak into training). `"all"` treats every example as labelled, `"none"` never does.
+Its weight is `loss_weights["rnnt_gt"]` (λ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from tfkd import decoding, evaluation, losses
+from tfkd.data.pipeline import NBEST_PAD_SCORE
+from tfkd.training import trainers
+
+#: Batch fields of an N-best list, as `tfkd.data.pipeline.make_dataset(with_nbest=True)` yields.
+NBEST_FIELDS = ("nbest_token_ids", "nbest_lengths", "teacher_scores", "nbest_count")
+#: Batch field that marks labelled examples for the `rnnt_gt` term.
+LABELED = "labeled"
+_GROUND_TRUTH = ("flag", "all", "none")
+
+
+class DistillationTrainer(trainers.LossTermsTrainer):
+    """Shared machinery: teacher (online) or stored outputs (offline), student scoring, `rnnt_gt`.
+
+    Args:
+        model: the student `Transducer`.
+        optimizer: see `LossTermsTrainer`.
+        teacher: a built, trained teacher `Transducer` (tests, Python callers).
+        teacher_fn: builds the teacher (e.g. gin `@conformer_teacher`); restored from `teacher_dir`.
+        teacher_dir: the teacher's `bin/train` model directory.
+        teacher_checkpoint: a checkpoint path inside it (default: its latest).
+        beam_width: online teacher beam width K.
+        nbest_size: hypotheses N per utterance; stored lists longer than N are cut to N.
+        max_symbols_per_frame: online teacher beam search limit.
+        ground_truth: `"flag"`, `"all"` or `"none"`: which examples get `rnnt_gt` (see module).
+        lean_joint_threshold: score with the memory-lean path
+            (`tfkd.losses.rnnt_log_prob_from_joint`, which never holds the whole joint output)
+            when one scoring call's lattice has more than this many logits (`rows·T·(U+1)·V`;
+            unknown static shapes count as large); `None` always builds the whole lattice.
+        joint_time_chunk: frames per chunk of the lean path (`None`: the loss's default size).
+        teacher_jit_compile: XLA-compile the online teacher pass (beam search is a while loop).
+        **kwargs: see `LossTermsTrainer` (strategy, global_batch_size, loss_weights, ...).
+
+    Raises:
+        ValueError: teacher and student vocabularies differ; bad options; a trainer that needs a
+            teacher has none.
+    """
+
+    term_names = ("rnnt_gt",)
+    #: The stored or online N-best must carry teacher full-sum scores.
+    needs_teacher_scores = False
+    #: Online teacher logits over the student's lattice (soft distillation).
+    needs_teacher_lattice = False
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        *,
+        teacher: keras.Model | None = None,
+        teacher_fn: Callable[[], keras.Model] | None = None,
+        teacher_dir: str | None = None,
+        teacher_checkpoint: str | None = None,
+        beam_width: int = 4,
+        nbest_size: int = 1,
+        max_symbols_per_frame: int = 3,
+        ground_truth: str = "flag",
+        joint_time_chunk: int | None = None,
+        lean_joint_threshold: int | None = 2**24,
+        teacher_jit_compile: bool = False,
+        **kwargs,
+    ):
+        super().__init__(model, optimizer, **kwargs)
+        if ground_truth not in _GROUND_TRUTH:
+            raise ValueError(f"ground_truth must be one of {_GROUND_TRUTH}, got {ground_truth!r}")
+        if not 1 <= nbest_size <= beam_width:
+            raise ValueError(f"need 1 <= nbest_size <= beam_width, got {nbest_size}, {beam_width}")
+        self.beam_width = int(beam_width)
+        self.nbest_size = int(nbest_size)
+        self.max_symbols_per_frame = int(max_symbols_per_frame)
+        self.ground_truth = ground_truth
+        self.joint_time_chunk = joint_time_chunk
+        self.lean_joint_threshold = lean_joint_threshold
+        if teacher is None and teacher_fn is not None:
+            teacher = self._restore_teacher(teacher_fn, teacher_dir, teacher_checkpoint)
+        elif teacher_fn is not None:
+            raise ValueError("give either teacher or teacher_fn, not both")
+        self.teacher = teacher
+        if teacher is not None:
+            if teacher.vocab_size != model.vocab_size:
+                raise ValueError(
+                    f"teacher and student vocabularies differ: {teacher.vocab_size} vs "
+                    f"{model.vocab_size}; distillation needs the same word-pieces"
+                )
+            teacher.trainable = False
+        elif self.needs_teacher_lattice:
+            raise ValueError(
+                f"{type(self).__name__} needs an online teacher (teacher_fn and teacher_dir): "
+                "stored pseudo-labels hold no lattice posteriors"
+            )
+        self._teacher_pass = tf.function(self.add_teacher_outputs, jit_compile=teacher_jit_compile)
+
+    def _restore_teacher(self, teacher_fn, teacher_dir, checkpoint):
+        if not teacher_dir and not checkpoint:
+            raise ValueError("teacher_fn needs teacher_dir (the teacher's bin/train model_dir)")
+        teacher = teacher_fn()
+        teacher.build_by_calling(num_features=self.frontend.num_mel_bins)
+        evaluation.load_checkpoint(teacher, teacher_dir, checkpoint)
+        return teacher
+
+    @property
+    def trainable_variables(self) -> list:
+        """The student's only: the teacher is not part of `self.model`."""
+        return self.model.trainable_variables
+
+    # ---- teacher (per replica, no gradient) -------------------------------------------------
+
+    def add_teacher_outputs(self, batch):
+        """Per replica: the batch with the teacher's N-best (and lattice logits) filled in.
+
+        Stored N-best fields are kept (offline mode) and cut to `nbest_size`; missing ones come
+        from the online teacher. With `needs_teacher_lattice`, adds `teacher_logits
+        [B, T, U+1, V]` over the 1-best and `teacher_logit_lengths [B]`.
+        """
+        batch = dict(batch)
+        have_nbest = NBEST_FIELDS[0] in batch
+        if have_nbest and not self.needs_teacher_lattice:
+            return _cut_nbest(batch, self.nbest_size)
+        if self.teacher is None:
+            raise ValueError(
+                f"{type(self).__name__} has no teacher and the batch has no N-best fields: read "
+                "pseudo-label records with make_dataset(with_nbest=True), or set teacher_fn and "
+                "teacher_dir"
+            )
+        feats, lengths = self.frontend(batch["waveform"], batch["num_samples"])
+        enc, enc_lengths = self.teacher.encode(feats, lengths, training=False)
+        enc_lengths = tf.cast(enc_lengths, tf.int32)
+        if have_nbest:
+            batch = _cut_nbest(batch, self.nbest_size)
+        else:
+            batch.update(self._teacher_nbest(enc, enc_lengths))
+        if self.needs_teacher_lattice:
+            hyp, hyp_lengths = first_best(batch)
+            logits = self.teacher.joint(enc, self.teacher.predict_labels(hyp, training=False))
+            batch["teacher_logits"] = tf.stop_gradient(logits)
+            batch["teacher_logit_lengths"] = enc_lengths
+        return batch
+
+    def _teacher_nbest(self, enc, enc_lengths):
+        found = decoding.beam_search_encoded(
+            self.teacher,
+            enc,
+            enc_lengths,
+            self.beam_width,
+            self.nbest_size,
+            self.max_symbols_per_frame,
+        )
+        valid = tf.math.is_finite(found.scores)
+        lengths = tf.where(valid, found.lengths, 0)
+        if self.needs_teacher_scores:
+            # Full-sum log P_T(y|x), not the beam score (which sums only the kept alignments).
+            scores = decoding.score_encoded(
+                self.teacher, enc, enc_lengths, found.token_ids, lengths
+            )
+        else:
+            scores = found.scores
+        return {
+            "nbest_token_ids": tf.stop_gradient(found.token_ids),
+            "nbest_lengths": lengths,
+            "teacher_scores": tf.stop_gradient(tf.where(valid, scores, NBEST_PAD_SCORE)),
+            "nbest_count": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+        }
+
+    def _replica_train_step(self, batch):
+        # The teacher pass runs before the step's GradientTape opens and outside its XLA cluster.
+        return super()._replica_train_step(self._teacher_pass(batch))
+
+    # ---- student (per replica) ---------------------------------------------------------------
+
+    def encode_student(self, batch, training):
+        """Per replica: `(enc_side [B, T, J], enc_lengths [B])`: encoder output, projected once."""
+        feats, lengths = self.features(batch, training)
+        enc, enc_lengths = self.model.encode(feats, lengths, training=training)
+        return self.model.joint.project_encoder(enc), tf.cast(enc_lengths, tf.int32)
+
+    def student_logits(self, enc_side, labels, training):
+        """Per replica: the student's lattice `[B, T, U+1, V]` over `labels [B, U]`."""
+        joint = self.model.joint
+        pred_side = joint.project_prediction(self.model.predict_labels(labels, training=training))
+        return joint.combine(enc_side[:, :, None], pred_side[:, None])
+
+    def student_log_probs(self, enc_side, enc_lengths, labels, label_lengths, training):
+        """Per replica: full-sum `log P_S(labels|x)` `[R]` for R label rows.
+
+        Args:
+            enc_side: `[R, T, J]` projected encoder output (gathered per row by the caller).
+            enc_lengths: `[R]`; labels: `[R, U]`; label_lengths: `[R]`.
+        """
+        labels = tf.cast(labels, tf.int32)
+        label_lengths = tf.cast(label_lengths, tf.int32)
+        joint = self.model.joint
+        pred_side = joint.project_prediction(self.model.predict_labels(labels, training=training))
+        if self._use_lean(enc_side, pred_side):
+            return losses.rnnt_log_prob_from_joint(
+                enc_side,
+                pred_side,
+                lambda e, p: joint.combine(e[:, :, None], p[:, None]),
+                labels,
+                enc_lengths,
+                label_lengths,
+                time_chunk=self.joint_time_chunk,
+            )
+        logits = joint.combine(enc_side[:, :, None], pred_side[:, None])
+        return losses.rnnt_log_prob(logits, labels, enc_lengths, label_lengths)
+
+    def _use_lean(self, enc_side, pred_side) -> bool:
+        if self.lean_joint_threshold is None or not hasattr(losses, "rnnt_log_prob_from_joint"):
+            return False
+        dims = [enc_side.shape[0], enc_side.shape[1], pred_side.shape[1], self.model.vocab_size]
+        if any(d is None for d in dims):
+            return True
+        size = 1
+        for d in dims:
+            size *= int(d)
+        return size > self.lean_joint_threshold
+
+    def student_nbest_scores(self, enc_side, enc_lengths, hypotheses, hypothesis_lengths, training):
+        """Per replica: `s_S [B, N]` full-sum scores, sharing one encoder pass per utterance.
+
+        The encoder output `[B, T, J]` is gathered to `[B·N, T, J]` only after the encoder (and
+        its projection) ran once per utterance; the prediction network and joint run per
+        hypothesis.
+        """
+        batch, num = tf.shape(hypotheses)[0], tf.shape(hypotheses)[1]
+        utt = tf.repeat(tf.range(batch), num)  # [B·N]: the utterance of each hypothesis
+        rows = hypotheses.shape[1]
+        enc_rows = tf.gather(enc_side, utt)
+        if enc_side.shape[0] is not None and rows is not None:
+            enc_rows = tf.ensure_shape(enc_rows, [enc_side.shape[0] * rows, *enc_side.shape[1:]])
+        scores = self.student_log_probs(
+            enc_rows,
+            tf.gather(enc_lengths, utt),
+            tf.reshape(hypotheses, [batch * num, -1]),
+            tf.reshape(hypothesis_lengths, [-1]),
+            training,
+        )
+        return tf.reshape(scores, [batch, num])
+
+    def ground_truth_term(self, batch, enc_side, enc_lengths, training):
+        """Per replica: `rnnt_gt [B]`, `−log P_S(y*|x)` on labelled examples, 0 elsewhere."""
+        size = tf.shape(enc_side)[0]
+        if self.ground_truth == "none" or (self.ground_truth == "flag" and LABELED not in batch):
+            return tf.zeros([size], tf.float32)
+        nll = -self.student_log_probs(
+            enc_side, enc_lengths, batch["token_ids"], batch["label_length"], training
+        )
+        if self.ground_truth == "all":
+            return nll
+        return tf.where(tf.cast(batch[LABELED], tf.bool), nll, 0.0)
+
+
+class HardDistillationTrainer(DistillationTrainer):
+    """METHODS §2: `hard = −log P_S(ŷ|x)` on the teacher's 1-best `ŷ` (plus `rnnt_gt`)."""
+
+    term_names = ("hard", "rnnt_gt")
+
+    def loss_terms(self, batch, training):
+        batch = self.add_teacher_outputs(batch)
+        enc_side, enc_lengths = self.encode_student(batch, training)
+        hyp, hyp_lengths = first_best(batch)
+        hard = -self.student_log_probs(enc_side, enc_lengths, hyp, hyp_lengths, training)
+        return {
+            "hard": hard,
+            "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
+        }
+
+
+class SoftDistillationTrainer(DistillationTrainer):
+    """METHODS §3: `hard + ω · soft`, the collapsed lattice KL on the 1-best's lattice.
+
+    Needs an online teacher at the student's frame rate (`soft_distillation_loss` compares node
+    `(t, u)` of both lattices).
+
+    Args:
+        shift: frames by which a non-causal teacher runs ahead (student t vs teacher t − shift).
+        full_vocabulary: KL over all V classes instead of {next label, blank, rest}.
+        **kwargs: see `DistillationTrainer`.
+
+    Raises:
+        ValueError: teacher and student frame rates (reduction factors) differ.
+    """
+
+    term_names = ("hard", "soft", "rnnt_gt")
+    needs_teacher_lattice = True
+
+    def __init__(self, model, optimizer, *, shift: int = 0, full_vocabulary=False, **kwargs):
+        super().__init__(model, optimizer, **kwargs)
+        if self.teacher.reduction_factor != model.reduction_factor:
+            raise ValueError(
+                "soft distillation compares lattice node (t, u) of teacher and student and needs "
+                "the same frame rate, but the teacher reduces frames "
+                f"{self.teacher.reduction_factor}x and the student {model.reduction_factor}x; "
+                "use full-sum distillation "
+                "(FullSumDistillationTrainer), which compares no time index"
+            )
+        self.shift = int(shift)
+        self.full_vocabulary = full_vocabulary
+
+    def loss_terms(self, batch, training):
+        batch = self.add_teacher_outputs(batch)
+        enc_side, enc_lengths = self.encode_student(batch, training)
+        hyp, hyp_lengths = first_best(batch)
+        logits = self.student_logits(enc_side, hyp, training)
+        return {
+            "hard": losses.hard_distillation_loss(logits, hyp, enc_lengths, hyp_lengths),
+            "soft": losses.soft_distillation_loss(
+                batch["teacher_logits"],
+                logits,
+                hyp,
+                enc_lengths,
+                hyp_lengths,
+                shift=self.shift,
+                full_vocabulary=self.full_vocabulary,
+                teacher_logit_lengths=batch["teacher_logit_lengths"],
+            ),
+            "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
+        }
+
+
+class FullSumDistillationTrainer(DistillationTrainer):
+    """METHODS §4: `fullsum = mean_n d(s_T(n), s_S(n))` over the teacher's N-best.
+
+    Args:
+        distance: `'squared'` (default) or `'kl'` (see `fullsum_distillation_loss`).
+        length_norm: divide every score by its token count plus one.
+        nbest_size: N (default 4).
+        **kwargs: see `DistillationTrainer`.
+    """
+
+    term_names = ("fullsum", "rnnt_gt")
+    needs_teacher_scores = True
+
+    def __init__(
+        self, model, optimizer, *, distance="squared", length_norm=False, nbest_size=4, **kwargs
+    ):
+        super().__init__(model, optimizer, nbest_size=nbest_size, **kwargs)
+        if distance not in ("squared", "kl"):
+            raise ValueError(f"distance must be 'squared' or 'kl', got {distance!r}")
+        self.distance = distance
+        self.length_norm = length_norm
+
+    def sequence_scores(self, batch, training):
+        """Per replica: `(batch with teacher outputs, s_S [B, N], enc_side, enc_lengths)`."""
+        batch = self.add_teacher_outputs(batch)
+        enc_side, enc_lengths = self.encode_student(batch, training)
+        scores = self.student_nbest_scores(
+            enc_side, enc_lengths, batch["nbest_token_ids"], batch["nbest_lengths"], training
+        )
+        return batch, scores, enc_side, enc_lengths
+
+    def loss_terms(self, batch, training):
+        batch, scores, enc_side, enc_lengths = self.sequence_scores(batch, training)
+        return {
+            "fullsum": losses.fullsum_distillation_loss(
+                batch["teacher_scores"],
+                scores,
+                batch["nbest_lengths"],
+                num_hyps=batch["nbest_count"],
+                distance=self.distance,
+                length_norm=self.length_norm,
+            ),
+            "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
+        }
+
+
+class DiscriminativeFullSumTrainer(FullSumDistillationTrainer):
+    """METHODS §5: `fullsum + η · disc`, `disc = KL(q_T ‖ q_S)` over the N-best at temperature τ.
+
+    Args:
+        temperature: τ > 0.
+        **kwargs: see `FullSumDistillationTrainer`; `nbest_size` must be >= 2.
+
+    Raises:
+        ValueError: `nbest_size < 2` (one hypothesis has no ranking to learn).
+    """
+
+    term_names = ("fullsum", "disc", "rnnt_gt")
+
+    def __init__(self, model, optimizer, *, temperature=1.0, **kwargs):
+        super().__init__(model, optimizer, **kwargs)
+        if self.nbest_size < 2:
+            raise ValueError(
+                "discriminative full-sum distillation needs an N-best list with N >= 2, "
+                f"got nbest_size = {self.nbest_size}"
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def loss_terms(self, batch, training):
+        batch, scores, enc_side, enc_lengths = self.sequence_scores(batch, training)
+        terms = {
+            "fullsum": losses.fullsum_distillation_loss(
+                batch["teacher_scores"],
+                scores,
+                batch["nbest_lengths"],
+                num_hyps=batch["nbest_count"],
+                distance=self.distance,
+                length_norm=self.length_norm,
+            ),
+            "disc": losses.discriminative_fullsum_loss(
+                batch["teacher_scores"],
+                scores,
+                num_hyps=batch["nbest_count"],
+                temperature=self.temperature,
+            ),
+        }
+        terms["rnnt_gt"] = self.ground_truth_term(batch, enc_side, enc_lengths, training)
+        return terms
+
+
+def first_best(batch):
+    """`(hyp [B, U'] int32, hyp_lengths [B] int32)`: hypothesis 0 of the batch's N-best."""
+    return (
+        tf.cast(batch["nbest_token_ids"][:, 0], tf.int32),
+        tf.cast(batch["nbest_lengths"][:, 0], tf.int32),
+    )
+
+
+def _cut_nbest(batch, nbest_size):
+    """Keeps the first `nbest_size` hypotheses of the batch's N-best (a static slice)."""
+    batch = dict(batch)
+    for key in NBEST_FIELDS[:3]:
+        batch[key] = batch[key][:, :nbest_size]
+    batch["nbest_count"] = tf.minimum(tf.cast(batch["nbest_count"], tf.int32), nbest_size)
+    return batch
