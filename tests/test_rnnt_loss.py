@@ -4,7 +4,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -313,49 +312,77 @@ def test_compiled_kernels_create_no_full_size_tensor_but_the_gradient():
     assert "ROOT" in grad and "fusion(" in grad
 
 
-@pytest.mark.slow
+_STRATEGY_SCRIPT = """
+import keras
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfkd.losses import rnnt_loss, rnnt_loss_from_joint  # noqa: E402
+
+
+class Joint(keras.layers.Layer):
+    def __init__(self):
+        super().__init__()
+        self.enc_proj, self.out = keras.layers.Dense(4), keras.layers.Dense(6)
+
+    def call(self, enc, pred):
+        return self.out(tf.tanh(self.enc_proj(enc)[:, :, None] + pred[:, None]))
+
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert strategy.num_replicas_in_sync == 2
+rng = np.random.default_rng(0)
+enc = tf.constant(rng.normal(size=(4, 5, 3)), tf.float32)
+pred = tf.constant(rng.normal(size=(4, 3, 4)), tf.float32)
+labels = tf.constant([[1, 2], [3, 4], [5, -1], [1, 1]], tf.int32)
+t_len, u_len = tf.constant([5, 4, 3, 5]), tf.constant([2, 2, 1, 2])
+with strategy.scope():
+    joint = Joint()
+    joint(enc[:1], pred[:1])
+
+
+def loss_and_grads(idx, chunked):
+    e, p = tf.gather(enc, idx), tf.gather(pred, idx)
+    y, t, u = tf.gather(labels, idx), tf.gather(t_len, idx), tf.gather(u_len, idx)
+    with tf.GradientTape() as tape:
+        tape.watch([e, p])
+        if chunked:
+            loss = rnnt_loss_from_joint(e, p, joint, y, t, u, time_chunk=2)
+        else:
+            loss = rnnt_loss(joint(e, p), y, t, u)
+        total = tf.reduce_sum(loss)
+    return loss, tape.gradient(total, [e, p, *joint.trainable_variables])
+
+
+def replica_fn(chunked):
+    i = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return loss_and_grads(tf.range(2) + 2 * i, chunked)
+
+
+for chunked in (False, True):
+    run = tf.function(lambda chunked=chunked: strategy.run(replica_fn, args=(chunked,)))
+    loss, grads = run()
+    losses = strategy.experimental_local_results(loss)
+    for replica, idx in enumerate(([0, 1], [2, 3])):
+        want_loss, want_grads = loss_and_grads(tf.constant(idx), chunked=False)
+        np.testing.assert_allclose(losses[replica].numpy(), want_loss.numpy(), rtol=1e-6)
+        for got, want in zip(grads, want_grads, strict=True):
+            got = strategy.experimental_local_results(got)[replica]
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+print("OK")
+"""
+
+
 def test_runs_in_mirrored_strategy_replica_context():
-    script = textwrap.dedent(
-        """
-        import numpy as np, tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from tfkd.losses import rnnt_loss
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        rng = np.random.default_rng(0)
-        logits = tf.constant(rng.normal(size=(4, 5, 3, 6)).astype(np.float32))
-        labels = tf.constant([[1, 2], [3, 4], [5, -1], [1, 1]], tf.int32)
-        t_len, u_len = tf.constant([5, 4, 3, 5]), tf.constant([2, 2, 1, 2])
-
-        def replica_fn(ctx):
-            i = ctx.replica_id_in_sync_group
-            sl = slice(2 * i, 2 * i + 2)
-            z = logits[sl]
-            with tf.GradientTape() as tape:
-                tape.watch(z)
-                loss = rnnt_loss(z, labels[sl], t_len[sl], u_len[sl])
-            return loss, tape.gradient(loss, z)
-
-        @tf.function
-        def run():
-            return strategy.run(lambda: replica_fn(tf.distribute.get_replica_context()))
-
-        loss, grad = run()
-        loss = tf.concat(strategy.experimental_local_results(loss), 0)
-        grad = tf.concat(strategy.experimental_local_results(grad), 0)
-        with tf.GradientTape() as tape:
-            tape.watch(logits)
-            want = rnnt_loss(logits, labels, t_len, u_len)
-        want_grad = tape.gradient(want, logits)
-        assert len(strategy.extended.worker_devices) == 2
-        np.testing.assert_allclose(loss.numpy(), want.numpy(), rtol=1e-6)
-        np.testing.assert_allclose(grad.numpy(), want_grad.numpy(), atol=1e-6)
-        print("OK")
-        """
-    )
+    """Two logical CPU devices must be configured before any op runs: a fresh process."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", _STRATEGY_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-3000:]

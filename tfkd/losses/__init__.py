@@ -1,8 +1,15 @@
 """Losses: pure TensorFlow functions returning per-utterance values (no gin, no models)."""
 
 from tfkd.losses.rnnt import check_rnnt_inputs, rnnt_log_prob, rnnt_loss
+from tfkd.losses.rnnt_chunked import rnnt_log_prob_from_joint, rnnt_loss_from_joint
 
-__all__ = ["check_rnnt_inputs", "rnnt_log_prob", "rnnt_loss"]
+__all__ = [
+    "check_rnnt_inputs",
+    "rnnt_log_prob",
+    "rnnt_log_prob_from_joint",
+    "rnnt_loss",
+    "rnnt_loss_from_joint",
+]
 
 # Distillation losses (METHODS.md §2–§5).
 from tfkd.losses.distillation import (  # noqa: E402

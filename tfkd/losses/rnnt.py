@@ -412,46 +412,60 @@ def dense_grad(logits, lse, coef_blank, coef_label, next_ids, blank_ok, blank):
     return tf.cast(tf.where(blank_ok[..., None], grad, 0.0), logits.dtype)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _forward_kernel(logits, labels, logit_lengths, label_lengths, blank, factors):
-    frames, vocab = tf.shape(logits)[1], tf.shape(logits)[3]
-    labels, logit_lengths, label_lengths, ok = sanitize_lengths(
-        labels, logit_lengths, label_lengths, frames, vocab, blank
-    )
-    next_ids = next_labels(labels, label_lengths, blank)
-    blank_ok, _ = emission_masks(frames, tf.shape(logits)[2], logit_lengths, label_lengths)
-    lse, blank_logit, label_logit = dense_stats(logits, next_ids, blank, factors, blank_ok)
+def lattice_forward(lse, blank_logit, label_logit, logit_lengths, label_lengths, ok):
+    """Masked lattice log-probs, skewed, and alpha: `(log_prob [B], lattice)`.
+
+    `lattice = (blank_sk, label_sk, alpha_sk)` is everything `lattice_coefficients` needs.
+    """
     blank_lp, label_lp = lattice_log_probs(
         lse, blank_logit, label_logit, logit_lengths, label_lengths
     )
     blank_sk, label_sk = skew(blank_lp), skew(label_lp)
     alpha_sk = alpha_diagonals(blank_sk, label_sk)
     log_prob = final_log_prob(alpha_sk, logit_lengths, label_lengths, ok)
-    return log_prob, (lse, blank_sk, label_sk, alpha_sk)
+    return log_prob, (blank_sk, label_sk, alpha_sk)
+
+
+def lattice_coefficients(lattice, log_prob, logit_lengths, label_lengths, ok, dy, label_scale):
+    """beta, then the per-node gradient coefficients `(dy·γ_∅, dy·(1+λ)·γ_y)`, `[B, T, U+1]`."""
+    blank_sk, label_sk, alpha_sk = lattice
+    frames = tf.shape(alpha_sk)[0] - tf.shape(alpha_sk)[2]
+    beta_sk = beta_diagonals(blank_sk, label_sk, logit_lengths, label_lengths)
+    gamma_blank, gamma_label = occupancies(alpha_sk, beta_sk, blank_sk, label_sk, log_prob, frames)
+    dy = tf.where(ok, tf.cast(dy, tf.float32), 0.0)[:, None, None]
+    return dy * gamma_blank, (dy * label_scale) * gamma_label
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _forward_kernel(logits, labels, logit_lengths, label_lengths, blank, factors):
+    frames, nodes_u, vocab = tf.shape(logits)[1], tf.shape(logits)[2], tf.shape(logits)[3]
+    labels, logit_lengths, label_lengths, ok = sanitize_lengths(
+        labels, logit_lengths, label_lengths, frames, vocab, blank
+    )
+    next_ids = next_labels(labels, label_lengths, blank)
+    blank_ok, _ = emission_masks(frames, nodes_u, logit_lengths, label_lengths)
+    lse, blank_logit, label_logit = dense_stats(logits, next_ids, blank, factors, blank_ok)
+    log_prob, lattice = lattice_forward(
+        lse, blank_logit, label_logit, logit_lengths, label_lengths, ok
+    )
+    return log_prob, (lse, lattice)
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
 def _backward_kernel(
     logits, labels, logit_lengths, label_lengths, log_prob, residuals, dy, label_scale, blank
 ):
-    lse, blank_sk, label_sk, alpha_sk = residuals
+    lse, lattice = residuals
     frames, nodes_u, vocab = tf.shape(logits)[1], tf.shape(logits)[2], tf.shape(logits)[3]
     labels, logit_lengths, label_lengths, ok = sanitize_lengths(
         labels, logit_lengths, label_lengths, frames, vocab, blank
     )
-    beta_sk = beta_diagonals(blank_sk, label_sk, logit_lengths, label_lengths)
-    gamma_blank, gamma_label = occupancies(alpha_sk, beta_sk, blank_sk, label_sk, log_prob, frames)
-    dy = tf.where(ok, tf.cast(dy, tf.float32), 0.0)[:, None, None]
-    blank_ok, _ = emission_masks(frames, nodes_u, logit_lengths, label_lengths)
-    return dense_grad(
-        logits,
-        lse,
-        dy * gamma_blank,
-        (dy * label_scale) * gamma_label,
-        next_labels(labels, label_lengths, blank),
-        blank_ok,
-        blank,
+    coef_blank, coef_label = lattice_coefficients(
+        lattice, log_prob, logit_lengths, label_lengths, ok, dy, label_scale
     )
+    blank_ok, _ = emission_masks(frames, nodes_u, logit_lengths, label_lengths)
+    next_ids = next_labels(labels, label_lengths, blank)
+    return dense_grad(logits, lse, coef_blank, coef_label, next_ids, blank_ok, blank)
 
 
 def _full_sum(logits, labels, logit_lengths, label_lengths, blank, fastemit_lambda):
