@@ -19,7 +19,7 @@ import gin
 from tfkd import features
 from tfkd.data import pipeline
 from tfkd.models import presets
-from tfkd.training import loop, periodic_eval, schedules, trainers
+from tfkd.training import distillation, loop, periodic_eval, schedules, trainers
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO_DIR, "gin")
@@ -27,6 +27,14 @@ GIN_DIR = os.path.join(REPO_DIR, "gin")
 train = gin.external_configurable(loop.train, name="train")
 
 gin.external_configurable(trainers.SupervisedTrainer, name="SupervisedTrainer")
+for _trainer in (
+    distillation.HardDistillationTrainer,
+    distillation.SoftDistillationTrainer,
+    distillation.FullSumDistillationTrainer,
+    distillation.DiscriminativeFullSumTrainer,
+):
+    gin.external_configurable(_trainer, name=_trainer.__name__)
+gin.external_configurable(distillation.pseudo_label_dataset, name="pseudo_label_dataset")
 gin.external_configurable(schedules.WarmupDecay, name="WarmupDecay")
 gin.external_configurable(keras.optimizers.Adam, name="Adam", module="keras.optimizers")
 gin.external_configurable(pipeline.make_dataset, name="make_dataset")

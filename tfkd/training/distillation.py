@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from tfkd import decoding, evaluation, losses
+from tfkd.data import pipeline
 from tfkd.data.pipeline import NBEST_PAD_SCORE
 from tfkd.training import trainers
 
@@ -36,6 +37,37 @@ NBEST_FIELDS = ("nbest_token_ids", "nbest_lengths", "teacher_scores", "nbest_cou
 #: Batch field that marks labelled examples for the `rnnt_gt` term.
 LABELED = "labeled"
 _GROUND_TRUTH = ("flag", "all", "none")
+#: How the built-in corpus's pseudo-label records are made (named when they are missing).
+PSEUDO_LABEL_COMMAND = (
+    "bin/train --gin_file=gin/teacher.gin --model_dir=runs/teacher   # if there is no teacher\n"
+    "  bin/pseudo_label --teacher_dir=runs/teacher --output_dir=data/pseudo"
+)
+
+
+def pseudo_label_dataset(
+    *,
+    file_pattern: str,
+    dataset_fn: Callable[..., tf.data.Dataset] = pipeline.make_dataset,
+    command: str = PSEUDO_LABEL_COMMAND,
+    **kwargs,
+) -> tf.data.Dataset:
+    """Host: `dataset_fn(file_pattern, with_nbest=True, **kwargs)` over pseudo-label records.
+
+    Args:
+        file_pattern: records written by `bin/pseudo_label` (with `nbest/*` fields).
+        dataset_fn: the batching pipeline (gin: `@train_data/make_dataset`, so that its other
+            bindings apply).
+        command: how to make the records, named in the error when none exist.
+        **kwargs: passed on (`input_context`, `seed` from the training loop).
+
+    Raises:
+        FileNotFoundError: nothing matches `file_pattern`; the message names `command`.
+    """
+    if not tf.io.gfile.glob(file_pattern):
+        raise FileNotFoundError(
+            f"no pseudo-label records match {file_pattern!r}. Make them with:\n  {command}"
+        )
+    return dataset_fn(file_pattern, with_nbest=True, **kwargs)
 
 
 class DistillationTrainer(trainers.LossTermsTrainer):
@@ -124,7 +156,13 @@ class DistillationTrainer(trainers.LossTermsTrainer):
             raise ValueError("teacher_fn needs teacher_dir (the teacher's bin/train model_dir)")
         teacher = teacher_fn()
         teacher.build_by_calling(num_features=self.frontend.num_mel_bins)
-        evaluation.load_checkpoint(teacher, teacher_dir, checkpoint)
+        try:
+            evaluation.load_checkpoint(teacher, teacher_dir, checkpoint)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{e}: train the teacher first, e.g.\n"
+                f"  bin/train --gin_file=gin/teacher.gin --model_dir={teacher_dir}"
+            ) from None
         return teacher
 
     @property
