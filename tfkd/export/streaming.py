@@ -135,8 +135,9 @@ class StreamingGraph:
         self.chunk_frames = self.chunk_samples // step
         multiple = model.encoder.chunk_multiple
         if self.chunk_samples % step or self.chunk_frames % multiple or self.chunk_frames == 0:
+            unit_ms = multiple * frontend.frame_step_ms
             raise ValueError(
-                f"chunk_ms={chunk_ms} must be a multiple of {multiple * step * 1000 // frontend.sample_rate} ms "
+                f"chunk_ms={chunk_ms} must be a positive multiple of {unit_ms:g} ms "
                 f"({multiple} frames of {frontend.frame_step_ms:g} ms) for this student"
             )
         self.reduction = model.reduction_factor

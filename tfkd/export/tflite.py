@@ -179,7 +179,8 @@ class TFLiteRunner:
                 )
             if value.dtype != dtype:
                 raise ValueError(
-                    f"{self.model_path}: input {name!r} must be {dtype.name}, got {value.dtype.name}"
+                    f"{self.model_path}: input {name!r} must be {dtype.name}, "
+                    f"got {value.dtype.name}"
                 )
 
     def __call__(self, **inputs):
