@@ -49,8 +49,7 @@ def make_trainer(optimizer=None, trainer_cls=trainers.SupervisedTrainer, **kwarg
     kwargs.setdefault("jit_compile", False)
     trainer = trainer_cls(model, optimizer, strategy=strategy, global_batch_size=B, **kwargs)
     batch = fixed_batch()
-    trainer.loss_terms(batch, training=False)
-    optimizer.build(trainer.trainable_variables)
+    trainer.build(batch)
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     return trainer, batch, iterator
 

@@ -197,14 +197,11 @@ def train(
 def _build(trainer, strat, first_batch):
     """Builds model and optimizer variables inside the scope, from one replica's real batch.
 
-    Subclassed Keras models must be called on real-shaped inputs; `build(shape)` alone can leave
-    the optimizer without variables. Variables are created in the cross-replica context, so they
-    are mirrored.
+    Variables are created in the cross-replica context, so they are mirrored.
     """
     local = strat.experimental_local_results(first_batch)[0]
     with strat.scope():
-        trainer.loss_terms(local, training=False)
-        trainer.optimizer.build(trainer.trainable_variables)
+        trainer.build(local)
 
 
 def _learning_rate(optimizer, step: int) -> float:

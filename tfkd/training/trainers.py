@@ -85,8 +85,10 @@ class LossTermsTrainer(abc.ABC):
         self.spec_augment = spec_augment
         self.augment_seed = augment_seed
         self._grads_fn = tf.function(self._grads, jit_compile=jit_compile)
+        # Evaluation batches are not padded to fixed shapes (a dev set must not drop its tail), so
+        # XLA would recompile for nearly every batch: the eval step stays a plain graph.
         self._eval_terms_fn = tf.function(
-            lambda batch: self.loss_terms(batch, training=False), jit_compile=jit_compile
+            lambda batch: self.loss_terms(batch, training=False), reduce_retracing=True
         )
         self._train_fn = None
         self._eval_fn = None
@@ -101,6 +103,20 @@ class LossTermsTrainer(abc.ABC):
     def trainable_variables(self) -> list:
         """The variables the optimizer updates."""
         return self.model.trainable_variables
+
+    def prepare_batch(self, batch: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+        """Per replica, before the gradient tape and outside XLA: e.g. add a frozen teacher's
+        outputs. Identity by default."""
+        return batch
+
+    def build(self, batch: Mapping[str, tf.Tensor]) -> None:
+        """Creates model and optimizer variables from one real batch (call inside the scope).
+
+        Subclassed Keras models must be called on real-shaped inputs; `build(shape)` alone can
+        leave the optimizer unable to find variables.
+        """
+        self.loss_terms(self.prepare_batch(batch), training=False)
+        self.optimizer.build(self.trainable_variables)
 
     # ---- per replica ------------------------------------------------------------------------
 
@@ -167,7 +183,7 @@ class LossTermsTrainer(abc.ABC):
         return [g * tf.cast(factor, g.dtype) for g in grads], norm
 
     def _replica_train_step(self, batch):
-        sums, grads = self._grads_fn(batch)
+        sums, grads = self._grads_fn(self.prepare_batch(batch))
         pairs = [
             (g, v) for g, v in zip(grads, self.trainable_variables, strict=True) if g is not None
         ]
@@ -214,7 +230,7 @@ class LossTermsTrainer(abc.ABC):
             @tf.function
             def eval_fn(batch):
                 def replica_fn(batch):
-                    terms = self._eval_terms_fn(batch)
+                    terms = self._eval_terms_fn(self.prepare_batch(batch))
                     sums = {k: tf.reduce_sum(tf.cast(terms[k], tf.float32)) for k in terms}
                     total = self.weighted_total(terms)
                     sums[TOTAL] = tf.reduce_sum(total)
