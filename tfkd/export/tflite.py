@@ -288,6 +288,7 @@ def export_student_tflite(
     max_symbols_per_frame=3,
     representative_waveforms=None,
     prefix="student",
+    kinds=("whole", "streaming"),
 ):
     """Writes `<prefix>_whole_<q>.tflite`, `<prefix>_streaming_<q>.tflite` and its `.json`.
 
@@ -301,9 +302,10 @@ def export_student_tflite(
       representative_waveforms: for `full_int8`, a list of float32 [N] utterances (e.g. from
         the training records); calibration inputs are made by running the TF graphs on them.
       prefix: file name prefix.
+      kinds: which models to write ("whole", "streaming").
 
     Returns:
-      dict with the paths: `whole`, `streaming`, `metadata`.
+      dict with the paths: `whole`, `streaming`, `metadata` (of the kinds written).
     """
     from tfkd.export import streaming
 
@@ -325,6 +327,9 @@ def export_student_tflite(
             ("streaming", graph.step, graph.input_signature(), _streaming_calibration),
         )
         for kind, fn, sig, calibration in jobs:
+            if kind not in kinds:
+                del paths[kind]
+                continue
             saved = write_archive(fn, sig, [model, frontend], os.path.join(tmp, kind))
             rep = None
             if quantization == "full_int8":
@@ -333,6 +338,9 @@ def export_student_tflite(
                 samples = calibration(graph, representative_waveforms)
                 rep = save_representative(samples, os.path.join(tmp, f"{kind}.npz"))
             convert_in_subprocess(saved, paths[kind], quantization, rep)
+    if "streaming" not in kinds:
+        del paths["metadata"]
+        return paths
     metadata = {
         "quantization": quantization,
         "sample_rate": frontend.sample_rate,

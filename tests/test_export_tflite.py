@@ -1,0 +1,241 @@
+"""TFLite students: builtins only, TF parity, streaming == whole-utterance, input checks.
+
+Conversions run in a child process (`tfkd.export.tflite.convert_in_subprocess`).
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfkd import decoding
+from tfkd.export import streaming, tflite
+from tfkd.features import LogMel
+from tfkd.models import conformer_student, lstm_student
+
+VOCAB = 20
+LENGTHS = (7000, 3100, 12345, 5360)
+
+
+def tiny_lstm(seed=3):
+    keras.utils.set_random_seed(seed)
+    model = lstm_student(
+        VOCAB,
+        num_layers=1,
+        units=24,
+        frontend_units=24,
+        prediction_units=16,
+        prediction_embed_dim=8,
+        joint_dim=16,
+        dropout=0.0,
+    )
+    return model.build_by_calling(num_features=80)
+
+
+def frontend():
+    layer = LogMel()
+    layer(tf.zeros([1, 800]))
+    return layer
+
+
+def waves(seed=0, lengths=LENGTHS):
+    rng = np.random.default_rng(seed)
+    return [
+        (0.3 * np.sin(np.arange(n) / (5.0 + i)) + 0.05 * rng.normal(size=n)).astype(np.float32)
+        for i, n in enumerate(lengths)
+    ]
+
+
+def reference(model, fe, wave):
+    """tfkd's own whole-utterance greedy decoding: (token ids, score)."""
+    feats, lengths = fe(wave[None], tf.constant([len(wave)]))
+    ids, n, score = decoding.greedy_decode(model, feats, lengths)
+    return ids.numpy()[0, : int(n[0])].tolist(), float(score[0])
+
+
+@pytest.fixture(scope="module")
+def lstm_stream(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tflite")
+    model, fe = tiny_lstm(), frontend()
+    paths = tflite.export_student_tflite(
+        model, fe, str(out), "float32", chunk_ms=160, kinds=("streaming",)
+    )
+    return {"model": model, "frontend": fe, "paths": paths}
+
+
+def test_streaming_model_has_builtin_ops_only(lstm_stream):
+    ops = tflite.op_names(model_path=lstm_stream["paths"]["streaming"])
+    assert not [o for o in ops if o.startswith("Flex") or o in ("CUSTOM", "DELEGATE")]
+    # Front end, recurrent encoder and greedy steps are all in the graph.
+    assert {"RFFT2D", "LOG", "WHILE", "ARG_MAX", "LOG_SOFTMAX", "FULLY_CONNECTED"} <= ops
+
+
+def test_streaming_logits_and_tokens_match_tf(lstm_stream):
+    model, fe = lstm_stream["model"], lstm_stream["frontend"]
+    graph = streaming.StreamingGraph(model, fe, chunk_ms=160)
+    runner = tflite.TFLiteRunner(lstm_stream["paths"]["streaming"])
+    wave = waves()[2]
+    state_tf = graph.initial_state(wave[: graph.history])
+    state_lite = list(state_tf)
+    rest = wave[graph.history :]
+    emitted = 0
+    for start in range(0, len(rest), graph.chunk_samples):
+        chunk = np.zeros([1, graph.chunk_samples], np.float32)
+        piece = rest[start : start + graph.chunk_samples]
+        chunk[0, : len(piece)] = piece
+        valid = np.array([len(piece)], np.int32)
+        want = graph.step(tf.constant(chunk), tf.constant(valid), *state_tf)
+        got = runner(
+            audio_chunk=chunk,
+            valid_samples=valid,
+            **dict(zip(graph.state_names, state_lite, strict=True)),
+        )
+        np.testing.assert_allclose(got["log_probs"], want["log_probs"], atol=2e-4)
+        np.testing.assert_array_equal(got["tokens"], want["tokens"])
+        np.testing.assert_allclose(got["score"], want["score"], rtol=1e-4, atol=1e-3)
+        state_tf = [want[f"state_{i}"].numpy() for i in range(len(graph.state_names))]
+        state_lite = [got[f"state_{i}"] for i in range(len(graph.state_names))]
+        emitted += int((got["tokens"] > 0).sum())
+    assert emitted > 0  # the token comparison is not vacuous
+
+
+@pytest.mark.parametrize("push", [160, 999, 4000])
+def test_streaming_equals_whole_utterance_decoding(lstm_stream, push):
+    model, fe = lstm_stream["model"], lstm_stream["frontend"]
+    runner = tflite.TFLiteRunner(lstm_stream["paths"]["streaming"])
+    meta = tflite.load_metadata(lstm_stream["paths"]["metadata"])
+    assert meta["chunk_samples"] == 2560 and meta["history_samples"] == 240
+    for wave in waves():
+        want, score = reference(model, fe, wave)
+        session = tflite.StreamingSession(runner, meta)
+        for start in range(0, len(wave), push):
+            session.push(wave[start : start + push])
+        session.finish()
+        assert session.tokens == want and len(want) > 0
+        assert session.score == pytest.approx(score, rel=1e-4, abs=1e-3)
+
+
+def test_streaming_of_sub_window_audio_is_empty(lstm_stream):
+    runner = tflite.TFLiteRunner(lstm_stream["paths"]["streaming"])
+    meta = tflite.load_metadata(lstm_stream["paths"]["metadata"])
+    assert tflite.transcribe_streaming(runner, meta, np.zeros([200], np.float32)) == []
+    assert tflite.transcribe_streaming(runner, meta, np.zeros([0], np.float32)) == []
+
+
+def test_interpreter_rejects_wrong_inputs(lstm_stream):
+    runner = tflite.TFLiteRunner(lstm_stream["paths"]["streaming"])
+    meta = tflite.load_metadata(lstm_stream["paths"]["metadata"])
+    initial = tflite.StreamingSession(runner, meta).meta_initial_state()
+    state = dict(zip(meta["state_names"], initial, strict=True))
+    good = {"audio_chunk": np.zeros([1, 2560], np.float32), "valid_samples": np.array([2560])}
+    good["valid_samples"] = good["valid_samples"].astype(np.int32)
+    runner(**good, **state)  # accepted
+    with pytest.raises(
+        ValueError, match=r"'audio_chunk' must have shape \[1, 2560\], got \[1, 2000\]"
+    ):
+        runner(**{**good, "audio_chunk": np.zeros([1, 2000], np.float32)}, **state)
+    with pytest.raises(
+        ValueError, match=r"'audio_chunk' must have shape \[1, 2560\], got \[2560\]"
+    ):
+        runner(**{**good, "audio_chunk": np.zeros([2560], np.float32)}, **state)
+    with pytest.raises(ValueError, match="'valid_samples' must be int32, got int64"):
+        runner(**{**good, "valid_samples": np.array([5], np.int64)}, **state)
+    with pytest.raises(ValueError, match=r"missing inputs \['audio'\]"):
+        runner(**good, **{k: v for k, v in state.items() if k != "audio"})
+
+
+def test_streaming_graph_rejects_unusable_configurations():
+    model, fe = tiny_lstm(), frontend()
+    with pytest.raises(ValueError, match="multiple of 40 ms"):
+        streaming.StreamingGraph(model, fe, chunk_ms=100)
+    with pytest.raises(ValueError, match="cannot stream"):
+        streaming.StreamingGraph(model, LogMel(normalization="utterance"), chunk_ms=160)
+
+
+def test_failed_conversion_raises_with_the_converter_log(tmp_path):
+    with pytest.raises(RuntimeError, match="TFLite conversion of .* failed"):
+        tflite.convert_in_subprocess(str(tmp_path / "missing"), str(tmp_path / "x.tflite"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Slow: the whole-utterance model, quantised models and a Conformer student.
+
+
+@pytest.mark.slow
+def test_whole_utterance_model_matches_tf(tmp_path):
+    model, fe = tiny_lstm(), frontend()
+    paths = tflite.export_student_tflite(model, fe, str(tmp_path), "float32", kinds=("whole",))
+    runner = tflite.TFLiteRunner(paths["whole"])
+    fn = streaming.whole_utterance_fn(model, fe)
+    for wave in waves():
+        want, _ = reference(model, fe, wave)
+        assert tflite.transcribe_whole(runner, wave) == want and want
+        out = runner(waveform=wave[None], waveform_length=np.array([len(wave)], np.int32))
+        tf_out = fn(tf.constant(wave[None]), tf.constant([len(wave)]))
+        np.testing.assert_allclose(out["frame_log_probs"], tf_out["frame_log_probs"], atol=2e-4)
+    with pytest.raises(ValueError, match=r"'waveform' must have shape \[1, \?\]"):
+        runner(waveform=np.zeros([2, 100], np.float32), waveform_length=np.array([1, 1], np.int32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization", ["dynamic_int8", "full_int8"])
+def test_quantised_models_convert_builtin_and_stay_close(tmp_path, quantization):
+    model, fe = tiny_lstm(), frontend()
+    float_paths = tflite.export_student_tflite(
+        model, fe, str(tmp_path), "float32", chunk_ms=160, kinds=("streaming",)
+    )
+    paths = tflite.export_student_tflite(
+        model,
+        fe,
+        str(tmp_path),
+        quantization,
+        chunk_ms=160,
+        representative_waveforms=waves(seed=5),
+        kinds=("streaming",),
+    )
+    ops = tflite.op_names(model_path=paths["streaming"])
+    assert not [o for o in ops if o.startswith("Flex")]
+    if quantization == "full_int8":
+        assert "QUANTIZE" in ops or "DEQUANTIZE" in ops
+    assert os.path.getsize(paths["streaming"]) < os.path.getsize(float_paths["streaming"])
+    meta = tflite.load_metadata(paths["metadata"])
+    runner = tflite.TFLiteRunner(paths["streaming"])
+    # A random tiny model is a worst case for quantisation; most tokens still agree.
+    agree = total = 0
+    for wave in waves():
+        want, _ = reference(model, fe, wave)
+        got = tflite.transcribe_streaming(runner, meta, wave)
+        total += len(want)
+        agree += sum(a == b for a, b in zip(got, want, strict=False))
+    assert agree >= 0.5 * total
+
+
+@pytest.mark.slow
+def test_conformer_student_streams_like_whole_utterance(tmp_path):
+    keras.utils.set_random_seed(4)
+    model = conformer_student(
+        VOCAB,
+        num_layers=1,
+        dim=16,
+        num_heads=2,
+        ff_expansion=2,
+        kernel_size=3,
+        subsampling_filters=4,
+        left_context=8,
+        prediction_units=16,
+        prediction_embed_dim=8,
+        joint_dim=16,
+        dropout=0.0,
+    ).build_by_calling(num_features=80)
+    fe = frontend()
+    paths = tflite.export_student_tflite(
+        model, fe, str(tmp_path), "float32", chunk_ms=160, kinds=("streaming",)
+    )
+    runner = tflite.TFLiteRunner(paths["streaming"])
+    meta = tflite.load_metadata(paths["metadata"])
+    # Frame counts that are multiples of the conv front end's factor: exact equality.
+    for wave in waves(lengths=(240 + 160 * 40, 240 + 160 * 72)):
+        want, _ = reference(model, fe, wave)
+        assert tflite.transcribe_streaming(runner, meta, wave, push_samples=1234) == want
