@@ -366,6 +366,33 @@ def export_student_tflite(
     return paths
 
 
+def read_utterances(file_pattern, limit=None):
+    """(waveform float32 [N], text, token ids) of the utterances of tfkd records, in file order.
+
+    Args:
+      file_pattern: TFRecord glob (e.g. a test split).
+      limit: stop after this many utterances.
+    """
+    from tfkd.data import pipeline
+
+    dataset = pipeline.make_dataset(
+        file_pattern, global_batch_size=1, with_text=True, deterministic=True
+    )
+    out = []
+    for batch in dataset:
+        n = int(batch["num_samples"][0])
+        ids = batch["token_ids"][0, : int(batch["label_length"][0])].numpy().tolist()
+        out.append((batch["waveform"][0, :n].numpy(), batch["text"][0].numpy().decode(), ids))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def representative_waveforms(file_pattern, count=32):
+    """Waveforms of the first `count` utterances of `file_pattern`, for full-int8 calibration."""
+    return [wave for wave, _, _ in read_utterances(file_pattern, count)]
+
+
 def _whole_calibration(graph, waveforms):
     del graph
     return [
