@@ -154,3 +154,30 @@ def test_invalid_inputs_raise_a_clear_error(problem, overrides, message):
         tf.errors.InvalidArgumentError, match=re.escape(f"rnnt_loss_from_joint: {message}")
     ):
         rnnt_loss_from_joint(enc, pred, joint, **args)
+
+
+@pytest.mark.slow
+def test_chunked_peak_memory_stays_a_fraction_of_the_logits():
+    """Peak extra resident memory of one training step in graph mode, measured by the benchmark's
+    child mode (fresh process, malloc allocator, VmHWM after a reset): the chunked path stays well
+    below the logits size, the plain path through the same joint needs about two logits."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    tool = pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench_rnnt_loss.py"
+    shape = (2, 128, 64, 1024)  # 64 MiB of float32 logits
+    env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="false", TF_CPP_MIN_LOG_LEVEL="3")
+    extra = {}
+    for impl in ("chunked", "plain+joint"):
+        spec = ",".join(map(str, (impl, *shape, 2, 16)))
+        out = subprocess.run([sys.executable, str(tool), "--_child", spec], capture_output=True,
+                             text=True, env=env, timeout=600)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        extra[impl] = json.loads(out.stdout.strip().splitlines()[-1])["extra"] / (
+            np.prod(shape) * 4
+        )
+    assert extra["chunked"] < 0.35, extra
+    assert extra["plain+joint"] > 1.5, extra

@@ -136,7 +136,9 @@ def _forward_chunks(enc, pred, joint_fn, next_ids, blank_ok, num_chunks, chunk, 
         )
         return i + 1, tuple(a.write(i, s) for a, s in zip(arrays, stats, strict=True))
 
-    _, arrays = tf.while_loop(lambda i, _: i < num_chunks, body, (0, arrays))
+    # parallel_iterations=1: in graph mode the loop would otherwise run up to 10 chunks at once,
+    # each with its own logits, which defeats the point of chunking.
+    _, arrays = tf.while_loop(lambda i, _: i < num_chunks, body, (0, arrays), parallel_iterations=1)
     return tuple(_merge_chunks(a.stack()) for a in arrays)
 
 
@@ -172,7 +174,7 @@ def _backward_chunks(enc, pred, joint_fn, variables, coefs, next_ids, num_chunks
         return i + 1, d_enc.write(i, grads[0]), d_pred + grads[1], d_vars
 
     _, d_enc, d_pred, d_vars = tf.while_loop(
-        lambda i, *_: i < num_chunks, body, (0, d_enc, d_pred, d_vars)
+        lambda i, *_: i < num_chunks, body, (0, d_enc, d_pred, d_vars), parallel_iterations=1
     )
     return _merge_chunks(d_enc.stack()), d_pred, d_vars
 
