@@ -181,3 +181,34 @@ def test_chunked_peak_memory_stays_a_fraction_of_the_logits():
         )
     assert extra["chunked"] < 0.35, extra
     assert extra["plain+joint"] > 1.5, extra
+
+
+def test_unknown_dims_in_a_traced_signature(problem):
+    """Train steps trace with None dims (one trace for all batch shapes): both paths handle it."""
+    joint, enc, pred, labels, logit_lengths, label_lengths = problem
+    spec = [
+        tf.TensorSpec([None, None, D_ENC]),
+        tf.TensorSpec([None, None, D_PRED]),
+        tf.TensorSpec([None, None], tf.int32),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.int32),
+    ]
+
+    @tf.function(input_signature=spec)
+    def both(enc, pred, labels, logit_lengths, label_lengths):
+        args = (labels, logit_lengths, label_lengths)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([enc, pred])
+            chunked = rnnt_loss_from_joint(enc, pred, joint, *args, time_chunk=3)
+            plain = rnnt_loss(joint(enc, pred), *args)
+        sources = [enc, pred, *joint.trainable_variables]
+        return chunked, plain, tape.gradient(chunked, sources), tape.gradient(plain, sources)
+
+    for cut in (T, T - 2):  # two shapes, one trace
+        chunked, plain, g_chunked, g_plain = both(
+            enc[:, :cut], pred, labels, np.minimum(logit_lengths, cut), label_lengths
+        )
+        np.testing.assert_allclose(chunked.numpy(), plain.numpy(), rtol=1e-6)
+        for got, want in zip(g_chunked, g_plain, strict=True):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=2e-6)
+    assert both.experimental_get_tracing_count() == 1
