@@ -51,7 +51,7 @@ def _resolve(gin, value):
 def _trainer_name(gin):
     ref = _query(gin, "train.trainer_fn")
     if isinstance(ref, gin.config.ConfigurableReference):
-        return ref.name
+        return ref.configurable.name
     return "SupervisedTrainer"
 
 
