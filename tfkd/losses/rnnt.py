@@ -4,10 +4,13 @@ Shapes: `logits [B, T, U+1, V]` (any float dtype, computed in float32), `labels 
 padded, `logit_lengths [B]` (valid frames T_b), `label_lengths [B]` (valid labels U_b).
 
 How the big `[B, T, U+1, V]` tensor is touched (and nothing else of that size exists):
-- forward: one XLA kernel reads the logits for `logsumexp` over V and gathers two columns, the
-  blank logit and the logit of the next label `y_{u+1}`; everything after that (alpha over the
-  anti-diagonals) runs on `[B, T, U+1]` tensors;
-- backward: one XLA kernel reads the logits once more and writes the gradient once:
+- forward: one XLA kernel (`_forward_kernel`) gathers two columns, the blank logit and the logit
+  of the next label `y_{u+1}`, and reads the logits once for `logsumexp` over V, shifted by the
+  larger of those two instead of the row max, so no separate max pass is needed (see
+  `logsumexp_last`, which also falls back to the max only on overflow); everything after that
+  (alpha over the anti-diagonals) runs on `[B, T, U+1]` tensors in the same kernel;
+- backward: one XLA kernel (`_backward_kernel`: beta, occupancies, then the dense pass) reads the
+  logits once more and writes the gradient once:
   `dz = dy * ([k=∅]·γ_∅ + [k=y_{u+1}]·(1+λ)·γ_y − softmax(z)·(γ_∅ + (1+λ)·γ_y))`.
   The indicator terms are `k == iota` comparisons inside that fused expression, so no one-hot,
   scatter or log-softmax copy is ever materialised; the gradient is the only new full-size tensor.
@@ -22,7 +25,9 @@ get log-zero emissions and a masked gradient, which is exactly 0 there even if t
 hold garbage.
 
 Input checks (`InvalidArgumentError` with a message naming the problem) run in the public
-functions, outside the XLA kernels, because XLA cannot execute `Assert`. Inside a caller's own
+functions, outside the XLA kernels, because XLA cannot execute `Assert`: the public functions are
+plain Python (eager or traced into the caller's graph), the kernels are
+`tf.function(jit_compile=True)`s called from a `tf.custom_gradient`. Inside a caller's own
 `tf.function(jit_compile=True)` the asserts are compiled away; then an invalid utterance yields a
 NaN loss (and a zero gradient) instead of a plausible number, and `check_rnnt_inputs` can be run
 eagerly or in a non-compiled function on the same tensors beforehand.
