@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import decoding
+from tfkd import decoding, metrics
 from tfkd.export import streaming, tflite
 from tfkd.features import LogMel
 from tfkd.models import conformer_student, lstm_student
@@ -62,14 +62,16 @@ def lstm_stream(tmp_path_factory):
     paths = tflite.export_student_tflite(
         model, fe, str(out), "float32", chunk_ms=160, kinds=("streaming",)
     )
-    return {"model": model, "frontend": fe, "paths": paths}
+    refs = [reference(model, fe, wave) for wave in waves()]
+    return {"model": model, "frontend": fe, "paths": paths, "references": refs}
 
 
 def test_streaming_model_has_builtin_ops_only(lstm_stream):
     ops = tflite.op_names(model_path=lstm_stream["paths"]["streaming"])
     assert not [o for o in ops if o.startswith("Flex") or o in ("CUSTOM", "DELEGATE")]
-    # Front end, recurrent encoder and greedy steps are all in the graph.
-    assert {"RFFT2D", "LOG", "WHILE", "ARG_MAX", "LOG_SOFTMAX", "FULLY_CONNECTED"} <= ops
+    # Front end, encoder and greedy steps are all in the graph, unrolled: no control flow.
+    assert {"RFFT2D", "LOG", "ARG_MAX", "LOG_SOFTMAX", "FULLY_CONNECTED", "LOGISTIC"} <= ops
+    assert "WHILE" not in ops
 
 
 def test_streaming_logits_and_tokens_match_tf(lstm_stream):
@@ -103,12 +105,10 @@ def test_streaming_logits_and_tokens_match_tf(lstm_stream):
 
 @pytest.mark.parametrize("push", [160, 999, 4000])
 def test_streaming_equals_whole_utterance_decoding(lstm_stream, push):
-    model, fe = lstm_stream["model"], lstm_stream["frontend"]
     runner = tflite.TFLiteRunner(lstm_stream["paths"]["streaming"])
     meta = tflite.load_metadata(lstm_stream["paths"]["metadata"])
     assert meta["chunk_samples"] == 2560 and meta["history_samples"] == 240
-    for wave in waves():
-        want, score = reference(model, fe, wave)
+    for wave, (want, score) in zip(waves(), lstm_stream["references"], strict=True):
         session = tflite.StreamingSession(runner, meta)
         for start in range(0, len(wave), push):
             session.push(wave[start : start + push])
@@ -202,14 +202,15 @@ def test_quantised_models_convert_builtin_and_stay_close(tmp_path, quantization)
     assert os.path.getsize(paths["streaming"]) < os.path.getsize(float_paths["streaming"])
     meta = tflite.load_metadata(paths["metadata"])
     runner = tflite.TFLiteRunner(paths["streaming"])
-    # A random tiny model is a worst case for quantisation; most tokens still agree.
-    agree = total = 0
+    refs, hyps = [], []
     for wave in waves():
         want, _ = reference(model, fe, wave)
-        got = tflite.transcribe_streaming(runner, meta, wave)
-        total += len(want)
-        agree += sum(a == b for a, b in zip(got, want, strict=False))
-    assert agree >= 0.5 * total
+        refs.append(" ".join(map(str, want)))
+        hyps.append(" ".join(map(str, tflite.transcribe_streaming(runner, meta, wave))))
+    # Token error rate against the float Keras student. A random tiny model, whose outputs are
+    # near ties everywhere, is a worst case for quantisation.
+    token_error_rate = metrics.corpus_errors(refs, hyps).wer
+    assert token_error_rate <= {"dynamic_int8": 10.0, "full_int8": 40.0}[quantization], hyps
 
 
 @pytest.mark.slow

@@ -28,10 +28,43 @@ encoder frame, whose receptive field reaches past the end).
 
 from __future__ import annotations
 
+import contextlib
+
+import keras
 import tensorflow as tf
 
 from tfkd.decoding import stepping
 from tfkd.decoding.stepping import BLANK
+from tfkd.features import LogMel
+
+
+class RuntimeMelLogMel(LogMel):
+    """`LogMel` whose mel projection weights are not a graph constant (for int8 conversion).
+
+    Dynamic-range quantisation turns every constant matmul weight into int8 and quantises the
+    matmul's input on the fly, per row. The power spectrum spans many orders of magnitude, so an
+    int8 power spectrum loses its quiet bins and the log-mel features break (measured: log-prob
+    errors near 1.0 on a tiny student). Adding a runtime zero (from the input) to the mel matrix
+    keeps that one matmul in float; everything else is quantised as usual. Same numbers as
+    `LogMel` otherwise.
+    """
+
+    def call(self, waveform, lengths=None):
+        matrix = self._mel_matrix
+        # 0 for finite audio; the converter cannot fold it, so the matrix stays float.
+        zero = tf.minimum(tf.reduce_sum(tf.abs(waveform[:1, :1])), 0.0)
+        self._mel_matrix = matrix + zero
+        try:
+            return super().call(waveform, lengths)
+        finally:
+            self._mel_matrix = matrix
+
+    @classmethod
+    def like(cls, frontend):
+        """A built copy of the `LogMel` `frontend` (same configuration)."""
+        layer = cls.from_config(frontend.get_config())
+        layer(tf.zeros([1, 2 * layer.frame_length]))
+        return layer
 
 
 def _greedy_frame(model, net, enc_frame, active, pred_out, state, max_symbols):
@@ -60,13 +93,16 @@ def _greedy_frame(model, net, enc_frame, active, pred_out, state, max_symbols):
             choice = tf.fill(tf.shape(active), BLANK)
         else:
             choice = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        step_lp = tf.gather(log_probs, choice, batch_dims=1)
-        score += tf.where(still, step_lp, 0.0)
+        # A masked sum, not a batched gather: full-int8 quantisation rejects the gather's
+        # rescaling ("same scale constraint").
+        picked = tf.one_hot(choice, tf.shape(log_probs)[1], dtype=log_probs.dtype)
+        step_lp = tf.reduce_sum(log_probs * picked, axis=1)
+        score += step_lp * tf.cast(still, step_lp.dtype)
         emit = still & (choice != BLANK)
         if sub < max_symbols:
             tokens.append(tf.where(emit, choice, 0))
             new_out, new_state = stepping.prediction_step(model, net, choice, state)
-            pred_out, state = stepping.select_rows(emit, (new_out, new_state), (pred_out, state))
+            pred_out, state = _select_rows(emit, (new_out, new_state), (pred_out, state))
         still = emit
     return tf.stack(tokens, axis=1), score, first, pred_out, state
 
@@ -182,7 +218,8 @@ class StreamingGraph:
         state = tf.nest.pack_sequence_as(self._structure, list(flat_state))
         audio = tf.concat([state["audio"], audio_chunk], axis=1)
         feats, frame_count = self.frontend(audio, self.history + valid_samples)
-        enc, enc_state = self.model.encoder.stream_step(feats, state["encoder"])
+        with _unrolled_lstms(self.model.encoder):
+            enc, enc_state = self.model.encoder.stream_step(feats, state["encoder"])
         enc = stepping.encoder_side(self.model, enc)
         enc_valid = (frame_count + self.reduction - 1) // self.reduction
         pred_out, pred_state = state["prediction_out"], state["prediction"]
@@ -214,6 +251,43 @@ class StreamingGraph:
         for i, t in enumerate(tf.nest.flatten(new_state)):
             out[f"state_{i}"] = t
         return out
+
+
+def _select_rows(mask, new, old):
+    """Row-wise choice over a nest: arithmetic for floats, `where` for integers.
+
+    Full-int8 quantisation requires both inputs of a SELECT to share one scale, which the
+    calibrated ranges of a new and an old state never do; a 0/1 blend has no such constraint.
+    """
+
+    def pick(n, o):
+        m = tf.reshape(mask, [-1] + [1] * (len(n.shape) - 1))
+        if n.dtype.is_floating:
+            m = tf.cast(m, n.dtype)
+            return n * m + o * (1.0 - m)
+        return tf.where(m, n, o)
+
+    return tf.nest.map_structure(pick, new, old)
+
+
+@contextlib.contextmanager
+def _unrolled_lstms(encoder):
+    """Unrolls the encoder's Keras LSTMs while a chunk (static length) is traced.
+
+    The chunk graph then has no WHILE op: simpler for on-device runtimes, and full-int8
+    calibration crashes the converter (SIGSEGV, TF 2.17) on the WHILE of a Keras LSTM.
+    """
+    layers = [
+        layer for layer in getattr(encoder, "lstms", []) if isinstance(layer, keras.layers.LSTM)
+    ]
+    saved = [layer.unroll for layer in layers]
+    for layer in layers:
+        layer.unroll = True
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved, strict=True):
+            layer.unroll = value
 
 
 def _paths(nest, prefix=()):

@@ -310,6 +310,13 @@ def export_student_tflite(
     from tfkd.export import streaming
 
     os.makedirs(output_dir, exist_ok=True)
+    if quantization == "full_int8" and "whole" in kinds:
+        raise ValueError(
+            "full_int8 is available for the streaming model only: calibrating the "
+            "whole-utterance model (a WHILE loop over a Keras LSTM) crashes the TF 2.17 converter"
+        )
+    if quantization != "float32":
+        frontend = streaming.RuntimeMelLogMel.like(frontend)
     graph = streaming.StreamingGraph(model, frontend, chunk_ms, max_symbols_per_frame)
     whole_fn = streaming.whole_utterance_fn(model, frontend, max_symbols_per_frame)
     whole_sig = [
