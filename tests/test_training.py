@@ -14,6 +14,7 @@ from tfkd import config
 from tfkd.data import pipeline, tokenizer
 from tfkd.models import presets
 from tfkd.training import loop, periodic_eval, schedules, trainers
+from tfkd.training import strategy as strategy_lib
 
 VOCAB = 16
 B = 4
@@ -272,3 +273,53 @@ def test_train_resumes_and_reports_dev_wer(tmp_path):
                 values.setdefault(v.tag, []).append(event.step)
     assert values["dev/wer"] == [2, 4]
     assert values["dev/rnnt"] == [2, 4]
+
+
+def test_train_resumes_step_and_reseeds_data(tmp_path):
+    pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)
+    seeds = []
+
+    def dataset_fn(input_context, seed):
+        seeds.append(seed)
+        return pipeline.make_dataset(
+            pattern,
+            global_batch_size=B,
+            shuffle=True,
+            seed=seed,
+            repeat=True,
+            input_context=input_context,
+        )
+
+    kwargs = dict(
+        model_fn=tiny_model,
+        train_dataset_fn=dataset_fn,
+        global_batch_size=B,
+        trainer_fn=lambda *a, **k: trainers.SupervisedTrainer(*a, jit_compile=False, **k),
+        checkpoint_every=2,
+        seed=7,
+        progress=False,
+    )
+    model_dir = str(tmp_path / "run")
+    loop.train(model_dir, num_steps=2, **kwargs)
+    loop.train(model_dir, num_steps=3, **kwargs)
+    # The resumed run reshuffles with seed + resume step rather than replaying the first batches.
+    assert seeds == [7, 9]
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-3")
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 3
+    # Already at the target: a third call trains nothing and keeps the checkpoint.
+    assert loop.train(model_dir, num_steps=3, **kwargs) == {}
+    assert seeds == [7, 9, 10]
+
+
+def test_make_strategy_kinds_and_errors(monkeypatch):
+    assert strategy_lib.make_strategy("default") is tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match="unknown strategy kind"):
+        strategy_lib.make_strategy("mirored")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        strategy_lib.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {}}')
+    with pytest.raises(ValueError, match="not a usable cluster spec"):
+        strategy_lib.make_strategy("multi_worker")
+    assert strategy_lib.is_chief(tf.distribute.get_strategy())

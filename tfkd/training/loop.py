@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 import keras
 import tensorflow as tf
 import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import gin
 from tfkd.training import strategy as strategy_lib
@@ -153,37 +154,39 @@ def train(
     n_accum = 0
     config_written = False
     t0, step0 = time.time(), int(step.numpy())
-    while int(step.numpy()) < num_steps:
-        means = trainer.train_step(iterator)
-        step.assign_add(1)
-        current = int(step.numpy())
-        for k, v in means.items():
-            accum[k] = accum.get(k, 0.0) + float(v)
-        n_accum += 1
-        bar.update(1)
-        if not config_written:
-            # After the first step every configurable that training calls has been called.
-            _write_operative_config(model_dir, writer, current, chief)
-            config_written = True
-        if current % summary_every == 0 or current == num_steps:
-            last = {k: v / n_accum for k, v in accum.items()}
-            last["learning_rate"] = _learning_rate(optimizer, current - 1)
-            last["steps_per_second"] = (current - step0) / max(time.time() - t0, 1e-9)
-            accum, n_accum = {}, 0
-            _write_scalars(writer, last, current)
-            bar.set_postfix(loss=f"{last[trainers.TOTAL]:.3f}", refresh=False)
-            log.info("step %d: %s", current, _fmt(last))
-        if current % checkpoint_every == 0 or current == num_steps:
-            path = manager.save(checkpoint_number=current)
-            log.info("saved %s", path if chief else f"worker checkpoint at step {current}")
-        if (
-            eval_fn is not None
-            and eval_every
-            and (current % eval_every == 0 or current == num_steps)
-        ):
-            results = dict(eval_fn(trainer))
-            _write_scalars(eval_writer, results, current)
-            log.info("eval at step %d: %s", current, _fmt(results))
+    # Log lines go through tqdm.write, so they do not tear the progress bar.
+    with logging_redirect_tqdm():
+        while int(step.numpy()) < num_steps:
+            means = trainer.train_step(iterator)
+            step.assign_add(1)
+            current = int(step.numpy())
+            for k, v in means.items():
+                accum[k] = accum.get(k, 0.0) + float(v)
+            n_accum += 1
+            bar.update(1)
+            if not config_written:
+                # After the first step every configurable that training calls has been called.
+                _write_operative_config(model_dir, writer, current, chief)
+                config_written = True
+            if current % summary_every == 0 or current == num_steps:
+                last = {k: v / n_accum for k, v in accum.items()}
+                last["learning_rate"] = _learning_rate(optimizer, current - 1)
+                last["steps_per_second"] = (current - step0) / max(time.time() - t0, 1e-9)
+                accum, n_accum = {}, 0
+                _write_scalars(writer, last, current)
+                bar.set_postfix(loss=f"{last[trainers.TOTAL]:.3f}", refresh=False)
+                log.info("step %d: %s", current, _fmt(last))
+            if current % checkpoint_every == 0 or current == num_steps:
+                path = manager.save(checkpoint_number=current)
+                log.info("saved %s", path if chief else f"worker checkpoint at step {current}")
+            if (
+                eval_fn is not None
+                and eval_every
+                and (current % eval_every == 0 or current == num_steps)
+            ):
+                results = dict(eval_fn(trainer))
+                _write_scalars(eval_writer, results, current)
+                log.info("eval at step %d: %s", current, _fmt(results))
     bar.close()
     if not chief:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
