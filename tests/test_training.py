@@ -161,6 +161,25 @@ def test_mixed_float16_step_keeps_float32_loss_and_variables():
     assert np.isfinite(float(last["rnnt"])) and float(last["rnnt"]) < float(first["rnnt"])
 
 
+def test_mixed_bfloat16_computes_in_bfloat16_and_learns():
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        trainer, batch, iterator = make_trainer(clip_norm=5.0)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    features, lengths = trainer.features(batch, training=False)
+    logits = trainer.model(
+        {"features": features, "feature_lengths": lengths, "labels": batch["token_ids"]}
+    )["logits"]
+    assert trainer.model.compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in trainer.trainable_variables)
+    first = trainer.train_step(iterator)
+    for _ in range(10):
+        last = trainer.train_step(iterator)
+    assert first["rnnt"].dtype == tf.float32 and logits.dtype in (tf.bfloat16, tf.float32)
+    assert float(last["rnnt"]) < 0.8 * float(first["rnnt"])
+
+
 def test_warmup_decay_values():
     rsqrt = schedules.WarmupDecay(1e-3, warmup_steps=100, decay="rsqrt")
     np.testing.assert_allclose(float(rsqrt(0)), 1e-5, rtol=1e-6)
