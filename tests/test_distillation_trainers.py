@@ -1,6 +1,7 @@
 """Distillation trainers (METHODS §2–§6): frozen teacher, offline records, terms, shared encoder."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -244,6 +245,26 @@ def test_memory_lean_path_matches_plain_loss_and_gradients():
         )
 
 
+def test_label_bucket_trims_padding_without_changing_the_terms():
+    batch = offline_batch()
+    pad = [[0, 0], [0, 0], [0, 7]]
+    batch["nbest_token_ids"] = tf.pad(batch["nbest_token_ids"], pad)  # U = 12, longest is 5
+    batch["token_ids"] = tf.pad(batch["token_ids"], pad[1:])
+    batch["labeled"] = tf.constant([True, True, False, True])
+    trimmed = distillation.trim_labels(batch, 4)
+    assert trimmed["nbest_token_ids"].shape == (B, N, 8)
+    assert trimmed["token_ids"].shape == (B, 8)
+    trainer = make_trainer(
+        distillation.DiscriminativeFullSumTrainer, batch, nbest_size=N, label_bucket=4
+    )
+    full = trainer.loss_terms(batch, training=False)
+    cut = trainer.loss_terms(trimmed, training=False)
+    for name in ("fullsum", "disc", "rnnt_gt"):
+        np.testing.assert_allclose(cut[name].numpy(), full[name].numpy(), rtol=1e-5)
+    means = one_step(trainer, batch)
+    np.testing.assert_allclose(float(means["fullsum"]), full["fullsum"].numpy().mean(), rtol=1e-5)
+
+
 def test_soft_with_different_frame_rates_fails_at_start_up():
     with pytest.raises(ValueError, match="same frame rate.*4x.*8x"):
         distillation.SoftDistillationTrainer(
@@ -366,3 +387,61 @@ def test_bin_train_tiny_fullsum_kd_end_to_end(tmp_path):
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(v.tag for v in event.summary.value)
     assert {"fullsum", "rnnt_gt", "loss"} <= tags
+
+
+_MIRRORED_FULLSUM = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+sys.path.insert(0, "tests")
+import test_distillation_trainers as t
+from tfkd.training import distillation
+
+batch = {k: v.numpy() for k, v in t.offline_batch().items()}
+
+def run(strategy):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        trainer = distillation.DiscriminativeFullSumTrainer(
+            t.tiny_student(), keras.optimizers.Adam(1e-2), strategy=strategy,
+            global_batch_size=t.B, nbest_size=t.N, clip_norm=1.0, jit_compile=True)
+    def dataset_fn(ctx):
+        return tf.data.Dataset.from_tensor_slices(batch).batch(
+            ctx.get_per_replica_batch_size(t.B)).repeat()
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    first = strategy.experimental_local_results(next(iterator))[0]
+    with strategy.scope():
+        trainer.loss_terms(first, training=False)
+        trainer.optimizer.build(trainer.trainable_variables)
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    means = [{k: float(v) for k, v in trainer.train_step(iterator).items()} for _ in range(2)]
+    weights = [v.numpy().tolist() for v in trainer.model.trainable_variables[:3]]
+    return means, weights
+
+one = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
+two = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+print(json.dumps({"one": one, "two": two}))
+"""
+
+
+@pytest.mark.slow  # ~60 s: a subprocess with two logical CPUs, two strategies
+def test_mirrored_two_cpus_matches_one_device():
+    out = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_FULLSUM],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    (means_one, weights_one), (means_two, weights_two) = result["one"], result["two"]
+    for step_one, step_two in zip(means_one, means_two, strict=True):
+        for name in ("fullsum", "disc", "loss"):
+            np.testing.assert_allclose(step_two[name], step_one[name], rtol=1e-4)
+    for w_one, w_two in zip(weights_one, weights_two, strict=True):
+        np.testing.assert_allclose(np.array(w_two), np.array(w_one), rtol=1e-4, atol=1e-6)

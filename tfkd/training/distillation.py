@@ -90,6 +90,11 @@ class DistillationTrainer(trainers.LossTermsTrainer):
             unknown static shapes count as large); `None` always builds the whole lattice.
         joint_time_chunk: frames per chunk of the lean path (`None`: the loss's default size).
         teacher_jit_compile: XLA-compile the online teacher pass (beam search is a while loop).
+        label_bucket: in training steps, cut the label axis of the N-best (and ground truth) to
+            the batch's longest sequence rounded up to a multiple of this, before the step's
+            XLA cluster: lattices shrink from the static `max_label_length` to what the batch
+            needs, at the price of at most `max_label_length / label_bucket` compilations per
+            audio bucket. `None` keeps the static shapes (TPU).
         **kwargs: see `LossTermsTrainer` (strategy, global_batch_size, loss_weights, ...).
 
     Raises:
@@ -119,6 +124,7 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         joint_time_chunk: int | None = None,
         lean_joint_threshold: int | None = 2**24,
         teacher_jit_compile: bool = False,
+        label_bucket: int | None = None,
         **kwargs,
     ):
         super().__init__(model, optimizer, **kwargs)
@@ -132,6 +138,9 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         self.ground_truth = ground_truth
         self.joint_time_chunk = joint_time_chunk
         self.lean_joint_threshold = lean_joint_threshold
+        if label_bucket is not None and label_bucket < 1:
+            raise ValueError(f"label_bucket must be a positive int or None, got {label_bucket}")
+        self.label_bucket = label_bucket
         if teacher is None and teacher_fn is not None:
             teacher = self._restore_teacher(teacher_fn, teacher_dir, teacher_checkpoint)
         elif teacher_fn is not None:
@@ -181,8 +190,8 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         """
         batch = dict(batch)
         have_nbest = NBEST_FIELDS[0] in batch
-        if have_nbest and not self.needs_teacher_lattice:
-            return _cut_nbest(batch, self.nbest_size)
+        if have_nbest and (not self.needs_teacher_lattice or "teacher_logits" in batch):
+            return _cut_nbest(batch, self.nbest_size)  # offline, or the teacher pass already ran
         if self.teacher is None:
             raise ValueError(
                 f"{type(self).__name__} has no teacher and the batch has no N-best fields: read "
@@ -230,6 +239,9 @@ class DistillationTrainer(trainers.LossTermsTrainer):
 
     def _replica_train_step(self, batch):
         # The teacher pass runs before the step's GradientTape opens and outside its XLA cluster.
+        # Labels are trimmed first so that a teacher lattice covers the student's label axis.
+        if self.label_bucket is not None:
+            batch = trim_labels(batch, self.label_bucket)
         return super()._replica_train_step(self._teacher_pass(batch))
 
     # ---- student (per replica) ---------------------------------------------------------------
@@ -482,6 +494,22 @@ def first_best(batch):
         tf.cast(batch["nbest_token_ids"][:, 0], tf.int32),
         tf.cast(batch["nbest_lengths"][:, 0], tf.int32),
     )
+
+
+def trim_labels(batch, bucket):
+    """Cuts padded label axes to the longest sequence of the batch, rounded up to `bucket`.
+
+    Applies to `nbest_token_ids [B, H, U]` and `token_ids [B, U]` (each by its own lengths);
+    the result has a data-dependent size, so call it outside XLA-compiled code.
+    """
+    batch = dict(batch)
+    for ids, lengths in (("nbest_token_ids", "nbest_lengths"), ("token_ids", "label_length")):
+        if ids not in batch:
+            continue
+        longest = tf.reduce_max(tf.cast(batch[lengths], tf.int32))
+        keep = tf.minimum((longest + bucket - 1) // bucket * bucket, tf.shape(batch[ids])[-1])
+        batch[ids] = batch[ids][..., : tf.maximum(keep, 1)]
+    return batch
 
 
 def _cut_nbest(batch, nbest_size):
