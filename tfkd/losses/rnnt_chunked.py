@@ -99,13 +99,13 @@ def _chunking(frames, batch, nodes_u, vocab, time_chunk):
         if time_chunk is None:
             time_chunk = max(DEFAULT_CHUNK_BYTES // (batch * nodes_u * vocab * 4), 1)
         time_chunk = min(int(time_chunk), max(frames, 1))
-        num_chunks = -(-frames // time_chunk)
+        num_chunks = max(-(-frames // time_chunk), 1)  # T = 0 is rejected by the asserts
         return num_chunks, -(-frames // num_chunks)
     frames, batch, nodes_u, vocab = (tf.cast(d, tf.int64) for d in dims)
     if time_chunk is None:
         time_chunk = tf.maximum(DEFAULT_CHUNK_BYTES // (batch * nodes_u * vocab * 4), 1)
     time_chunk = tf.minimum(tf.cast(time_chunk, tf.int64), tf.maximum(frames, 1))
-    num_chunks = (frames + time_chunk - 1) // time_chunk
+    num_chunks = tf.maximum((frames + time_chunk - 1) // time_chunk, 1)
     chunk = (frames + num_chunks - 1) // num_chunks
     return tf.cast(num_chunks, tf.int32), tf.cast(chunk, tf.int32)
 
