@@ -2,6 +2,8 @@
 
 import glob
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -342,3 +344,22 @@ def test_make_strategy_kinds_and_errors(monkeypatch):
     with pytest.raises(ValueError, match="not a usable cluster spec"):
         strategy_lib.make_strategy("multi_worker")
     assert strategy_lib.is_chief(tf.distribute.get_strategy())
+
+
+def test_bin_train_stops_on_a_gin_typo_with_a_message(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(config.REPO_DIR, "bin", "train"),
+            "--gin_file=gin/test/tiny.gin",
+            "--gin_bindings=train.num_stepz = 3",
+            f"--model_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=config.REPO_DIR,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "gin configuration error" in proc.stderr and "num_stepz" in proc.stderr
+    assert not os.listdir(tmp_path)  # nothing was started
