@@ -168,7 +168,7 @@ def test_layout_readme_and_gin_config(export):
     assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".tmp")]
     readme = open(os.path.join(path, "README.md")).read()
     for name in saved_model.SIGNATURES:
-        assert f"`{name}`" in readme
+        assert f"`{name}(" in readme
     with pytest.raises(FileExistsError):
         saved_model.export_saved_model(None, path)
     with pytest.raises(ValueError, match="version"):
