@@ -166,6 +166,9 @@ def test_layout_readme_and_gin_config(export):
     names = set(os.listdir(path))
     assert {"saved_model.pb", "variables", "README.md", "operative_config.gin"} <= names
     assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".tmp")]
+    graph = open(os.path.join(path, "saved_model.pb"), "rb").read()
+    # TF Serving runs neither Python callbacks nor (by default) XLA-compiled functions.
+    assert b"PyFunc" not in graph and b"_XlaMustCompile" not in graph
     readme = open(os.path.join(path, "README.md")).read()
     for name in saved_model.SIGNATURES:
         assert f"`{name}(" in readme
