@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import decoding, losses
+import gin
+from tfkd import config, decoding, losses, preflight
 from tfkd.data import pipeline, records
 from tfkd.models import presets
 from tfkd.training import distillation, loop
@@ -407,7 +408,7 @@ def run(strategy):
     with strategy.scope():
         trainer = distillation.DiscriminativeFullSumTrainer(
             t.tiny_student(), keras.optimizers.Adam(1e-2), strategy=strategy,
-            global_batch_size=t.B, nbest_size=t.N, clip_norm=1.0, jit_compile=True)
+            global_batch_size=t.B, nbest_size=t.N, clip_norm=1.0, jit_compile=False)
     def dataset_fn(ctx):
         return tf.data.Dataset.from_tensor_slices(batch).batch(
             ctx.get_per_replica_batch_size(t.B)).repeat()
@@ -445,3 +446,30 @@ def test_mirrored_two_cpus_matches_one_device():
             np.testing.assert_allclose(step_two[name], step_one[name], rtol=1e-4)
     for w_one, w_two in zip(weights_one, weights_two, strict=True):
         np.testing.assert_allclose(np.array(w_two), np.array(w_one), rtol=1e-4, atol=1e-6)
+
+
+def test_preflight_names_the_first_missing_step(tmp_path):
+    pseudo = tmp_path / "pseudo"
+    bindings = [
+        f"SPM_MODEL = '{tmp_path}/spm.model'",
+        f"DEV_RECORDS = '{tmp_path}/dev-*.tfrecord'",
+        f"PSEUDO_LABEL_RECORDS = '{pseudo}/train-unlabeled-*.tfrecord'",
+    ]
+
+    def message():
+        gin.clear_config()
+        try:
+            config.parse_gin(["gin/fullsum_kd.gin"], bindings)
+            return preflight.missing_inputs(default_teacher_dir=str(tmp_path / "teacher"))
+        finally:
+            gin.clear_config()
+
+    assert "SPM_MODEL" in message() and "tools/make_corpus.py" in message()
+    (tmp_path / "spm.model").write_bytes(b"")
+    (tmp_path / "dev-00000.tfrecord").write_bytes(b"")
+    assert message().endswith(
+        f"bin/pseudo_label --teacher_dir={tmp_path}/teacher --output_dir={pseudo}"
+    )
+    assert "bin/train --gin_file=gin/teacher.gin" in message()
+    write_pseudo_label_records(str(pseudo), num_files=1, per_file=1)
+    assert message() is None
