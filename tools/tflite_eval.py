@@ -7,7 +7,8 @@ Usage:
       [--records='data/records/test-*.tfrecord'] [--max_utterances=200] [--output_json=R.json]
 
 The Keras student (for the WER difference) is rebuilt from MODEL_DIR like bin/export does. Test
-records default to the gin macro TEST_RECORDS, else test-*.tfrecord next to DEV_RECORDS.
+records default to the gin macro TEST_RECORDS, else test-*.tfrecord next to DEV_RECORDS or
+TRAIN_RECORDS.
 """
 
 import argparse
@@ -39,8 +40,9 @@ def main(argv=None) -> int:
     if student.tokenizer is None:
         raise SystemExit("no SentencePiece model: pass --spm_model")
     records = args.records or student.macros.get("TEST_RECORDS")
-    if not records and student.macros.get("DEV_RECORDS"):
-        records = os.path.join(os.path.dirname(student.macros["DEV_RECORDS"]), "test-*.tfrecord")
+    for macro in ("DEV_RECORDS", "TRAIN_RECORDS"):
+        if not records and student.macros.get(macro):
+            records = os.path.join(os.path.dirname(student.macros[macro]), "test-*.tfrecord")
     if not records:
         raise SystemExit("no test records: pass --records")
     utterances = tflite.read_utterances(records, args.max_utterances)
