@@ -16,7 +16,7 @@ MAKE_DATA = (
     "  python tools/train_spm.py corpus/train-labeled --vocab_size 256 "
     "--output_prefix data/spm/spm\n"
     "  for split in train-labeled train-unlabeled dev test; do python "
-    "tools/prepare_librispeech.py corpus/$split data/records --spm data/spm/spm.model; done"
+    "tools/prepare_librispeech.py corpus/$split data/records --spm_model data/spm/spm.model; done"
 )
 MAKE_TEACHER = "bin/train --gin_file=gin/teacher.gin --model_dir={teacher_dir}"
 MAKE_PSEUDO_LABELS = "bin/pseudo_label --teacher_dir={teacher_dir} --output_dir={output_dir}"
