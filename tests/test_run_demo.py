@@ -1,0 +1,196 @@
+"""tools/run_demo.py: stage skipping, failures naming the stage, the summary table."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_driver():
+    spec = importlib.util.spec_from_file_location(
+        "run_demo", os.path.join(REPO, "tools", "run_demo.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_demo = _load_driver()
+
+
+def _touch_stage(name, out_file, code=0):
+    """A stage whose command appends a line to out_file, then exits with `code`."""
+    script = (
+        f"import sys; open({out_file!r}, 'a').write({name!r} + '\\n'); "
+        f"print('hello from {name}'); sys.exit({code})"
+    )
+    return run_demo.Stage(name, commands=lambda ctx: [[sys.executable, "-c", script]])
+
+
+def _calls(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return f.read().split()
+
+
+def test_done_stages_are_skipped_and_stamped(tmp_path):
+    ctx = run_demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
+    calls = str(tmp_path / "calls.txt")
+    stages = [_touch_stage("a", calls), _touch_stage("b", calls)]
+
+    report = run_demo.run_stages(stages, ctx)
+    assert _calls(calls) == ["a", "b"]
+    assert [r["status"] for r in report.values()] == ["ran", "ran"]
+    stamp = json.load(open(tmp_path / "out" / "stamps" / "a.json"))
+    assert stamp["stage"] == "a" and stamp["seconds"] >= 0
+    assert "hello from a" in open(tmp_path / "out" / "logs" / "a.log").read()
+
+    report = run_demo.run_stages(stages, ctx)
+    assert _calls(calls) == ["a", "b"]  # nothing ran again
+    assert [r["status"] for r in report.values()] == ["skipped", "skipped"]
+
+    os.remove(tmp_path / "out" / "stamps" / "b.json")
+    run_demo.run_stages(stages, ctx)
+    assert _calls(calls) == ["a", "b", "b"]
+
+
+def test_only_reruns_a_done_stage_alone(tmp_path):
+    ctx = run_demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
+    calls = str(tmp_path / "calls.txt")
+    stages = [_touch_stage("a", calls), _touch_stage("b", calls)]
+    run_demo.run_stages(stages, ctx)
+    run_demo.run_stages(stages, ctx, only="a")
+    assert _calls(calls) == ["a", "b", "a"]
+    with pytest.raises(run_demo.StageError, match="unknown stage 'c'"):
+        run_demo.run_stages(stages, ctx, only="c")
+
+
+def test_outputs_decide_unstamped_stages(tmp_path):
+    ctx = run_demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
+    marker = tmp_path / "data" / "manifest.json"
+    calls = str(tmp_path / "calls.txt")
+    stage = _touch_stage("corpus", calls)
+    stage.stamped = False
+    stage.outputs = lambda ctx: [str(marker)]
+    assert not stage.done(ctx)
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    assert stage.done(ctx)
+    run_demo.run_stages([stage], ctx)
+    assert _calls(calls) == []
+
+
+def test_failure_names_stage_and_log_and_stops(tmp_path):
+    ctx = run_demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
+    calls = str(tmp_path / "calls.txt")
+    stages = [_touch_stage("a", calls), _touch_stage("teacher", calls, code=3)]
+    stages.append(_touch_stage("c", calls))
+    with pytest.raises(run_demo.StageError) as err:
+        run_demo.run_stages(stages, ctx)
+    message = str(err.value)
+    assert "stage 'teacher' failed (exit code 3)" in message
+    assert os.path.join("logs", "teacher.log") in message
+    assert "--only teacher" in message
+    assert _calls(calls) == ["a", "teacher"]  # c never ran
+    assert not os.path.exists(tmp_path / "out" / "stamps" / "teacher.json")
+    assert "hello from teacher" in open(tmp_path / "out" / "logs" / "teacher.log").read()
+
+
+def test_main_reports_failure_with_exit_code_1(tmp_path, capsys, monkeypatch):
+    calls = str(tmp_path / "calls.txt")
+    monkeypatch.setattr(run_demo, "demo_stages", lambda: [_touch_stage("spm", calls, code=2)])
+    rc = run_demo.main(["--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")])
+    assert rc == 1
+    assert "FAILED: stage 'spm' failed (exit code 2)" in capsys.readouterr().err
+
+
+def test_disabled_baseline_is_not_run(tmp_path):
+    ctx = run_demo.Context(out=str(tmp_path), data=str(tmp_path), baseline=False)
+    stages = {s.name: s for s in run_demo.demo_stages()}
+    assert not stages["baseline"].enabled(ctx)
+    assert stages["fullsum_kd"].enabled(ctx)
+    assert run_demo._students(ctx) == ["fullsum_kd", "hard_kd"]
+
+
+def test_demo_commands_point_at_out_and_data(tmp_path):
+    ctx = run_demo.Context(out="/o", data="/d")
+    stages = {s.name: s for s in run_demo.demo_stages()}
+    assert list(stages) == [
+        "corpus",
+        "spm",
+        "records",
+        "teacher",
+        "teacher_eval",
+        "pseudo_labels",
+        "fullsum_kd",
+        "hard_kd",
+        "baseline",
+        "student_eval",
+        "export",
+        "summary",
+    ]
+    (kd,) = stages["fullsum_kd"].commands(ctx)
+    assert "--gin_file=gin/fullsum_kd.gin" in kd and "--model_dir=/o/fullsum_kd" in kd
+    assert "--gin_bindings=PSEUDO_LABEL_RECORDS = '/o/pseudo/*.tfrecord'" in kd
+    assert "--gin_bindings=SPM_MODEL = '/d/spm/spm.model'" in kd
+    (base,) = stages["baseline"].commands(ctx)
+    assert not any("PSEUDO_LABEL_RECORDS" in a for a in base)
+    export = stages["export"].commands(ctx)
+    assert export[0][1].endswith("bin/export") and "--output=/o/export/saved_model/1" in export[0]
+    assert [c for c in export[3] if c.startswith("--tflite=")] == [
+        "--tflite=/o/export/student_whole_float32.tflite",
+        "--tflite=/o/export/student_streaming_float32.tflite",
+        "--tflite=/o/export/student_whole_dynamic_int8.tflite",
+        "--tflite=/o/export/student_streaming_dynamic_int8.tflite",
+    ]
+    for name in ("teacher", "fullsum_kd", "hard_kd", "baseline"):
+        gin_files = [a.split("=", 1)[1] for a in stages[name].commands(ctx)[0] if "gin_file" in a]
+        for path in gin_files:
+            assert os.path.exists(os.path.join(REPO, path)), path
+
+
+def _write(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def test_summary_table_and_json(tmp_path, capsys):
+    ctx = run_demo.Context(out=str(tmp_path), data=str(tmp_path))
+    wers = {"teacher": (40.0, 42.0), "fullsum_kd": (50.0, 45.0), "baseline": (60.0, 60.0)}
+    for name, (dev, test) in wers.items():
+        _write(ctx.path(name, "eval", "dev.json"), {"wer": dev, "step": 7})
+        _write(ctx.path(name, "eval", "test.json"), {"wer": test, "step": 7})
+    _write(ctx.path("pseudo", "manifest.json"), {"teacher_wer": 41.5, "utterances": 20, "nbest": 4})
+    row = {
+        "model": "student_whole_float32.tflite",
+        "kind": "whole",
+        "wer": 45.0,
+        "keras_wer": 45.0,
+        "wer_diff": 0.0,
+        "rtf_1_thread": 0.01,
+        "size_bytes": 2_000_000,
+        "utterances": 10,
+    }
+    _write(ctx.path("export", "tflite_eval.json"), [row])
+    _write(ctx.path("stamps", "teacher.json"), {"stage": "teacher", "seconds": 60.0})
+    run_demo.write_summary(ctx)
+
+    summary = json.load(open(tmp_path / "summary.json"))
+    by = {r["model"]: r for r in summary["wer"]}
+    assert set(by) == {"teacher", "fullsum_kd", "baseline"}  # hard_kd has no eval: no row
+    assert by["fullsum_kd"]["test_rel_wer_reduction_vs_baseline"] == pytest.approx(0.25)
+    assert by["fullsum_kd"]["dev_rel_wer_reduction_vs_baseline"] == pytest.approx(1 / 6)
+    assert "test_rel_wer_reduction_vs_baseline" not in by["teacher"]
+    assert summary["stage_seconds"] == {"teacher": 60.0}
+    assert summary["pseudo_labels"]["teacher_wer"] == 41.5
+    printed = capsys.readouterr().out
+    assert "| student: full-sum KD | 7 | 50.00 | 45.00 | +25.0% |" in printed
+    assert "| student_whole_float32.tflite | 45.00 | 45.00 | +0.00 | 0.0100 | 2.00 |" in printed
+    assert "teacher 1-best WER 41.50% on 20 train-unlabeled utterances" in printed
+    assert open(tmp_path / "summary.md").read().strip() == printed.strip()
