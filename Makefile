@@ -39,8 +39,11 @@ format: $(STAMP)
 bench: setup
 	$(PY) tools/bench_rnnt_loss.py
 
+# The whole story on the built-in small corpus into runs/demo/ (docs/demo.md); resumable.
+# e.g. make demo DEMO_ARGS="--fresh" | DEMO_ARGS="--only export" | DEMO_ARGS="--no_baseline"
+DEMO_ARGS ?=
 demo: setup
-	$(PY) tools/bench_rnnt_loss.py
+	$(PY) tools/run_demo.py --out runs/demo --data data $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
