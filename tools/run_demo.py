@@ -66,6 +66,8 @@ class Context:
     data: str
     python: str = sys.executable
     baseline: bool = True
+    size: str = "small"
+    extra_gin: tuple[str, ...] = ()
 
     def records(self, split: str) -> str:
         return os.path.join(self.data, "records", f"{split}-*.tfrecord")
@@ -80,11 +82,19 @@ class Context:
     def tool(self, script: str, *args: str) -> list[str]:
         return [self.python, os.path.join(REPO, script), *args]
 
-    def data_bindings(self) -> list[str]:
-        return [
+    def vocab_size(self) -> int:
+        """Label ids of the SentencePiece model (one .vocab line each, blank included)."""
+        with open(os.path.splitext(self.spm_model)[0] + ".vocab", encoding="utf-8") as f:
+            return sum(1 for _ in f)
+
+    def training_flags(self) -> list[str]:
+        """Extra gin files, then the data paths and vocabulary of DATA (read when run)."""
+        return [f"--gin_file={g}" for g in self.extra_gin] + [
             f"--gin_bindings=TRAIN_RECORDS = '{self.records('train-labeled')}'",
             f"--gin_bindings=DEV_RECORDS = '{self.records('dev')}'",
             f"--gin_bindings=SPM_MODEL = '{self.spm_model}'",
+            # Tiny corpora can give SentencePiece fewer pieces than the gin files' 256.
+            f"--gin_bindings=VOCAB_SIZE = {self.vocab_size()}",
         ]
 
 
@@ -218,7 +228,7 @@ def run_stages(
 
 
 def _corpus_dir(ctx):
-    return os.path.join(ctx.data, "corpus", "small")
+    return os.path.join(ctx.data, "corpus", ctx.size)
 
 
 def _student_train(name):
@@ -231,7 +241,7 @@ def _student_train(name):
             "--gin_file=gin/demo/student.gin",
             f"--gin_file=gin/demo/{name}.gin",
             f"--model_dir={ctx.path(name)}",
-            *ctx.data_bindings(),
+            *ctx.training_flags(),
         )
         if name != "baseline":
             pattern = ctx.path("pseudo", "*.tfrecord")
@@ -296,7 +306,9 @@ def demo_stages() -> list[Stage]:
         Stage(
             "corpus",
             commands=lambda ctx: [
-                ctx.tool("tools/make_corpus.py", "--size", "small", "--jobs", "2", _corpus_dir(ctx))
+                ctx.tool(
+                    "tools/make_corpus.py", "--size", ctx.size, "--jobs", "2", _corpus_dir(ctx)
+                )
             ],
             outputs=lambda ctx: [os.path.join(_corpus_dir(ctx), "manifest.json")],
             stamped=False,
@@ -343,7 +355,7 @@ def demo_stages() -> list[Stage]:
                     "--gin_file=gin/teacher.gin",
                     "--gin_file=gin/demo/teacher.gin",
                     f"--model_dir={ctx.path('teacher')}",
-                    *ctx.data_bindings(),
+                    *ctx.training_flags(),
                 )
             ],
         ),
@@ -535,11 +547,17 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete OUT and redo its stages")
     parser.add_argument("--only", default=None, help="run this stage only (even if done)")
     parser.add_argument("--no_baseline", action="store_true", help="skip the no-KD student")
+    parser.add_argument("--size", default="small", help="corpus preset (tests: tiny)")
+    parser.add_argument(
+        "--gin_file", action="append", default=[], help="extra gin for every training (tests)"
+    )
     args = parser.parse_args(argv)
     ctx = Context(
         out=os.path.abspath(args.out),
         data=os.path.abspath(args.data),
         baseline=not args.no_baseline,
+        size=args.size,
+        extra_gin=tuple(os.path.abspath(g) for g in args.gin_file),
     )
     if args.fresh and os.path.isdir(ctx.out):
         shutil.rmtree(ctx.out)
