@@ -237,12 +237,13 @@ class DistillationTrainer(trainers.LossTermsTrainer):
             "nbest_count": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
         }
 
-    def _replica_train_step(self, batch):
-        # The teacher pass runs before the step's GradientTape opens and outside its XLA cluster.
+    def prepare_batch(self, batch):
+        """Per replica, before the step's gradient tape and outside its XLA cluster: trims the
+        labels (`label_bucket`), then runs the teacher pass (`add_teacher_outputs`)."""
         # Labels are trimmed first so that a teacher lattice covers the student's label axis.
         if self.label_bucket is not None:
             batch = trim_labels(batch, self.label_bucket)
-        return super()._replica_train_step(self._teacher_pass(batch))
+        return self._teacher_pass(batch)
 
     # ---- student (per replica) ---------------------------------------------------------------
 
