@@ -256,8 +256,16 @@ def _students(ctx):
 
 
 def _evaluate(model_dir, ctx):
-    # The model_dir's operative_config.gin carries the data bindings of its training run.
-    return ctx.tool("bin/evaluate", f"--model_dir={model_dir}", "--split=dev", "--split=test")
+    # The model_dir's operative_config.gin rebuilds the model, but keeps no data macros.
+    return ctx.tool(
+        "bin/evaluate",
+        f"--model_dir={model_dir}",
+        "--split=dev",
+        "--split=test",
+        f"--records=dev={ctx.records('dev')}",
+        f"--records=test={ctx.records('test')}",
+        f"--spm_model={ctx.spm_model}",
+    )
 
 
 def _export_commands(ctx):
