@@ -287,6 +287,48 @@ def test_soft_without_teacher_and_disc_with_one_hypothesis_raise():
         )
 
 
+def test_teacher_fn_restores_the_teacher_checkpoint(tmp_path):
+    trained = tiny_teacher()
+    step = tf.Variable(7, dtype=tf.int64)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=trained, step=step), str(tmp_path), 1, checkpoint_name="ckpt"
+    )
+    manager.save(checkpoint_number=7)
+    common = {"strategy": tf.distribute.get_strategy(), "global_batch_size": B}
+
+    def builder():
+        return presets.lstm_student(
+            VOCAB,
+            num_layers=1,
+            units=32,
+            frontend_units=32,
+            prediction_units=32,
+            prediction_embed_dim=16,
+            joint_dim=32,
+            dropout=0.0,
+            name="teacher",
+        )
+
+    trainer = distillation.HardDistillationTrainer(
+        tiny_student(),
+        keras.optimizers.Adam(),
+        teacher_fn=builder,
+        teacher_dir=str(tmp_path),
+        **common,
+    )
+    assert trainer.teacher is not trained and not trainer.teacher.trainable
+    for want, got in zip(trained.weights, trainer.teacher.weights, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    with pytest.raises(FileNotFoundError, match="bin/train --gin_file=gin/teacher.gin"):
+        distillation.HardDistillationTrainer(
+            tiny_student(),
+            keras.optimizers.Adam(),
+            teacher_fn=builder,
+            teacher_dir=str(tmp_path / "none"),
+            **common,
+        )
+
+
 def test_vocabulary_mismatch_fails_before_training():
     with pytest.raises(ValueError, match="vocabularies differ: 17 vs 16"):
         distillation.HardDistillationTrainer(
