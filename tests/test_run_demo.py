@@ -170,8 +170,8 @@ def test_summary_table_and_json(tmp_path, capsys):
     ctx = run_demo.Context(out=str(tmp_path), data=str(tmp_path))
     wers = {"teacher": (40.0, 42.0), "fullsum_kd": (50.0, 45.0), "baseline": (60.0, 60.0)}
     for name, (dev, test) in wers.items():
-        _write(ctx.path(name, "eval", "dev.json"), {"wer": dev, "step": 7})
-        _write(ctx.path(name, "eval", "test.json"), {"wer": test, "step": 7})
+        _write(ctx.path(name, "eval", "dev.json"), {"wer": dev, "step": 7, "utterances": 64})
+        _write(ctx.path(name, "eval", "test.json"), {"wer": test, "step": 7, "utterances": 32})
     _write(ctx.path("pseudo", "manifest.json"), {"teacher_wer": 41.5, "utterances": 20, "nbest": 4})
     row = {
         "model": "student_whole_float32.tflite",
@@ -198,5 +198,32 @@ def test_summary_table_and_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| student: full-sum KD | 7 | 50.00 | 45.00 | +25.0% |" in printed
     assert "| student_whole_float32.tflite | 45.00 | 45.00 | +0.00 | 0.0100 | 2.00 |" in printed
+    assert "WER over the first 64 dev and 32 test utterances." in printed
     assert "teacher 1-best WER 41.50% on 20 train-unlabeled utterances" in printed
     assert open(tmp_path / "summary.md").read().strip() == printed.strip()
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end(tmp_path):
+    """The real stages and CLIs on the tiny corpus with tiny models, then a resumed rerun."""
+    out, data = tmp_path / "out", tmp_path / "data"
+    argv = ["--out", str(out), "--data", str(data), "--size", "tiny"]
+    argv += ["--gin_file", os.path.join(REPO, "gin", "demo", "tiny.gin")]
+    assert run_demo.main(argv) == 0
+
+    summary = json.load(open(out / "summary.json"))
+    assert {r["model"] for r in summary["wer"]} == {"teacher", "fullsum_kd", "hard_kd", "baseline"}
+    for row in summary["wer"]:
+        assert row["step"] == 4 and 0 <= row["dev_wer"] and 0 <= row["test_wer"]
+    assert summary["pseudo_labels"]["utterances"] > 0
+    kinds = sorted((t["model"], t["kind"]) for t in summary["tflite"])
+    assert [k for _, k in kinds] == ["streaming", "streaming", "whole", "whole"]
+    assert len(summary["saved_model"]) == 1
+    assert os.path.exists(out / "export" / "saved_model" / "1" / "saved_model.pb")
+    stages = set(summary["stage_seconds"])
+    assert {"teacher", "pseudo_labels", "fullsum_kd", "export"} <= stages
+
+    # Everything is done: a second run only rewrites the summary.
+    before = os.path.getmtime(out / "stamps" / "teacher.json")
+    assert run_demo.main(argv) == 0
+    assert os.path.getmtime(out / "stamps" / "teacher.json") == before
