@@ -249,6 +249,16 @@ def test_gin_train_root_writes_operative_config_and_summaries(clean_gin, tmp_pat
     assert {"rnnt", "loss", "learning_rate", "operative_config"} <= tags
 
 
+def test_empty_training_dataset_is_a_clear_error(clean_gin, tmp_path):
+    pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)
+    config.parse_gin(
+        ["gin/test/tiny.gin"],
+        [f"TRAIN_RECORDS = '{pattern}'", "make_dataset.max_label_length = 0"],
+    )
+    with pytest.raises(loop.EmptyDatasetError, match="max_label_length"):
+        config.train(str(tmp_path / "run"))
+
+
 @pytest.mark.slow  # ~50 s: two train() calls, each tracing a step and a greedy decoder
 def test_train_resumes_and_reports_dev_wer(tmp_path):
     pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)

@@ -30,6 +30,11 @@ import gin
 from tfkd.training import strategy as strategy_lib
 from tfkd.training import trainers
 
+
+class EmptyDatasetError(RuntimeError):
+    """The training dataset yields no batch (nothing matched, or everything was filtered)."""
+
+
 log = logging.getLogger("tfkd.train")
 
 CHECKPOINT_PREFIX = "ckpt"
@@ -131,7 +136,15 @@ def train(
 
     dataset = strat.distribute_datasets_from_function(dataset_fn)
     iterator = iter(dataset)
-    _build(trainer, strat, next(iterator))
+    try:
+        first_batch = next(iterator)
+    except (StopIteration, tf.errors.OutOfRangeError):
+        raise EmptyDatasetError(
+            "the training dataset is empty: every record was filtered out or none matched. "
+            "Check the file pattern and the max_duration_s / max_label_length filters "
+            "(pseudo-labels from a weak teacher can be longer than max_label_length)."
+        ) from None
+    _build(trainer, strat, first_batch)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         log.info("resumed from %s at step %d", latest, int(step.numpy()))
