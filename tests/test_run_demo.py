@@ -185,6 +185,7 @@ def test_summary_table_and_json(tmp_path, capsys):
     }
     _write(ctx.path("export", "tflite_eval.json"), [row])
     _write(ctx.path("stamps", "teacher.json"), {"stage": "teacher", "seconds": 60.0})
+    _write(ctx.path("stamps", "corpus.json"), {"stage": "corpus", "seconds": 5.0})
     run_demo.write_summary(ctx)
 
     summary = json.load(open(tmp_path / "summary.json"))
@@ -193,7 +194,7 @@ def test_summary_table_and_json(tmp_path, capsys):
     assert by["fullsum_kd"]["test_rel_wer_reduction_vs_baseline"] == pytest.approx(0.25)
     assert by["fullsum_kd"]["dev_rel_wer_reduction_vs_baseline"] == pytest.approx(1 / 6)
     assert "test_rel_wer_reduction_vs_baseline" not in by["teacher"]
-    assert summary["stage_seconds"] == {"teacher": 60.0}
+    assert list(summary["stage_seconds"].items()) == [("corpus", 5.0), ("teacher", 60.0)]
     assert summary["pseudo_labels"]["teacher_wer"] == 41.5
     printed = capsys.readouterr().out
     assert "| student: full-sum KD | 7 | 50.00 | 45.00 | +25.0% |" in printed

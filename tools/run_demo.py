@@ -437,10 +437,12 @@ def _load(path):
 
 
 def _stage_seconds(ctx):
+    """{stage: wall time of its last successful run}, in demo order."""
     out = {}
-    for path in sorted(glob.glob(ctx.path("stamps", "*.json"))):
-        stamp = _load(path)
-        out[stamp["stage"]] = stamp["seconds"]
+    for stage in demo_stages():
+        stamp = _load(stage.stamp(ctx))
+        if stamp is not None:
+            out[stage.name] = stamp["seconds"]
     return out
 
 
