@@ -98,6 +98,15 @@ def test_failure_names_stage_and_log_and_stops(tmp_path):
     assert "--only teacher" in message
     assert _calls(calls) == ["a", "teacher"]  # c never ran
     assert not os.path.exists(tmp_path / "out" / "stamps" / "teacher.json")
+    partial = json.load(open(tmp_path / "out" / "stamps" / "teacher.partial.json"))
+    assert partial["seconds"] > 0
+    # A later success counts the failed attempt's time too, and drops the partial record.
+    stages[1] = _touch_stage("teacher", calls)
+    run_demo.run_stages(stages, ctx)
+    stamp = json.load(open(tmp_path / "out" / "stamps" / "teacher.json"))
+    assert stamp["seconds"] >= round(partial["seconds"], 1)
+    assert not os.path.exists(tmp_path / "out" / "stamps" / "teacher.partial.json")
+    assert _calls(calls) == ["a", "teacher", "teacher", "c"]
     assert "hello from teacher" in open(tmp_path / "out" / "logs" / "teacher.log").read()
 
 

@@ -171,29 +171,47 @@ def run_command(argv: Sequence[str], log_path: str, env: dict[str, str] | None =
 def run_stage(stage: Stage, ctx: Context, env: dict[str, str] | None = None) -> float:
     """Runs one stage, writes its stamp, returns its wall time in seconds.
 
+    The stamp's `seconds` include earlier interrupted or failed attempts (kept in
+    `<stage>.partial.json`), so a resumed training run reports its whole wall time.
+
     Raises:
         StageError: a command exited non-zero; names the stage, the exit code and the log.
     """
     os.makedirs(ctx.path("logs"), exist_ok=True)
     os.makedirs(ctx.path("stamps"), exist_ok=True)
     log_path = stage.log(ctx)
+    partial_path = ctx.path("stamps", f"{stage.name}.partial.json")
+    earlier = (_load(partial_path) or {}).get("seconds", 0.0)
     start = time.time()
-    if stage.action is not None:
-        stage.action(ctx)
-    for argv in stage.commands(ctx):
-        print(f"[demo:{stage.name}] $ {' '.join(argv)}", flush=True)
-        rc = run_command(argv, log_path, env)
-        if rc != 0:
-            raise StageError(
-                f"stage '{stage.name}' failed (exit code {rc}) running: {' '.join(argv)}\n"
-                f"  log: {log_path}\n"
-                f"  rerun: python tools/run_demo.py --out {ctx.out} --data {ctx.data} "
-                f"--only {stage.name}"
-            )
-    seconds = time.time() - start
-    with open(stage.stamp(ctx), "w") as f:
-        json.dump({"stage": stage.name, "seconds": round(seconds, 1), "finished": time.time()}, f)
+    try:
+        if stage.action is not None:
+            stage.action(ctx)
+        for argv in stage.commands(ctx):
+            print(f"[demo:{stage.name}] $ {' '.join(argv)}", flush=True)
+            rc = run_command(argv, log_path, env)
+            if rc != 0:
+                raise StageError(
+                    f"stage '{stage.name}' failed (exit code {rc}) running: {' '.join(argv)}\n"
+                    f"  log: {log_path}\n"
+                    f"  rerun: python tools/run_demo.py --out {ctx.out} --data {ctx.data} "
+                    f"--only {stage.name}"
+                )
+    except BaseException:
+        _dump(partial_path, {"stage": stage.name, "seconds": earlier + time.time() - start})
+        raise
+    seconds = earlier + time.time() - start
+    _dump(
+        stage.stamp(ctx),
+        {"stage": stage.name, "seconds": round(seconds, 1), "finished": time.time()},
+    )
+    if os.path.exists(partial_path):
+        os.remove(partial_path)
     return seconds
+
+
+def _dump(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f)
 
 
 def run_stages(
