@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "gin-config==0.5.0",
     "jiwer==4.0.0",
     "tqdm>=4.66,<5",
+    "soundfile==0.14.0",
 ]
 
 EXTRAS_REQUIRE = {
