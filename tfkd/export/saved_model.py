@@ -94,14 +94,17 @@ class ServingModule(tf.Module):
     def _validated_features(self, waveform, waveform_length):
         """Checks the inputs, then returns (features [B, T, F], frame lengths [B])."""
         batch, samples = tf.shape(waveform)[0], tf.shape(waveform)[1]
-        valid = tf.sequence_mask(waveform_length, samples)
+        # First on its own: with mismatched batches the checks below would fail on shapes
+        # before this message could be reported.
+        same_batch = tf.debugging.assert_equal(
+            tf.shape(waveform_length)[0],
+            batch,
+            message="waveform_length must have one entry per waveform row",
+        )
+        with tf.control_dependencies([same_batch]):
+            valid = tf.sequence_mask(waveform_length, samples)
         finite = tf.reduce_all(tf.math.is_finite(waveform) | ~valid)
         checks = [
-            tf.debugging.assert_equal(
-                tf.shape(waveform_length)[0],
-                batch,
-                message="waveform_length must have one entry per waveform row",
-            ),
             tf.debugging.assert_non_negative(
                 waveform_length, message="waveform_length must be >= 0"
             ),
@@ -168,14 +171,15 @@ class ServingModule(tf.Module):
 
     def _score_hypotheses(self, waveform, waveform_length, token_ids, token_lengths):
         batch, n, max_u = tf.unstack(tf.shape(token_ids))
-        in_range = tf.sequence_mask(token_lengths, max_u)
+        shapes_ok = tf.debugging.assert_equal(
+            tf.shape(token_lengths),
+            tf.stack([batch, n]),
+            message="token_lengths must be [B, N] like token_ids [B, N, U]",
+        )
+        with tf.control_dependencies([shapes_ok]):  # before any op that needs the shapes
+            in_range = tf.sequence_mask(token_lengths, max_u)
         ids_ok = (token_ids > stepping.BLANK) & (token_ids < self.vocab_size)
         checks = [
-            tf.debugging.assert_equal(
-                tf.shape(token_lengths),
-                tf.stack([batch, n]),
-                message="token_lengths must be [B, N] like token_ids [B, N, U]",
-            ),
             tf.debugging.assert_equal(
                 batch,
                 tf.shape(waveform)[0],
