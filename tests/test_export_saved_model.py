@@ -104,6 +104,8 @@ out["scores"] = run(sc, waveform=wave, waveform_length=lengths, token_ids=data["
 bad_ids = data["hyps"].copy(); bad_ids[0, 0, 0] = 0
 out["blank_in_hyp"] = run(sc, waveform=wave, waveform_length=lengths, token_ids=bad_ids,
                           token_lengths=data["hyp_lengths"])
+out["hyp_shape_mismatch"] = run(sc, waveform=wave, waveform_length=lengths, token_ids=data["hyps"],
+                                token_lengths=data["hyp_lengths"][:, :1])
 print(json.dumps(out, default=lambda b: b.decode()))
 """
 
@@ -239,6 +241,7 @@ def test_invalid_inputs_give_clear_errors(consumer):
     assert "one entry per waveform row" in out["batch_mismatch"]["error"]
     assert "maximum of 32000 samples (2 s)" in out["over_max"]["error"]
     assert "[1, " in out["blank_in_hyp"]["error"]
+    assert "token_lengths must be [B, N]" in out["hyp_shape_mismatch"]["error"]
 
 
 def test_empty_and_sub_window_audio_give_empty_transcripts(consumer):
