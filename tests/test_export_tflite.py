@@ -9,29 +9,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_students import tiny_lstm_student
 
 from tfkd import decoding, metrics
 from tfkd.export import streaming, tflite
 from tfkd.features import LogMel
-from tfkd.models import conformer_student, lstm_student
+from tfkd.models import conformer_student
 
 VOCAB = 20
 LENGTHS = (7000, 3100, 12345, 5360)
 
 
 def tiny_lstm(seed=3):
-    keras.utils.set_random_seed(seed)
-    model = lstm_student(
-        VOCAB,
-        num_layers=1,
-        units=24,
-        frontend_units=24,
-        prediction_units=16,
-        prediction_embed_dim=8,
-        joint_dim=16,
-        dropout=0.0,
-    )
-    return model.build_by_calling(num_features=80)
+    return tiny_lstm_student(VOCAB, seed)
 
 
 def frontend():
