@@ -83,6 +83,25 @@ def test_jit_compiled_step_matches_eager_step():
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
 
 
+def test_label_bucket_trims_supervised_labels_without_changing_the_step():
+    padded = dict(fixed_batch())
+    padded["token_ids"] = tf.pad(padded["token_ids"], [[0, 0], [0, 11]])  # U = 16, longest is 5
+    trimmed = trainers.trim_labels(padded, 4)
+    assert trimmed["token_ids"].shape == (B, 8)
+    np.testing.assert_array_equal(trimmed["token_ids"][:, :5], fixed_batch()["token_ids"])
+    assert trainers.trim_labels(padded, 64)["token_ids"].shape == (B, 16)  # never grows
+    with pytest.raises(ValueError, match="label_bucket must be a positive int"):
+        make_trainer(label_bucket=0)
+    runs = []
+    for bucket in (None, 4):
+        keras.utils.set_random_seed(3)
+        trainer, _, _ = make_trainer(keras.optimizers.SGD(0.1), label_bucket=bucket)
+        assert trainer.prepare_batch(padded)["token_ids"].shape == (B, 16 if bucket is None else 8)
+        iterator = iter(tf.data.Dataset.from_tensors(padded).repeat())
+        runs.append([float(trainer.train_step(iterator)["rnnt"]) for _ in range(2)])
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
+
+
 def test_clipping_bounds_the_update_to_clip_norm():
     # With SGD(lr=1) the update is the clipped gradient itself.
     trainer, _, iterator = make_trainer(keras.optimizers.SGD(1.0), clip_norm=0.01)

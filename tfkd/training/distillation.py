@@ -37,8 +37,8 @@ from tfkd.training.kd_batches import (
     cut_nbest,
     first_best,
     pseudo_label_dataset,
-    trim_labels,
 )
+from tfkd.training.trainers import trim_labels
 
 __all__ = [
     "LABELED",
@@ -77,11 +77,6 @@ class DistillationTrainer(trainers.LossTermsTrainer):
             unknown static shapes count as large); `None` always builds the whole lattice.
         joint_time_chunk: frames per chunk of the lean path (`None`: the loss's default size).
         teacher_jit_compile: XLA-compile the online teacher pass (beam search is a while loop).
-        label_bucket: in training steps, cut the label axis of the N-best (and ground truth) to
-            the batch's longest sequence rounded up to a multiple of this, before the step's
-            XLA cluster: lattices shrink from the static `max_label_length` to what the batch
-            needs, at the price of at most `max_label_length / label_bucket` compilations per
-            audio bucket. `None` keeps the static shapes (TPU).
         **kwargs: see `LossTermsTrainer` (strategy, global_batch_size, loss_weights, ...).
 
     Raises:
@@ -111,7 +106,6 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         joint_time_chunk: int | None = None,
         lean_joint_threshold: int | None = 2**24,
         teacher_jit_compile: bool = False,
-        label_bucket: int | None = None,
         **kwargs,
     ):
         super().__init__(model, optimizer, **kwargs)
@@ -125,9 +119,6 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         self.ground_truth = ground_truth
         self.joint_time_chunk = joint_time_chunk
         self.lean_joint_threshold = lean_joint_threshold
-        if label_bucket is not None and label_bucket < 1:
-            raise ValueError(f"label_bucket must be a positive int or None, got {label_bucket}")
-        self.label_bucket = label_bucket
         if teacher is None and teacher_fn is not None:
             teacher = self._restore_teacher(teacher_fn, teacher_dir, teacher_checkpoint)
         elif teacher_fn is not None:
@@ -228,9 +219,7 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         """Per replica, before the step's gradient tape and outside its XLA cluster: trims the
         labels (`label_bucket`), then runs the teacher pass (`add_teacher_outputs`)."""
         # Labels are trimmed first so that a teacher lattice covers the student's label axis.
-        if self.label_bucket is not None:
-            batch = trim_labels(batch, self.label_bucket)
-        return self._teacher_pass(batch)
+        return self._teacher_pass(super().prepare_batch(batch))
 
     # ---- student (per replica) ---------------------------------------------------------------
 

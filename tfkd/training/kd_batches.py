@@ -1,8 +1,9 @@
-"""The batch contract of the distillation trainers: N-best fields, pseudo-label data, trimming.
+"""The batch contract of the distillation trainers: N-best fields and pseudo-label data.
 
 Offline distillation reads `bin/pseudo_label` records through `make_dataset(with_nbest=True)`;
 an online teacher fills the same fields in (`tfkd.training.distillation`). Per-replica helpers
-here cut and trim those fields without touching their meaning.
+here cut those fields without touching their meaning (`tfkd.training.trainers.trim_labels`
+trims them).
 """
 
 from __future__ import annotations
@@ -56,22 +57,6 @@ def first_best(batch):
         tf.cast(batch["nbest_token_ids"][:, 0], tf.int32),
         tf.cast(batch["nbest_lengths"][:, 0], tf.int32),
     )
-
-
-def trim_labels(batch, bucket):
-    """Cuts padded label axes to the longest sequence of the batch, rounded up to `bucket`.
-
-    Applies to `nbest_token_ids [B, H, U]` and `token_ids [B, U]` (each by its own lengths);
-    the result has a data-dependent size, so call it outside XLA-compiled code.
-    """
-    batch = dict(batch)
-    for ids, lengths in (("nbest_token_ids", "nbest_lengths"), ("token_ids", "label_length")):
-        if ids not in batch:
-            continue
-        longest = tf.reduce_max(tf.cast(batch[lengths], tf.int32))
-        keep = tf.minimum((longest + bucket - 1) // bucket * bucket, tf.shape(batch[ids])[-1])
-        batch[ids] = batch[ids][..., : tf.maximum(keep, 1)]
-    return batch
 
 
 def cut_nbest(batch, nbest_size):

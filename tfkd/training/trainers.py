@@ -46,6 +46,12 @@ class LossTermsTrainer(abc.ABC):
             (features [B, T, F], lengths [B])`; default `tfkd.features.LogMel()`.
         spec_augment: optional `tfkd.features.SpecAugment`, applied in training steps only.
         augment_seed: base of the per-step, per-replica stateless SpecAugment seeds.
+        label_bucket: before each step (outside its XLA cluster), cut padded label axes to the
+            batch's longest sequence rounded up to a multiple of this (`trim_labels`): a static
+            pipeline pads labels to `max_label_length`, and every padded label row costs a
+            lattice row `[B, T, V]` in the joint. XLA then compiles at most
+            `max_label_length / label_bucket` shapes per audio bucket. `None` keeps the static
+            shapes (TPU).
     """
 
     #: The names `loss_terms` returns, in logging order. Subclasses set this.
@@ -64,6 +70,7 @@ class LossTermsTrainer(abc.ABC):
         frontend: keras.layers.Layer | None = None,
         spec_augment: keras.layers.Layer | None = None,
         augment_seed: int = 0,
+        label_bucket: int | None = None,
     ):
         unknown = set(loss_weights or {}) - set(self.term_names)
         if unknown:
@@ -73,6 +80,8 @@ class LossTermsTrainer(abc.ABC):
             )
         if global_batch_size <= 0:
             raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+        if label_bucket is not None and label_bucket < 1:
+            raise ValueError(f"label_bucket must be a positive int or None, got {label_bucket}")
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -84,6 +93,7 @@ class LossTermsTrainer(abc.ABC):
         self.frontend = frontend if frontend is not None else features_lib.LogMel()
         self.spec_augment = spec_augment
         self.augment_seed = augment_seed
+        self.label_bucket = label_bucket
         self._grads_fn = tf.function(self._grads, jit_compile=jit_compile)
         # Evaluation batches are not padded to fixed shapes (a dev set must not drop its tail), so
         # XLA would recompile for nearly every batch: the eval step stays a plain graph.
@@ -105,9 +115,11 @@ class LossTermsTrainer(abc.ABC):
         return self.model.trainable_variables
 
     def prepare_batch(self, batch: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
-        """Per replica, before the gradient tape and outside XLA: e.g. add a frozen teacher's
-        outputs. Identity by default."""
-        return batch
+        """Per replica, before the gradient tape and outside XLA: trims padded labels
+        (`label_bucket`); subclasses add e.g. a frozen teacher's outputs."""
+        if self.label_bucket is None:
+            return batch
+        return trim_labels(batch, self.label_bucket)
 
     def build(self, batch: Mapping[str, tf.Tensor]) -> None:
         """Creates model and optimizer variables from one real batch (call inside the scope).
@@ -254,6 +266,26 @@ class LossTermsTrainer(abc.ABC):
             return {}
         n = max(totals.pop(NUM_EXAMPLES), 1.0)
         return {k: v / n for k, v in totals.items()}
+
+
+#: Padded label fields and the lengths that say how much of each is real.
+LABEL_FIELDS = (("token_ids", "label_length"), ("nbest_token_ids", "nbest_lengths"))
+
+
+def trim_labels(batch: Mapping[str, tf.Tensor], bucket: int) -> dict[str, tf.Tensor]:
+    """Cuts padded label axes to the longest sequence of the batch, rounded up to `bucket`.
+
+    Applies to `token_ids [B, U]` and `nbest_token_ids [B, H, U]` (each by its own lengths);
+    the result has a data-dependent size, so call it outside XLA-compiled code.
+    """
+    batch = dict(batch)
+    for ids, lengths in LABEL_FIELDS:
+        if ids not in batch:
+            continue
+        longest = tf.reduce_max(tf.cast(batch[lengths], tf.int32))
+        keep = tf.minimum((longest + bucket - 1) // bucket * bucket, tf.shape(batch[ids])[-1])
+        batch[ids] = batch[ids][..., : tf.maximum(keep, 1)]
+    return batch
 
 
 def _reduce_sum(strategy, per_replica: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
