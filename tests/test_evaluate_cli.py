@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
-import gin
 from tfkd import config, evaluation
 from tfkd.data import pipeline, records
 from tfkd.data.tokenizer import Tokenizer, train_sentencepiece

@@ -73,6 +73,7 @@ def load_trained_student(model_dir, gin_files=(), gin_bindings=(), checkpoint=No
       ValueError: the configuration binds no `train.model_fn`.
     """
     import gin
+
     from tfkd import config
 
     files = list(gin_files) or [os.path.join(model_dir, OPERATIVE_CONFIG)]
