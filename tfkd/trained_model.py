@@ -9,12 +9,12 @@ and the record patterns the configuration names, and restores the checkpoint.
 
 The export graphs (`tfkd.export`) take the restored objects and never read gin.
 
-Records. An operative config keeps only what the run used: with no periodic evaluation it names
-neither the dev records nor the SentencePiece model, and a distilled student's training records
-are its pseudo-labels. `TrainedModel.record_pattern(split)` therefore tries, in order: a
-`<SPLIT>_RECORDS` macro (upper case, '-' as '_'); the evaluator's dataset for its split (`dev`)
-and the training dataset for `train`; then `<dir>/<split>-*.tfrecord` next to any of those
-patterns, keeping the first that matches files.
+Records. An operative config keeps only what the run used (gin writes a macro only where a
+called configurable used it): with no periodic evaluation it names no dev records, and a
+distilled student's training records are its pseudo-labels. `TrainedModel.record_pattern(split)`
+therefore tries, in order: a `<SPLIT>_RECORDS` macro (upper case, '-' as '_'); the evaluator's
+dataset for its split (`dev`) and the training dataset for `train`; then
+`<dir>/<split>-*.tfrecord` next to any of those patterns, keeping the first that matches files.
 """
 
 from __future__ import annotations
