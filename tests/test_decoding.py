@@ -112,6 +112,25 @@ def test_greedy_score_is_its_alignment_score(model, batch):
         np.testing.assert_allclose(scores[b], alignment_score(lp, hyp, counts), rtol=1e-5)
 
 
+def test_greedy_batch_without_frames_gives_empty_hypotheses(model, batch):
+    # Traced for any batch size, as in exports: an all-empty batch used to fail on stacking an
+    # empty TensorArray of unknown batch size.
+    spec = [tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([None], tf.int32)]
+    greedy_fn = tf.function(lambda f, n: greedy_decode(model, f, n), input_signature=spec)
+    feats, lens = batch
+    tokens, lengths, scores = greedy_fn(feats, np.zeros_like(lens))
+    assert tokens.shape == (4, 0)
+    np.testing.assert_array_equal(lengths, [0, 0, 0, 0])
+    np.testing.assert_array_equal(scores, [0.0, 0.0, 0.0, 0.0])
+    # Utterances without frames next to ones with frames: empty rows, the others unchanged.
+    mixed = np.where(np.arange(4) % 2 == 0, lens, 0).astype(np.int32)
+    tokens, lengths, scores = greedy_fn(feats, mixed)
+    hyps = unpack(tokens, lengths)
+    assert hyps[1] == [] and hyps[3] == [] and scores[1] == 0.0 and scores[3] == 0.0
+    alone, _, _ = greedy_decode(model, feats[:1], lens[:1])
+    assert hyps[0] == list(alone.numpy()[0])
+
+
 @pytest.mark.parametrize("m", [1, 3])
 def test_max_symbols_per_frame_respected(m):
     # Blank is nearly impossible, so each frame emits exactly its quota.

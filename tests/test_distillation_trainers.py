@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 
+import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import gin
 from tfkd import config, decoding, losses, preflight
 from tfkd.data import pipeline, records
 from tfkd.models import presets

@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
-import gin
 from tfkd import config, evaluation
 from tfkd.data import pipeline, records
 from tfkd.data.tokenizer import Tokenizer, train_sentencepiece
@@ -43,20 +43,23 @@ def test_bin_evaluate_writes_reports_matching_an_in_process_evaluation(tmp_path)
     rng = np.random.default_rng(0)
     for split in TEXTS:
         _write_split(str(tmp_path), split, tokenizer, rng)
-    model_dir = str(tmp_path / "run")
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    # No DEV_RECORDS and no TEST_RECORDS: bin/evaluate finds both next to the training records.
     bindings = [
         f"TRAIN_RECORDS = '{tmp_path}/dev-*.tfrecord'",
-        f"DEV_RECORDS = '{tmp_path}/dev-*.tfrecord'",
         f"VOCAB_SIZE = {tokenizer.vocab_size}",
     ]
 
-    # A checkpoint in the trainer's format, from the gin-configured model.
+    # A model directory as bin/train leaves it: its gin config and a trainer-format checkpoint.
     try:
-        config.parse_gin(["gin/test/tiny.gin"], bindings)
+        text = config.parse_gin(["gin/test/tiny.gin"], bindings)
         keras.utils.set_random_seed(11)
         model = gin.query_parameter("train.model_fn").scoped_configurable_fn()
     finally:
         gin.clear_config()
+    (model_dir / "operative_config.gin").write_text(text)
+    model_dir = str(model_dir)
     model.build_by_calling(num_features=80)
     step = tf.Variable(7, dtype=tf.int64)
     ckpt = tf.train.Checkpoint(model=model, optimizer=keras.optimizers.Adam(), step=step)
@@ -64,8 +67,7 @@ def test_bin_evaluate_writes_reports_matching_an_in_process_evaluation(tmp_path)
     tf.train.CheckpointManager(ckpt, model_dir, 2, checkpoint_name="ckpt").save(checkpoint_number=7)
 
     argv = [sys.executable, os.path.join(ROOT, "bin", "evaluate"), f"--model_dir={model_dir}"]
-    argv += ["--gin_file=gin/test/tiny.gin", f"--spm_model={spm}", "--keep_hypotheses"]
-    argv += [f"--gin_bindings={b}" for b in bindings]
+    argv += [f"--spm_model={spm}", "--keep_hypotheses"]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "split" in proc.stdout and "dev" in proc.stdout and "test" in proc.stdout

@@ -10,12 +10,12 @@ import subprocess
 import sys
 import wave
 
+import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import gin
 from tfkd import config, decoding
 from tfkd.data import records
 from tfkd.data.tokenizer import Tokenizer, train_sentencepiece

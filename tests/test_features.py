@@ -74,6 +74,15 @@ def test_log_mel_matches_numpy_reference():
     np.testing.assert_allclose(feats.numpy()[0], ref, atol=5e-4, rtol=1e-4)
 
 
+def test_mel_matrix_is_public_and_read_only():
+    layer = features.LogMel()
+    assert layer.mel_matrix.shape == (257, 80) and layer.mel_matrix.dtype == tf.float32
+    ref = _mel_matrix_np(80, 257, 16000, 20.0, 7600.0)
+    np.testing.assert_allclose(layer.mel_matrix.numpy(), ref, atol=2e-3)
+    with pytest.raises(AttributeError):
+        layer.mel_matrix = tf.zeros([257, 80])
+
+
 def test_padding_invariance_and_zeroed_padding():
     layer = features.LogMel()
     waves = _waves([4000, 7000, 399])

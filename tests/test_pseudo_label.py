@@ -313,9 +313,9 @@ def test_bin_pseudo_label_restores_the_trainer_checkpoint(tmp_path):
     import subprocess
     import sys
 
+    import gin
     import keras
 
-    import gin
     from tfkd import config
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,13 +5,13 @@ import os
 import subprocess
 import sys
 
+import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from training_records import write_tiny_records
 
-import gin
 from tfkd import config
 from tfkd.data import pipeline, tokenizer
 from tfkd.models import presets

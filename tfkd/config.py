@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import gin
 import keras
 
-import gin
 from tfkd import features
 from tfkd.data import pipeline
 from tfkd.models import presets

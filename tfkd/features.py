@@ -124,6 +124,19 @@ class LogMel(keras.layers.Layer):
         config.update(normalization="global", mean=stats["mean"], stddev=stats["stddev"])
         return cls(**config)
 
+    @property
+    def mel_matrix(self) -> tf.Tensor:
+        """float32 [fft_length // 2 + 1, num_mel_bins]: power spectrum -> mel weights (constant)."""
+        return self._mel_matrix
+
+    def to_mel(self, power: tf.Tensor) -> tf.Tensor:
+        """Power spectrum [B, T, fft_length // 2 + 1] -> mel energies [B, T, num_mel_bins].
+
+        The one place `call` applies `mel_matrix`; export variants override it (see
+        `tfkd.export.streaming.RuntimeMelLogMel`).
+        """
+        return tf.tensordot(power, self.mel_matrix, axes=1)
+
     def num_frames(self, num_samples):
         """Frame count for `num_samples` (int, NumPy or tensor); see the module docstring."""
         return num_frames(num_samples, self.frame_length, self.frame_step)
@@ -147,7 +160,7 @@ class LogMel(keras.layers.Layer):
         )
         # real² + imag² rather than abs(): no sqrt, and REAL/IMAG are TFLite builtins.
         power = tf.math.square(tf.math.real(stft)) + tf.math.square(tf.math.imag(stft))
-        mel = tf.tensordot(power, self._mel_matrix, axes=1)
+        mel = self.to_mel(power)
         feats = tf.math.log(tf.maximum(mel, self.log_floor))
         frame_lengths = self.num_frames(lengths)
         mask = _frame_mask(frame_lengths, tf.shape(feats)[1])

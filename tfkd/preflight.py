@@ -7,9 +7,8 @@ from deep inside the run. Reads the gin macros of `gin/data/*.gin` and the disti
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 import gin
+import tensorflow as tf
 
 MAKE_DATA = (
     "python tools/make_corpus.py --size small corpus\n"

@@ -279,7 +279,8 @@ def _students(ctx):
 
 
 def _evaluate(model_dir, ctx):
-    # The model_dir's operative_config.gin rebuilds the model, but keeps no data macros.
+    # The demo trains without dev evaluation, so a student's operative_config.gin names only its
+    # pseudo-label records: the splits are passed explicitly.
     return ctx.tool(
         "bin/evaluate",
         f"--model_dir={model_dir}",

@@ -6,9 +6,9 @@ Usage:
       --tflite=runs/demo/export/student_streaming_dynamic_int8.tflite \\
       [--records='data/records/test-*.tfrecord'] [--max_utterances=200] [--output_json=R.json]
 
-The Keras student (for the WER difference) is rebuilt from MODEL_DIR like bin/export does. Test
-records default to the gin macro TEST_RECORDS, else test-*.tfrecord next to DEV_RECORDS or
-TRAIN_RECORDS.
+The Keras student (for the WER difference) is restored from MODEL_DIR like bin/export does
+(`tfkd.trained_model.load_trained_model`). Test records default to what the run's configuration
+names for `test`, else test-*.tfrecord next to the run's other records.
 """
 
 import argparse
@@ -32,19 +32,21 @@ def main(argv=None) -> int:
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
 
-    from tfkd.export import tflite, tflite_eval, trained
+    from tfkd import trained_model
+    from tfkd.export import tflite, tflite_eval
 
-    student = trained.load_trained_student(
-        args.model_dir, args.gin_file, args.gin_bindings, spm_model=args.spm_model
-    )
+    try:
+        student = trained_model.load_trained_model(
+            args.model_dir, args.gin_file, args.gin_bindings, spm_model=args.spm_model
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"tflite_eval: {e}") from None
+    try:
+        records = args.records or student.record_pattern("test")
+    except FileNotFoundError as e:
+        raise SystemExit(f"tflite_eval: {e} (--records)") from None
     if student.tokenizer is None:
-        raise SystemExit("no SentencePiece model: pass --spm_model")
-    records = args.records or student.macros.get("TEST_RECORDS")
-    for macro in ("DEV_RECORDS", "TRAIN_RECORDS"):
-        if not records and student.macros.get(macro):
-            records = os.path.join(os.path.dirname(student.macros[macro]), "test-*.tfrecord")
-    if not records:
-        raise SystemExit("no test records: pass --records")
+        raise SystemExit("tflite_eval: no SentencePiece model: pass --spm_model")
     utterances = tflite.read_utterances(records, args.max_utterances)
     keras_ids = tflite_eval.keras_greedy(student.model, student.frontend, utterances)
     rows = [

@@ -22,7 +22,8 @@ def greedy_decode(model, features, feature_lengths, max_symbols_per_frame=3):
       max_symbols_per_frame: labels allowed on one encoder frame (>= 1).
 
     Returns:
-      token_ids: [B, U_max] int32, padded with 0.
+      token_ids: [B, U_max] int32, padded with 0 (U_max = 0 when nothing was emitted, e.g.
+        when no utterance has a frame).
       lengths: [B] int32.
       scores: [B] float32, log-probability of the chosen alignment (blanks included).
     """
@@ -71,14 +72,11 @@ def greedy_decode_encoded(model, enc, enc_lengths, max_symbols_per_frame=3):
         return tf.reduce_any(t < enc_lengths)
 
     zeros = tf.zeros([batch], tf.int32)
-    loop_vars = (
-        zeros,
-        zeros,
-        tf.zeros([batch], tf.float32),
-        pred_out,
-        state,
-        tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None]),
-    )
+    # One row of "no token" up front: with no frame in the batch the loop never runs, and
+    # stacking an empty TensorArray of unknown batch size fails in graph mode.
+    emitted_ta = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
+    emitted_ta = emitted_ta.write(0, tf.fill([batch], -1))
+    loop_vars = (zeros, zeros, tf.zeros([batch], tf.float32), pred_out, state, emitted_ta)
     _, _, scores, _, _, emitted_ta = tf.while_loop(
         cond,
         body,

@@ -129,19 +129,9 @@ class ServingModule(tf.Module):
 
     def _transcribe(self, waveform, waveform_length):
         feats, lengths = self._validated_features(waveform, waveform_length)
-        batch = tf.shape(feats)[0]
-
-        def decode():
-            return decoding.greedy_decode(
-                self.model, feats, lengths, max_symbols_per_frame=self.max_symbols_per_frame
-            )
-
-        def nothing():
-            return tf.zeros([batch, 0], tf.int32), tf.zeros([batch], tf.int32), tf.zeros([batch])
-
-        # greedy_decode cannot stack an empty token list (TF 2.17): a batch in which no
-        # utterance has a frame skips it.
-        ids, token_length, score = tf.cond(tf.reduce_any(lengths > 0), decode, nothing)
+        ids, token_length, score = decoding.greedy_decode(
+            self.model, feats, lengths, max_symbols_per_frame=self.max_symbols_per_frame
+        )
         return {
             "transcript": self.ids_to_text(ids, token_length),
             "token_ids": ids,

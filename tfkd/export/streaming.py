@@ -49,15 +49,10 @@ class RuntimeMelLogMel(LogMel):
     `LogMel` otherwise.
     """
 
-    def call(self, waveform, lengths=None):
-        matrix = self._mel_matrix
-        # 0 for finite audio; the converter cannot fold it, so the matrix stays float.
-        zero = tf.minimum(tf.reduce_sum(tf.abs(waveform[:1, :1])), 0.0)
-        self._mel_matrix = matrix + zero
-        try:
-            return super().call(waveform, lengths)
-        finally:
-            self._mel_matrix = matrix
+    def to_mel(self, power):
+        # 0 for finite audio (power >= 0); the converter cannot fold it, so the matrix stays float.
+        zero = tf.minimum(tf.reduce_sum(power[:1, :1, :1]), 0.0)
+        return tf.tensordot(power, self.mel_matrix + zero, axes=1)
 
     @classmethod
     def like(cls, frontend):

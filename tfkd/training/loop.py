@@ -21,12 +21,12 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 
+import gin
 import keras
 import tensorflow as tf
 import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-import gin
 from tfkd.training import strategy as strategy_lib
 from tfkd.training import trainers
 
