@@ -149,6 +149,7 @@ def test_demo_commands_point_at_out_and_data(tmp_path):
     (kd,) = stages["fullsum_kd"].commands(ctx)
     assert "--gin_file=gin/fullsum_kd.gin" in kd and "--model_dir=/o/fullsum_kd" in kd
     assert "--gin_bindings=PSEUDO_LABEL_RECORDS = '/o/pseudo/*.tfrecord'" in kd
+    assert "--gin_bindings=PSEUDO_LABEL_DEV_RECORDS = '/o/pseudo-dev/*.tfrecord'" in kd
     assert f"--gin_bindings=SPM_MODEL = '{data}/spm/spm.model'" in kd
     assert "--gin_bindings=VOCAB_SIZE = 37" in kd
     # Extra gin files come after the demo's own, before the data bindings.

@@ -35,6 +35,7 @@ for _trainer in (
 ):
     gin.external_configurable(_trainer, name=_trainer.__name__)
 gin.external_configurable(distillation.pseudo_label_dataset, name="pseudo_label_dataset")
+gin.external_configurable(distillation.mixed_label_dataset, name="mixed_label_dataset")
 gin.external_configurable(schedules.WarmupDecay, name="WarmupDecay")
 gin.external_configurable(keras.optimizers.Adam, name="Adam", module="keras.optimizers")
 gin.external_configurable(pipeline.make_dataset, name="make_dataset")

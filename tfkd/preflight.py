@@ -23,21 +23,30 @@ MAKE_PSEUDO_LABELS = "bin/pseudo_label --teacher_dir={teacher_dir} --output_dir=
 
 def _macro(name):
     try:
-        return gin.query_parameter(f"%{name}")
+        value = gin.query_parameter(f"%{name}")
     except ValueError:
         return None
+    # A macro bound to another macro (`LABELED_RECORDS = %TRAIN_RECORDS`): follow it.
+    if isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
+        return _macro(value.scoped_selector.split("/")[0])
+    return value
 
 
 def missing_inputs(default_teacher_dir: str = "runs/teacher") -> str | None:
     """Host: a message naming the first missing input and its command, or None if all exist.
 
-    Looks at the macros SPM_MODEL, TRAIN_RECORDS, DEV_RECORDS, TEACHER_DIR and
-    PSEUDO_LABEL_RECORDS of the parsed gin configuration; unset macros are not checked.
+    Looks at the macros SPM_MODEL, TRAIN_RECORDS (or LABELED_RECORDS), DEV_RECORDS, TEACHER_DIR
+    and PSEUDO_LABEL_RECORDS of the parsed gin configuration; unset macros are not checked.
+    PSEUDO_LABEL_DEV_RECORDS is optional: without it, training reports dev WER alone
+    (`tfkd.training.periodic_eval.WerEvaluator`).
     """
     pseudo = _macro("PSEUDO_LABEL_RECORDS")
-    # A distillation run trains on pseudo-labels: the labelled training split is not read.
+    # A distillation run trains on pseudo-labels: the labelled training split is not read, unless
+    # gin/data/mixed_labeled.gin mixes LABELED_RECORDS in.
     names = (
-        ("SPM_MODEL", "DEV_RECORDS") if pseudo else ("SPM_MODEL", "TRAIN_RECORDS", "DEV_RECORDS")
+        ("SPM_MODEL", "LABELED_RECORDS", "DEV_RECORDS")
+        if pseudo
+        else ("SPM_MODEL", "TRAIN_RECORDS", "DEV_RECORDS")
     )
     for name in names:
         value = _macro(name)

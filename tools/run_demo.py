@@ -269,6 +269,10 @@ def _student_train(name):
         if name != "baseline":
             pattern = ctx.path("pseudo", "*.tfrecord")
             argv.append(f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{pattern}'")
+            # The demo does not pseudo-label dev: dev WER only (one warning), never the dev
+            # pseudo-labels of another corpus under the working directory.
+            dev_pattern = ctx.path("pseudo-dev", "*.tfrecord")
+            argv.append(f"--gin_bindings=PSEUDO_LABEL_DEV_RECORDS = '{dev_pattern}'")
         return [argv]
 
     return commands

@@ -125,7 +125,8 @@ def _keep_fn(max_samples: int | None, max_label_length: int | None, with_nbest: 
     return keep
 
 
-def _padding_values(element_spec: dict) -> dict:
+def padding_values(element_spec: dict) -> dict:
+    """`padded_batch` padding per field: NBEST_PAD_SCORE for `teacher_scores`, else 0 or ""."""
     values = {}
     for key, spec in element_spec.items():
         if key == "teacher_scores":
@@ -260,7 +261,7 @@ def make_dataset(
     if repeat:
         ds = ds.repeat(None if repeat is True else int(repeat))
 
-    pad = _padding_values(ds.element_spec)
+    pad = padding_values(ds.element_spec)
     if static_shapes:
         edges = tf.constant(boundaries + [max_samples], tf.int64)
         spec = ds.element_spec

@@ -17,7 +17,9 @@ Ground truth (§6, term `rnnt_gt`): `ground_truth="flag"` (default) adds `−log
 examples whose optional boolean batch field `labeled [B]` is True, and 0 elsewhere (and for every
 example when the field is absent: pseudo-label records keep the true transcript for analysis, and
 it must not leak into training). `"all"` treats every example as labelled, `"none"` never does.
-Its weight is `loss_weights["rnnt_gt"]` (λ).
+Its weight is `loss_weights["rnnt_gt"]` (λ). `mixed_label_dataset` makes such batches: labelled
+rows carry no hypotheses (`nbest_count = 0`), and every distillation term is 0 on them (hard and
+soft are masked by `has_hypotheses`; full-sum and disc ignore hypotheses beyond `nbest_count`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from tfkd.training.kd_batches import (
     PSEUDO_LABEL_COMMAND,
     cut_nbest,
     first_best,
+    has_hypotheses,
+    mixed_label_dataset,
     pseudo_label_dataset,
 )
 from tfkd.training.trainers import trim_labels
@@ -50,6 +54,7 @@ __all__ = [
     "HardDistillationTrainer",
     "SoftDistillationTrainer",
     "first_best",
+    "mixed_label_dataset",
     "pseudo_label_dataset",
     "trim_labels",
 ]
@@ -68,7 +73,7 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         teacher_dir: the teacher's `bin/train` model directory.
         teacher_checkpoint: a checkpoint path inside it (default: its latest).
         beam_width: online teacher beam width K.
-        nbest_size: hypotheses N per utterance; stored lists longer than N are cut to N.
+        nbest_size: hypotheses N per utterance; stored lists are cut or padded to N slots.
         max_symbols_per_frame: online teacher beam search limit.
         ground_truth: `"flag"`, `"all"` or `"none"`: which examples get `rnnt_gt` (see module).
         lean_joint_threshold: score with the memory-lean path
@@ -162,8 +167,8 @@ class DistillationTrainer(trainers.LossTermsTrainer):
     def add_teacher_outputs(self, batch):
         """Per replica: the batch with the teacher's N-best (and lattice logits) filled in.
 
-        Stored N-best fields are kept (offline mode) and cut to `nbest_size`; missing ones come
-        from the online teacher. With `needs_teacher_lattice`, adds `teacher_logits
+        Stored N-best fields are kept (offline mode), cut or padded to `nbest_size`; missing ones
+        come from the online teacher. With `needs_teacher_lattice`, adds `teacher_logits
         [B, T, U+1, V]` over the 1-best and `teacher_logit_lengths [B]`.
         """
         batch = dict(batch)
@@ -306,7 +311,10 @@ class DistillationTrainer(trainers.LossTermsTrainer):
 
 
 class HardDistillationTrainer(DistillationTrainer):
-    """METHODS §2: `hard = −log P_S(ŷ|x)` on the teacher's 1-best `ŷ` (plus `rnnt_gt`)."""
+    """METHODS §2: `hard = −log P_S(ŷ|x)` on the teacher's 1-best `ŷ` (plus `rnnt_gt`).
+
+    Rows without hypotheses (`nbest_count = 0`: labelled rows of `mixed_label_dataset`) get 0.
+    """
 
     term_names = ("hard", "rnnt_gt")
 
@@ -316,7 +324,7 @@ class HardDistillationTrainer(DistillationTrainer):
         hyp, hyp_lengths = first_best(batch)
         hard = -self.student_log_probs(enc_side, enc_lengths, hyp, hyp_lengths, training)
         return {
-            "hard": hard,
+            "hard": tf.where(has_hypotheses(batch), hard, 0.0),
             "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
         }
 
@@ -325,7 +333,7 @@ class SoftDistillationTrainer(DistillationTrainer):
     """METHODS §3: `hard + ω · soft`, the collapsed lattice KL on the 1-best's lattice.
 
     Needs an online teacher at the student's frame rate (`soft_distillation_loss` compares node
-    `(t, u)` of both lattices).
+    `(t, u)` of both lattices). Rows without hypotheses (`nbest_count = 0`) get 0 in both terms.
 
     Args:
         shift: frames by which a non-causal teacher runs ahead (student t vs teacher t − shift).
@@ -357,18 +365,21 @@ class SoftDistillationTrainer(DistillationTrainer):
         enc_side, enc_lengths = self.encode_student(batch, training)
         hyp, hyp_lengths = first_best(batch)
         logits = self.student_logits(enc_side, hyp, training)
+        has_hyp = has_hypotheses(batch)
+        hard = losses.hard_distillation_loss(logits, hyp, enc_lengths, hyp_lengths)
+        soft = losses.soft_distillation_loss(
+            batch["teacher_logits"],
+            logits,
+            hyp,
+            enc_lengths,
+            hyp_lengths,
+            shift=self.shift,
+            full_vocabulary=self.full_vocabulary,
+            teacher_logit_lengths=batch["teacher_logit_lengths"],
+        )
         return {
-            "hard": losses.hard_distillation_loss(logits, hyp, enc_lengths, hyp_lengths),
-            "soft": losses.soft_distillation_loss(
-                batch["teacher_logits"],
-                logits,
-                hyp,
-                enc_lengths,
-                hyp_lengths,
-                shift=self.shift,
-                full_vocabulary=self.full_vocabulary,
-                teacher_logit_lengths=batch["teacher_logit_lengths"],
-            ),
+            "hard": tf.where(has_hyp, hard, 0.0),
+            "soft": tf.where(has_hyp, soft, 0.0),
             "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
         }
 

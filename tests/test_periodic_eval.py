@@ -1,0 +1,124 @@
+"""Periodic dev evaluation: dev WER, and dev distillation loss from pseudo-labelled dev records."""
+
+import logging
+import os
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_distillation_trainers import VOCAB, make_trainer
+from training_records import write_tiny_records
+
+from tfkd import config, pseudo_label
+from tfkd.data import pipeline, tokenizer
+from tfkd.training import distillation, periodic_eval
+
+N = 3
+DEV_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    """`(plain, pseudo_labelled, spm_model)`: 7 dev utterances, and the same with an N-best."""
+    root = tmp_path_factory.mktemp("dev")
+    plain = write_tiny_records(str(root / "records"), "dev", num_files=1, per_file=7, seed=5)
+    rng = np.random.default_rng(1)
+    os.makedirs(root / "pseudo-dev")
+    # As bin/pseudo_label writes them: the same records plus N-best fields (a made-up teacher).
+    for path in tf.io.gfile.glob(plain):
+        out = os.path.join(root / "pseudo-dev", os.path.basename(path))
+        with tf.io.TFRecordWriter(out) as writer:
+            for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                count = int(rng.integers(1, N + 1))  # some utterances have fewer hypotheses
+                hyps = [rng.integers(1, VOCAB, size=int(rng.integers(1, 6))) for _ in range(count)]
+                scores = np.sort(-rng.uniform(2.0, 10.0, size=count))[::-1]
+                writer.write(pseudo_label.add_nbest(serialized, hyps, scores))
+    texts = [" ".join(map(str, rng.integers(1, VOCAB, size=5))) for _ in range(200)]
+    spm = tokenizer.train_sentencepiece(texts, str(root / "spm" / "spm"), VOCAB)
+    return plain, str(root / "pseudo-dev" / "dev-*.tfrecord"), spm
+
+
+def dev_data(plain):
+    """Like gin's `@dev_data/make_dataset`: the plain split unless called with overrides."""
+
+    def dataset_fn(file_pattern=plain, **kwargs):
+        return pipeline.make_dataset(file_pattern, global_batch_size=DEV_BATCH, **kwargs)
+
+    return dataset_fn
+
+
+@pytest.fixture(scope="module")
+def trainer(dev):
+    _, pseudo, _ = dev
+    batch = next(iter(pipeline.make_dataset(pseudo, global_batch_size=7, with_nbest=True)))
+    return make_trainer(distillation.FullSumDistillationTrainer, batch, nbest_size=N)
+
+
+def test_pseudo_labelled_dev_reports_wer_and_the_trainers_dev_loss(dev, trainer):
+    plain, pseudo, spm = dev
+    evaluator = periodic_eval.WerEvaluator(dev_data(plain), spm, nbest_file_pattern=pseudo)
+    out = evaluator(trainer)
+    assert set(out) == {"dev/wer", "dev/fullsum", "dev/rnnt_gt", "dev/loss"}
+    # The values of the trainer's own evaluate() on the pseudo-labelled records...
+    ds = pipeline.make_dataset(pseudo, global_batch_size=DEV_BATCH, with_nbest=True)
+    want = trainer.evaluate(trainer.strategy.experimental_distribute_dataset(ds))
+    for name in ("fullsum", "rnnt_gt", "loss"):
+        np.testing.assert_allclose(out[f"dev/{name}"], want[name], rtol=1e-6)
+    # ... which are the means of the per-utterance terms over the whole split (7 utterances).
+    whole = next(iter(pipeline.make_dataset(pseudo, global_batch_size=7, with_nbest=True)))
+    terms = trainer.loss_terms(trainer.prepare_batch(whole), training=False)
+    np.testing.assert_allclose(out["dev/fullsum"], terms["fullsum"].numpy().mean(), rtol=1e-5)
+    assert out["dev/fullsum"] > 0 and out["dev/rnnt_gt"] == 0.0  # no `labeled` field
+    # Same audio and transcripts: the WER equals that of the plain dev records.
+    plain_only = periodic_eval.WerEvaluator(dev_data(plain), spm, with_loss=False)
+    assert plain_only(trainer) == {"dev/wer": out["dev/wer"]}
+
+
+def test_missing_dev_pseudo_labels_fall_back_to_wer_with_one_warning(dev, trainer, caplog):
+    plain, _, spm = dev
+    missing = os.path.join(os.path.dirname(plain), "nothing", "dev-*.tfrecord")
+    evaluator = periodic_eval.WerEvaluator(dev_data(plain), spm, nbest_file_pattern=missing)
+    with caplog.at_level(logging.WARNING, logger="tfkd.eval"):
+        first = evaluator(trainer)
+        second = evaluator(trainer)
+    assert set(first) == {"dev/wer"} and first == second
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tfkd.eval"]
+    assert len(warnings) == 1, warnings
+    assert missing in warnings[0] and periodic_eval.PSEUDO_LABEL_DEV_COMMAND in warnings[0]
+
+
+@pytest.fixture
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    "gin_file",
+    ["gin/hard_kd.gin", "gin/soft_kd.gin", "gin/fullsum_kd.gin", "gin/fullsum_disc_kd.gin"],
+)
+def test_kd_configs_evaluate_on_pseudo_labelled_dev(clean_gin, gin_file):
+    config.parse_gin([gin_file])
+    assert gin.query_parameter("%PSEUDO_LABEL_DEV_RECORDS") == "data/pseudo-dev/dev-*.tfrecord"
+    assert gin.query_parameter("WerEvaluator.nbest_file_pattern").selector == "gin.macro"
+    with pytest.raises(ValueError):
+        gin.query_parameter("WerEvaluator.with_loss")  # unbound: the default, True
+
+
+def test_gin_evaluator_reads_pseudo_labelled_dev_through_dev_data(clean_gin, dev, trainer):
+    plain, pseudo, spm = dev
+    bindings = [
+        f"SPM_MODEL = '{spm}'",
+        f"DEV_RECORDS = '{plain}'",
+        f"PSEUDO_LABEL_DEV_RECORDS = '{pseudo}'",
+        "BATCH_SIZE = 4",
+    ]
+    config.parse_gin(["gin/fullsum_kd.gin"], bindings)
+    evaluator = gin.query_parameter("train.eval_fn").scoped_configurable_fn()
+    out = evaluator(trainer)
+    whole = next(iter(pipeline.make_dataset(pseudo, global_batch_size=7, with_nbest=True)))
+    terms = trainer.loss_terms(trainer.prepare_batch(whole), training=False)
+    np.testing.assert_allclose(out["dev/fullsum"], terms["fullsum"].numpy().mean(), rtol=1e-5)
+    assert set(out) == {"dev/wer", "dev/fullsum", "dev/rnnt_gt", "dev/loss"}
