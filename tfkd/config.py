@@ -19,6 +19,7 @@ import keras
 from tfkd import features
 from tfkd.data import pipeline
 from tfkd.models import presets
+from tfkd.study import plan as study_plan
 from tfkd.training import distillation, loop, periodic_eval, schedules, trainers
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +43,7 @@ gin.external_configurable(pipeline.make_dataset, name="make_dataset")
 gin.external_configurable(features.LogMel, name="LogMel")
 gin.external_configurable(features.SpecAugment, name="SpecAugment")
 gin.external_configurable(periodic_eval.WerEvaluator, name="WerEvaluator")
+gin.external_configurable(study_plan.StudyPlan, name="StudyPlan")
 for _builder in (
     presets.conformer_teacher,
     presets.conformer_student,

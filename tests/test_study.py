@@ -1,0 +1,260 @@
+"""The study driver (`tools/run_study.py`, `tfkd.study`): plan, statistics, scheduler, report."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from tfkd import config
+from tfkd.study import plan as plan_lib
+from tfkd.study import report, scheduler, stats
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---- statistics ------------------------------------------------------------------------------
+
+
+def test_mean_ci95_uses_student_t():
+    mean, half = stats.mean_ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.303 * 1.0 / math.sqrt(3))  # s = 1, t_{0.975,2} = 4.303
+    assert stats.mean_ci95([5.0]) == (5.0, None)
+    assert stats.t_quantile_975(1) == 12.706
+    assert stats.t_quantile_975(100) == pytest.approx(1.96, abs=1e-3)
+    with pytest.raises(ValueError, match="at least one value"):
+        stats.mean_ci95([])
+    assert stats.relative_reduction(40.0, 50.0) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="positive"):
+        stats.relative_reduction(1.0, 0.0)
+
+
+# ---- plan ------------------------------------------------------------------------------------
+
+
+def load_preset(name, **overrides):
+    gin.clear_config()
+    try:
+        config.parse_gin([f"gin/study/{name}.gin"])
+        return gin.get_configurable("StudyPlan")(**overrides)
+    finally:
+        gin.clear_config()
+
+
+def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
+    plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
+    jobs = plan.jobs()
+    names = [j.name for j in jobs]
+    assert len(names) == len(set(names))
+    seen = set()
+    for job in jobs:  # every dependency is a job listed before its dependants
+        assert set(job.deps) <= seen, job.name
+        seen.add(job.name)
+    kinds = [j.info.get("kind") for j in jobs]
+    assert kinds.count("teacher") == 3
+    assert kinds.count("pseudo") == 3 + 3  # one per teacher + one per noise rate
+    students = [j.info for j in jobs if j.info.get("kind") == "student"]
+    # baseline 3 seeds; 3 teachers x 5 methods x 3 seeds; noise 3 rates x 2 methods x 3 seeds;
+    # tuning: soft 3 shifts and disc 2 temperatures, one of each being a seed-0 run.
+    assert len(students) == 3 + 45 + 18 + 2 + 1
+    cell = [s for s in students if s["arm"] == "teacher-good" and s["method"] == "full-sum"]
+    assert sorted(s["seed"] for s in cell) == [0, 1, 2]
+
+
+def test_student_commands_point_at_their_teacher(tmp_path):
+    plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
+    jobs = {j.name: j for j in plan.jobs()}
+    soft = jobs["student-teacher-medium-soft-SHIFT=2-s0"]
+    train, evaluate = soft.argv_lists()
+    assert "--gin_file=gin/soft_kd.gin" in train
+    assert f"--gin_bindings=TEACHER_DIR = '{plan.teacher_dir('medium')}'" in train
+    pseudo = os.path.join(plan.pseudo_dir("medium"), "*.tfrecord")
+    assert f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{pseudo}'" in train
+    assert "--gin_bindings=SHIFT = 2" in train
+    assert "--gin_bindings=train.seed = 0" in train
+    assert evaluate[1].endswith("bin/evaluate") and "--split=test" in evaluate
+    noisy = jobs["student-noise-0.2-hard-default-s1"]
+    assert noisy.deps == ("pseudo-good-noise0.2",)
+    assert "--gin_bindings=train.seed = 1" in noisy.argv_lists()[0]
+    baseline = jobs["student-no-kd-no-kd-default-s2"].argv_lists()[0]
+    assert not any("PSEUDO_LABEL" in a or "TEACHER_DIR" in a for a in baseline)
+    medium = jobs["teacher-medium"]
+    assert medium.deps == ("data-records", "teacher-bad")
+    assert "--gin_bindings=NUM_STEPS = 2000" in medium.argv_lists()[0]
+    pl = jobs["pseudo-good-noise0.4"].argv_lists()[0]
+    assert "--noise_rate=0.4" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
+
+
+def test_tuned_values_come_from_the_lowest_dev_wer(tmp_path):
+    plan = load_preset("small", out_dir=str(tmp_path), data_dir=str(tmp_path / "data"))
+    with pytest.raises(RuntimeError, match="not evaluated"):
+        plan.tuned_values("soft")
+    for shift, wer in ((0, 50.0), (1, 40.0), (2, 45.0)):
+        path = os.path.join(plan.tuning_dir("soft", {"SHIFT": shift}), "eval")
+        os.makedirs(path)
+        with open(os.path.join(path, "dev.json"), "w") as f:
+            json.dump({"wer": wer}, f)
+    assert plan.tuned_values("soft") == {"SHIFT": 1}
+    jobs = {j.name: j for j in plan.jobs()}
+    assert "--gin_bindings=SHIFT = 1" in jobs["student-teacher-good-soft-tuned-s2"].argv_lists()[0]
+    assert plan.tuned_values("hard") == {}
+
+
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("StudyPlan.teachers = [{'name': 'a', 'num_steps': 1, 'continue_from': 'b'}]",
+         "continues unknown teacher b"),
+        ("StudyPlan.noise_teacher = 'nobody'", "noise_teacher 'nobody' is not a teacher"),
+        ("StudyPlan.nbest = 9", "nbest <= beam_width"),
+        ("StudyPlan.tuning = {'sof': {'SHIFT': [0]}}", "unknown method 'sof'"),
+        ("StudyPlan.seeds = ()", "no seeds"),
+    ],
+)  # fmt: skip
+def test_invalid_plans_are_clear_errors(binding, message):
+    gin.clear_config()
+    try:
+        config.parse_gin(["gin/study/small.gin"], [binding])
+        with pytest.raises(ValueError, match=message):
+            gin.get_configurable("StudyPlan")()
+    finally:
+        gin.clear_config()
+
+
+# ---- scheduler -------------------------------------------------------------------------------
+
+
+def _py(code):
+    return [sys.executable, "-c", code]
+
+
+def test_scheduler_orders_resumes_and_blocks_dependants_of_failures(tmp_path):
+    out = tmp_path / "out"
+    mark = tmp_path / "order.txt"
+
+    def append(name):
+        return _py(f"open({str(mark)!r}, 'a').write({name!r} + '\\n')")
+
+    def job(name, deps=(), fail=False):
+        cmds = [append(name)] + ([_py("raise SystemExit(3)")] if fail else [])
+        return plan_lib.Job(name, cmds, deps=deps, outputs=(str(mark),))
+
+    jobs = [
+        job("a"),
+        job("b", deps=("a",)),
+        job("c", deps=("a",), fail=True),
+        job("d", deps=("c",)),
+        job("e", deps=("b",)),
+    ]
+    status = scheduler.Scheduler(str(out), parallel=2, progress=False).run(jobs)
+    assert status == {"a": "done", "b": "done", "c": "failed", "d": "blocked", "e": "done"}
+    order = mark.read_text().split()
+    assert order[0] == "a" and order.index("e") > order.index("b") and "d" not in order
+    assert "exit code 3" in (out / "logs" / "c.log").read_text()
+    stamp = json.loads((out / "stamps" / "a.json").read_text())
+    assert stamp["job"] == "a" and stamp["seconds"] >= 0
+    assert (out / "stamps" / "c.partial.json").exists()
+    # Rerun: finished jobs are skipped; the failed one runs again (and fails again).
+    again = scheduler.Scheduler(str(out), parallel=2, progress=False).run(jobs)
+    assert again == {**status, "a": "skipped", "b": "skipped", "e": "skipped"}
+    assert mark.read_text().split().count("a") == 1
+
+
+def test_scheduler_checks_outputs_and_thread_budget(tmp_path):
+    run = scheduler.Scheduler(str(tmp_path), parallel=2, cores=2, env={}, progress=False)
+    assert run.job_env()["TF_NUM_INTRAOP_THREADS"] == "1"
+    ghost = plan_lib.Job("ghost", [_py("pass")], outputs=(str(tmp_path / "never"),))
+    assert run.run([ghost]) == {"ghost": "failed"}
+    assert "without its outputs" in (tmp_path / "logs" / "ghost.log").read_text()
+    with pytest.raises(ValueError, match="unknown jobs"):
+        run.run([plan_lib.Job("x", [], deps=("y",))])
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def _fake_eval(model_dir, dev, test):
+    os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
+    for split, wer in (("dev", dev), ("test", test)):
+        with open(os.path.join(model_dir, "eval", f"{split}.json"), "w") as f:
+            json.dump({"wer": wer, "step": 10}, f)
+
+
+def test_report_means_intervals_links_and_plot(tmp_path):
+    plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
+    jobs = plan.jobs()
+    for j in jobs:
+        info = j.info
+        if info.get("kind") == "teacher":
+            _fake_eval(info["model_dir"], 30.0, 31.0)
+        if info.get("kind") == "student":
+            base = 50.0 if info["method"] == "no-kd" else 40.0
+            _fake_eval(info["model_dir"], base + info["seed"], base + 1 + info["seed"])
+        if info.get("kind") == "pseudo":
+            os.makedirs(info["dir"], exist_ok=True)
+            with open(os.path.join(info["dir"], "manifest.json"), "w") as f:
+                json.dump({"teacher_wer": 33.0, "label_wer": 33.0 + 100 * info["noise"]}, f)
+    result = report.collect(plan, jobs, seconds=3600.0)
+    assert result["baseline"]["test"]["mean"] == pytest.approx(52.0)
+    cells = {(c["arm"], c["method"]): c for c in result["cells"]}
+    good = cells[("teacher-good", "full-sum")]
+    assert good["test"]["values"] == [41.0, 42.0, 43.0]
+    assert good["test"]["ci95"] == pytest.approx(4.303 / math.sqrt(3))
+    assert good["test_rel_wer_reduction"] == pytest.approx((52.0 - 42.0) / 52.0)
+    assert [r["model_dir"] for r in good["runs"]][0].endswith(
+        "students/teacher-good/full-sum/default/s0"
+    )
+    # Tuning: every value ties on dev, the first is chosen, and only its run joins the cell.
+    assert result["chosen_on_dev"]["soft"]["values"] == {"SHIFT": 0}
+    assert len(cells[("teacher-medium", "soft")]["runs"]) == 3
+    assert len(result["tuning_runs"]) == 5
+    assert result["noise_labels"][1] == {"noise_rate": 0.2, "teacher_wer": 33.0, "label_wer": 53.0}
+    paths = report.write(result, str(tmp_path / "results"), "python tools/run_study.py")
+    loaded = json.loads(open(paths[0]).read())
+    assert loaded["command"] == "python tools/run_study.py" and loaded["measured_seconds"] == 3600
+    md = open(paths[1]).read()
+    assert "| **good** (4,000 steps) | 30.0 / 31.0 | 33.0 |" in md
+    assert "[41.0 ± 2.5 / 42.0 ± 2.5](#runs-teacher-bad-hard)<br>+19.2%" in md
+    assert '<a id="runs-teacher-bad-hard"></a>' in md
+    assert "(../out/students/teacher-bad/hard/default/s0/operative_config.gin)" in md
+    assert "soft, other frame rate: n/a" in md and "SHIFT=0 (lowest dev WER" in md
+    png = open(paths[2], "rb").read()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+
+def test_tiny_study_end_to_end_and_resume(tmp_path):
+    """The real driver, data tools and CLIs on the tiny corpus: every output exists and parses."""
+    out, results = tmp_path / "study", tmp_path / "results"
+    argv = [sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--preset", "tiny"]
+    argv += ["--out", str(out), "--data", str(out / "data"), "--results", str(results)]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((results / "study.json").read_text())
+    assert [t["name"] for t in result["teachers"]] == ["bad", "good"]
+    for t in result["teachers"]:
+        assert 0.0 <= t["dev_wer"] and t["train_unlabeled_wer"] is not None
+    methods = [m["name"] for m in result["methods"]]
+    cells = {(c["arm"], c["method"]) for c in result["cells"]}
+    assert cells == {(f"teacher-{t}", m) for t in ("bad", "good") for m in methods} | {
+        ("noise-0.2", "hard"),
+        ("noise-0.2", "full-sum"),
+    }
+    for c in result["cells"]:
+        for r in c["runs"]:
+            assert os.path.exists(r["operative_config"]) and 0.0 <= r["test_wer"]
+    assert result["chosen_on_dev"]["soft"]["values"] in ({"SHIFT": 0}, {"SHIFT": 1})
+    md = (results / "study.md").read_text()
+    assert md.startswith("# Student WER by distillation method") and "| **bad** (2 steps) |" in md
+    assert (results / "study.png").read_bytes().startswith(PNG_MAGIC)
+    # Resumable: a rerun finds every job done and only rewrites the results.
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    assert "[study] done:" not in again.stdout and "wrote" in again.stdout

@@ -1,0 +1,582 @@
+"""The study's runs (METHODS.md §7–§8): teachers of graded quality, pseudo-labels, students.
+
+`StudyPlan` is the gin root of `tools/run_study.py` (bound in `gin/study/<preset>.gin`). It expands
+into `Job`s, each a list of the project's own CLI commands (`bin/train`, `bin/evaluate`,
+`bin/pseudo_label`, data tools) with the jobs it depends on; `tfkd.study.scheduler` runs them, and
+`tfkd.study.report` reads what they wrote. Nothing here imports TensorFlow.
+
+Layout under the study directory OUT:
+
+    teachers/<teacher>/                 bin/train model dir, eval/{dev,test}.json
+    pseudo/<teacher>[-noise<r>]/        bin/pseudo_label output (manifest.json: teacher WER)
+    students/<arm>/<method>/<setting>/s<seed>/   bin/train model dirs, eval/{dev,test}.json
+    logs/<job>.log, stamps/<job>.json
+
+Arms: `teacher-<name>` (the main grid), `noise-<rate>` (the controlled label-noise arm:
+the noise teacher's pseudo-labels corrupted at that word-piece error rate and rescored by it),
+and `no-kd` (the baseline, trained on ground truth only).
+
+Hyper-parameters chosen on dev (`tuning`): for each tuned method, every value of its grid is
+trained on the `tuning_teacher` with the first seed; the value with the lowest dev WER is used by
+every other run of that method. The tuning run of the chosen value is also that method's
+first-seed run for the tuning teacher. Test WER is never read for a choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+SPLITS = ("train-labeled", "train-unlabeled", "dev", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A student training recipe.
+
+    Attributes:
+        name: column name in the tables.
+        gin_files: the method's config (e.g. `gin/fullsum_kd.gin`), then the student's size.
+        needs: `"pseudo"` (offline N-best records), `"online"` (a teacher checkpoint), or
+            `"none"` (ground truth only: the baseline).
+        frame_rate_differs: the student's frame rate differs from the teachers'.
+        note: shown in the tables, e.g. why a cell is n/a.
+    """
+
+    name: str
+    gin_files: tuple[str, ...]
+    needs: str = "pseudo"
+    frame_rate_differs: bool = False
+    note: str = ""
+
+    @property
+    def slug(self) -> str:
+        """The name in paths and job names: lower case, runs of other characters as `-`."""
+        return slugify(self.name)
+
+
+def slugify(text: str) -> str:
+    """`"full-sum, other frame rate"` -> `"full-sum-other-frame-rate"`."""
+    out = "".join(c if c.isalnum() or c == "." else "-" for c in text.lower())
+    return "-".join(p for p in out.replace(".-", "-").strip(".").split("-") if p)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A teacher of the study.
+
+    Attributes:
+        name: e.g. "good"; used in paths and tables.
+        num_steps: training steps.
+        bindings: extra gin bindings (e.g. less labelled data, a smaller model).
+        continue_from: start from a copy of this teacher's checkpoint (same model and data,
+            trained further): cheaper than training again from scratch.
+        description: what makes it good or bad, for the tables.
+    """
+
+    name: str
+    num_steps: int
+    bindings: tuple[str, ...] = ()
+    continue_from: str | None = None
+    description: str = ""
+
+
+@dataclasses.dataclass
+class Job:
+    """One unit of work: commands run in order from the repository root.
+
+    Attributes:
+        name: unique; also names the log and the stamp.
+        commands: argv lists, or a function returning them, called when the job starts (after
+            its dependencies finished: tuned values are known then).
+        deps: names of jobs that must finish first.
+        outputs: paths that must exist for the job to count as done.
+        before: optional function run before the commands (e.g. copy a teacher checkpoint).
+        info: what the report needs to know about the job (arm, method, seed, paths, ...).
+    """
+
+    name: str
+    commands: Sequence[Sequence[str]] | Callable[[], Sequence[Sequence[str]]]
+    deps: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    before: Callable[[], None] | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def argv_lists(self) -> list[list[str]]:
+        cmds = self.commands() if callable(self.commands) else self.commands
+        return [list(c) for c in cmds]
+
+
+def _as_methods(methods) -> tuple[Method, ...]:
+    return tuple(m if isinstance(m, Method) else Method(**m) for m in methods)
+
+
+def _as_teachers(teachers) -> tuple[Teacher, ...]:
+    out = []
+    for t in teachers:
+        if not isinstance(t, Teacher):
+            t = dict(t)
+            t["bindings"] = tuple(t.get("bindings", ()))
+            t = Teacher(**t)
+        out.append(t)
+    return tuple(out)
+
+
+def setting_name(values: Mapping[str, object]) -> str:
+    """Directory-safe name of a hyper-parameter setting, e.g. `SHIFT=1,TAU=2.0`; `default`."""
+    if not values:
+        return "default"
+    return ",".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON object at `path`, or None if the file does not exist."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@dataclasses.dataclass
+class StudyPlan:
+    """Everything one preset of the study runs (see the module docstring).
+
+    Args:
+        name: the preset's name (results are labelled with it).
+        out_dir: the study directory OUT (runs, logs, stamps).
+        data_dir: corpus, SentencePiece model and records (shared with `make demo`).
+        corpus_size: `tools/make_corpus.py --size` when the study builds the data itself;
+            None: the data must exist (e.g. LibriSpeech, prepared beforehand).
+        vocab_size: SentencePiece pieces (blank included).
+        teacher_gin: gin files of every teacher, before its own bindings.
+        teachers: `Teacher`s (or dicts of their fields), best first is not required.
+        methods: `Method`s (or dicts); one must be named `baseline_method`.
+        baseline_method: the no-KD reference (trained once per seed, teacher-independent).
+        not_applicable: `{column: why}`: columns shown as n/a in every row (e.g. soft KD with
+            a student at another frame rate, which `SoftDistillationTrainer` refuses).
+        seeds: training seeds of every student configuration.
+        student_bindings: gin bindings of every student run (e.g. steps).
+        tuning: `{method: {MACRO: [values]}}` grids chosen on dev WER (see module docstring).
+        tuning_teacher: the teacher whose students are tuned.
+        noise_teacher: the teacher of the controlled label-noise arm.
+        noise_rates: word-piece error rates of that arm.
+        noise_methods: methods trained in that arm.
+        pseudo_label_pattern: the split pseudo-labelled by each teacher (records glob).
+        beam_width, nbest: pseudo-labelling beam and N-best size.
+        decode_batch_size: batch of `bin/evaluate` and `bin/pseudo_label`.
+        extra_gin: gin files added to every training (tests: tiny sizes).
+        python: the interpreter that runs the CLIs.
+        repo: the repository root (commands run from there).
+    """
+
+    name: str = "study"
+    out_dir: str = "runs/study"
+    data_dir: str = "data"
+    corpus_size: str | None = "small"
+    vocab_size: int = 256
+    teacher_gin: tuple[str, ...] = ("gin/teacher.gin",)
+    teachers: Sequence = ()
+    methods: Sequence = ()
+    baseline_method: str = "no-kd"
+    not_applicable: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    student_bindings: tuple[str, ...] = ()
+    tuning: Mapping[str, Mapping[str, Sequence]] = dataclasses.field(default_factory=dict)
+    tuning_teacher: str | None = None
+    noise_teacher: str | None = None
+    noise_rates: tuple[float, ...] = ()
+    noise_methods: tuple[str, ...] = ("hard", "full-sum")
+    pseudo_label_pattern: str = "train-unlabeled-*.tfrecord"
+    beam_width: int = 4
+    nbest: int = 4
+    decode_batch_size: int = 64
+    extra_gin: tuple[str, ...] = ()
+    python: str = "python"
+    repo: str = "."
+
+    def __post_init__(self):
+        self.teachers = _as_teachers(self.teachers)
+        self.methods = _as_methods(self.methods)
+        self.seeds = tuple(int(s) for s in self.seeds)
+        names = [t.name for t in self.teachers]
+        methods = {m.name: m for m in self.methods}
+        problems = []
+        if not self.teachers:
+            problems.append("no teachers")
+        if len(set(names)) != len(names):
+            problems.append(f"teacher names repeat: {names}")
+        for t in self.teachers:
+            if t.continue_from is not None and t.continue_from not in names:
+                problems.append(f"teacher {t.name} continues unknown teacher {t.continue_from}")
+        if self.baseline_method not in methods:
+            problems.append(f"baseline method {self.baseline_method!r} is not among the methods")
+        elif methods[self.baseline_method].needs != "none":
+            problems.append(f"baseline method {self.baseline_method!r} must need no teacher")
+        for m in self.methods:
+            if m.needs not in ("pseudo", "online", "none"):
+                problems.append(f"method {m.name}: needs must be pseudo, online or none")
+        if not self.seeds:
+            problems.append("no seeds")
+        for key in list(self.tuning) + list(self.noise_methods):
+            if key not in methods:
+                problems.append(f"unknown method {key!r} (methods: {sorted(methods)})")
+        if self.tuning and self.tuning_teacher not in names:
+            problems.append(f"tuning_teacher {self.tuning_teacher!r} is not a teacher")
+        if self.noise_rates and self.noise_teacher not in names:
+            problems.append(f"noise_teacher {self.noise_teacher!r} is not a teacher")
+        if not 1 <= self.nbest <= self.beam_width:
+            problems.append(f"need 1 <= nbest <= beam_width, got {self.nbest}, {self.beam_width}")
+        if problems:
+            raise ValueError("invalid study plan: " + "; ".join(problems))
+
+    # ---- paths ---------------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out_dir, *parts)
+
+    def records(self, split: str) -> str:
+        return os.path.join(self.data_dir, "records", f"{split}-*.tfrecord")
+
+    @property
+    def spm_model(self) -> str:
+        return os.path.join(self.data_dir, "spm", "spm.model")
+
+    def teacher_dir(self, teacher: str) -> str:
+        return self.path("teachers", teacher)
+
+    def pseudo_dir(self, teacher: str, noise: float = 0.0) -> str:
+        return self.path("pseudo", teacher if not noise else f"{teacher}-noise{noise:g}")
+
+    def student_dir(self, arm: str, method: str, setting: str, seed: int) -> str:
+        return self.path("students", arm, method, setting, f"s{seed}")
+
+    def method(self, name: str) -> Method:
+        return next(m for m in self.methods if m.name == name)
+
+    def tool(self, script: str, *args: str) -> list[str]:
+        return [self.python, os.path.join(self.repo, script), *args]
+
+    # ---- jobs ----------------------------------------------------------------------------------
+
+    def spm_vocab_size(self) -> int:
+        """Pieces of the SentencePiece model (blank included), read from its `.vocab` file once
+        it exists (a tiny corpus can give fewer than `vocab_size`), else `vocab_size`."""
+        path = os.path.splitext(self.spm_model)[0] + ".vocab"
+        if not os.path.exists(path):
+            return self.vocab_size
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for _ in f)
+
+    def data_flags(self) -> list[str]:
+        """Data macros of every training (call when the job starts: the data exist then)."""
+        return [
+            f"--gin_bindings=TRAIN_RECORDS = '{self.records('train-labeled')}'",
+            f"--gin_bindings=DEV_RECORDS = '{self.records('dev')}'",
+            f"--gin_bindings=SPM_MODEL = '{self.spm_model}'",
+            f"--gin_bindings=VOCAB_SIZE = {self.spm_vocab_size()}",
+        ]
+
+    def _evaluate(self, model_dir: str) -> list[str]:
+        return self.tool(
+            "bin/evaluate",
+            f"--model_dir={model_dir}",
+            "--split=dev",
+            "--split=test",
+            f"--records=dev={self.records('dev')}",
+            f"--records=test={self.records('test')}",
+            f"--spm_model={self.spm_model}",
+            f"--batch_size={self.decode_batch_size}",
+        )
+
+    def _eval_outputs(self, model_dir: str) -> tuple[str, ...]:
+        return tuple(os.path.join(model_dir, "eval", f"{s}.json") for s in ("dev", "test"))
+
+    def data_jobs(self) -> list[Job]:
+        if self.corpus_size is None:
+            return []
+        corpus = os.path.join(self.data_dir, "corpus", self.corpus_size)
+        return [
+            Job(
+                "data-corpus",
+                [
+                    self.tool(
+                        "tools/make_corpus.py", "--size", self.corpus_size, "--jobs", "2", corpus
+                    )
+                ],
+                outputs=(os.path.join(corpus, "manifest.json"),),
+            ),
+            Job(
+                "data-spm",
+                [
+                    self.tool(
+                        "tools/train_spm.py",
+                        os.path.join(corpus, "train-labeled"),
+                        "--vocab_size",
+                        str(self.vocab_size),
+                        "--output_prefix",
+                        os.path.join(self.data_dir, "spm", "spm"),
+                    )
+                ],
+                deps=("data-corpus",),
+                outputs=(self.spm_model,),
+            ),
+            Job(
+                "data-records",
+                [
+                    self.tool(
+                        "tools/prepare_librispeech.py",
+                        os.path.join(corpus, split),
+                        os.path.join(self.data_dir, "records"),
+                        "--spm_model",
+                        self.spm_model,
+                        "--jobs",
+                        "2",
+                    )
+                    for split in SPLITS
+                ],
+                deps=("data-spm",),
+                outputs=tuple(
+                    os.path.join(self.data_dir, "records", f"{s}.manifest.json") for s in SPLITS
+                ),
+            ),
+        ]
+
+    def _data_deps(self) -> tuple[str, ...]:
+        return ("data-records",) if self.corpus_size is not None else ()
+
+    def teacher_jobs(self) -> list[Job]:
+        jobs = []
+        for t in self.teachers:
+            model_dir = self.teacher_dir(t.name)
+            before = None
+            deps = self._data_deps()
+            if t.continue_from is not None:
+                before = _copy_checkpoint(self.teacher_dir(t.continue_from), model_dir)
+                deps += (f"teacher-{t.continue_from}",)
+            jobs.append(
+                Job(
+                    f"teacher-{t.name}",
+                    functools.partial(self._teacher_commands, t, model_dir),
+                    deps=deps,
+                    outputs=self._eval_outputs(model_dir),
+                    before=before,
+                    info={"kind": "teacher", "teacher": t.name, "model_dir": model_dir},
+                )
+            )
+        return jobs
+
+    def _teacher_commands(self, teacher: Teacher, model_dir: str) -> list[list[str]]:
+        train = self.tool(
+            "bin/train",
+            *[f"--gin_file={g}" for g in self.teacher_gin + self.extra_gin],
+            f"--model_dir={model_dir}",
+            *self.data_flags(),
+            f"--gin_bindings=NUM_STEPS = {teacher.num_steps}",
+            *[f"--gin_bindings={b}" for b in teacher.bindings],
+        )
+        return [train, self._evaluate(model_dir)]
+
+    def pseudo_label_jobs(self) -> list[Job]:
+        jobs = []
+        wanted = [(t.name, 0.0) for t in self.teachers]
+        wanted += [(self.noise_teacher, r) for r in self.noise_rates]
+        inputs = os.path.join(self.data_dir, "records", self.pseudo_label_pattern)
+        for teacher, noise in wanted:
+            out = self.pseudo_dir(teacher, noise)
+            argv = self.tool(
+                "bin/pseudo_label",
+                f"--teacher_dir={self.teacher_dir(teacher)}",
+                f"--input_pattern={inputs}",
+                f"--output_dir={out}",
+                f"--beam_width={self.beam_width}",
+                f"--nbest={self.nbest}",
+                f"--batch_size={self.decode_batch_size}",
+                f"--spm_model={self.spm_model}",
+            )
+            if noise:
+                argv += [f"--noise_rate={noise}", "--seed=0"]
+            jobs.append(
+                Job(
+                    f"pseudo-{os.path.basename(out)}",
+                    [argv],
+                    deps=(f"teacher-{teacher}",),
+                    outputs=(os.path.join(out, "manifest.json"),),
+                    info={"kind": "pseudo", "teacher": teacher, "noise": noise, "dir": out},
+                )
+            )
+        return jobs
+
+    def _student_argv(self, method: Method, model_dir: str, seed: int, bindings) -> list[str]:
+        return self.tool(
+            "bin/train",
+            *[f"--gin_file={g}" for g in method.gin_files + self.extra_gin],
+            f"--model_dir={model_dir}",
+            *self.data_flags(),
+            f"--gin_bindings=train.seed = {seed}",
+            *[f"--gin_bindings={b}" for b in self.student_bindings],
+            *[f"--gin_bindings={k} = {v!r}" for k, v in sorted(bindings.items())],
+        )
+
+    def _teacher_bindings(self, method: Method, teacher: str, noise: float) -> dict:
+        """Where a KD student finds its teacher: pseudo-label records (the N-best, or the 1-best
+        of soft KD) and, for an online teacher, its checkpoint."""
+        if method.needs == "none":
+            return {}
+        bindings = {
+            "PSEUDO_LABEL_RECORDS": os.path.join(self.pseudo_dir(teacher, noise), "*.tfrecord"),
+            # The study chooses on dev WER; it has no pseudo-labelled dev split.
+            "PSEUDO_LABEL_DEV_RECORDS": self.path("no-dev-pseudo-labels", "*.tfrecord"),
+        }
+        if method.needs == "online":
+            bindings["TEACHER_DIR"] = self.teacher_dir(teacher)
+        return bindings
+
+    def _method_deps(self, method: Method, teacher: str, noise: float = 0.0) -> tuple[str, ...]:
+        if method.needs == "none":
+            return self._data_deps()
+        deps = (f"pseudo-{os.path.basename(self.pseudo_dir(teacher, noise))}",)
+        if method.needs == "online":
+            deps += (f"teacher-{teacher}",)
+        return deps
+
+    def _student_job(self, method, arm, teacher, noise, seed, setting, values, deps, info) -> Job:
+        """`values`: tuned macros, a dict or a function called at start (after tuning)."""
+        model_dir = self.student_dir(arm, method.slug, setting, seed)
+        fixed = self._teacher_bindings(method, teacher, noise) if teacher else {}
+
+        def commands():
+            vals = values() if callable(values) else values
+            argv = self._student_argv(method, model_dir, seed, {**vals, **fixed})
+            return [argv, self._evaluate(model_dir)]
+
+        return Job(
+            f"student-{arm}-{method.slug}-{setting}-s{seed}",
+            commands,
+            deps=deps,
+            outputs=self._eval_outputs(model_dir),
+            info={
+                "kind": "student",
+                "arm": arm,
+                "teacher": teacher,
+                "noise": noise,
+                "method": method.name,
+                "seed": seed,
+                "setting": setting,
+                "model_dir": model_dir,
+                **info,
+            },
+        )
+
+    def tuning_dir(self, method: str, values: Mapping) -> str:
+        return self.student_dir(
+            f"teacher-{self.tuning_teacher}", slugify(method), setting_name(values), self.seeds[0]
+        )
+
+    def tuned_values(self, method: str) -> dict:
+        """The chosen setting of a tuned method: the lowest dev WER among its tuning runs.
+
+        Raises:
+            RuntimeError: a tuning run has no dev evaluation yet.
+        """
+        grid = self.tuning.get(method)
+        if not grid:
+            return {}
+        best, best_wer = None, None
+        for values in grid_settings(grid):
+            dev = read_json(os.path.join(self.tuning_dir(method, values), "eval", "dev.json"))
+            if dev is None:
+                raise RuntimeError(f"tuning run {self.tuning_dir(method, values)} is not evaluated")
+            if best_wer is None or dev["wer"] < best_wer:
+                best, best_wer = values, dev["wer"]
+        return best
+
+    def student_jobs(self) -> list[Job]:
+        jobs = []
+        base = self.method(self.baseline_method)
+        for seed in self.seeds:
+            jobs.append(
+                self._student_job(
+                    base, "no-kd", None, 0.0, seed, "default", {}, self._data_deps(), {}
+                )
+            )
+        for method in self.methods:
+            if method.name == self.baseline_method:
+                continue
+            grid = self.tuning.get(method.name)
+            tuning_jobs = ()
+            if grid:
+                t = self.tuning_teacher
+                for values in grid_settings(grid):
+                    job = self._student_job(
+                        method,
+                        f"teacher-{t}",
+                        t,
+                        0.0,
+                        self.seeds[0],
+                        setting_name(values),
+                        values,
+                        self._method_deps(method, t),
+                        {"tuning": values},
+                    )
+                    jobs.append(job)
+                    tuning_jobs += (job.name,)
+            arms = [(t.name, 0.0) for t in self.teachers]
+            if method.name in self.noise_methods:
+                arms += [(self.noise_teacher, r) for r in self.noise_rates]
+            for teacher, noise in arms:
+                arm = f"teacher-{teacher}" if not noise else f"noise-{noise:g}"
+                for seed in self.seeds:
+                    if grid and arm == f"teacher-{self.tuning_teacher}" and seed == self.seeds[0]:
+                        continue  # the tuning run of the chosen value is this run
+                    jobs.append(
+                        self._student_job(
+                            method,
+                            arm,
+                            teacher,
+                            noise,
+                            seed,
+                            "tuned" if grid else "default",
+                            functools.partial(self.tuned_values, method.name),
+                            self._method_deps(method, teacher, noise) + tuning_jobs,
+                            {},
+                        )
+                    )
+        return jobs
+
+    def jobs(self) -> list[Job]:
+        """Every job of the study, dependencies before dependants."""
+        return (
+            self.data_jobs()
+            + self.teacher_jobs()
+            + self.pseudo_label_jobs()
+            + (self.student_jobs())
+        )
+
+
+def grid_settings(grid: Mapping[str, Sequence]) -> list[dict]:
+    """The Cartesian product of a `{MACRO: [values]}` grid, in a fixed order."""
+    keys = sorted(grid)
+    return [
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))
+    ]
+
+
+def _copy_checkpoint(src: str, dst: str) -> Callable[[], None]:
+    """Copies a `bin/train` model dir's checkpoint and config into an empty `dst` (a teacher that
+    continues another's training); does nothing when `dst` already has a checkpoint."""
+
+    def copy():
+        import shutil
+
+        if os.path.exists(os.path.join(dst, "checkpoint")):
+            return
+        os.makedirs(dst, exist_ok=True)
+        for name in os.listdir(src):
+            if name.startswith("ckpt-") or name in ("checkpoint", "operative_config.gin"):
+                shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+
+    return copy

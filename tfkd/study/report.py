@@ -1,0 +1,329 @@
+"""The study's results: `study.json`, `study.md` and `study.png` from what its jobs wrote.
+
+Every number comes from a `bin/evaluate` report (`<model dir>/eval/{dev,test}.json`) or a
+`bin/pseudo_label` manifest; the JSON keeps, for every cell, the runs it averages with their
+model directories and operative configs, and the markdown links each number to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+from tfkd.study import stats
+from tfkd.study.plan import Job, StudyPlan, read_json, setting_name
+
+SPLITS = ("dev", "test")
+
+
+def _run_record(model_dir: str) -> dict | None:
+    """WERs of one evaluated run, with where it lives; None before it is evaluated."""
+    evals = {s: read_json(os.path.join(model_dir, "eval", f"{s}.json")) for s in SPLITS}
+    if any(e is None for e in evals.values()):
+        return None
+    return {
+        "dev_wer": evals["dev"]["wer"],
+        "test_wer": evals["test"]["wer"],
+        "step": evals["dev"].get("step"),
+        "model_dir": model_dir,
+        "operative_config": os.path.join(model_dir, "operative_config.gin"),
+    }
+
+
+def _summary(runs: Sequence[dict]) -> dict:
+    out = {"num_runs": len(runs)}
+    for split in SPLITS:
+        values = [r[f"{split}_wer"] for r in runs]
+        if values:
+            mean, half = stats.mean_ci95(values)
+            out[split] = {"mean": mean, "ci95": half, "values": values}
+    return out
+
+
+def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) -> dict:
+    """Gathers everything the tables and the plot show (works on a partly finished study)."""
+    teachers = []
+    for t in plan.teachers:
+        record = _run_record(plan.teacher_dir(t.name)) or {}
+        manifest = read_json(os.path.join(plan.pseudo_dir(t.name), "manifest.json")) or {}
+        teachers.append(
+            {
+                "name": t.name,
+                "description": t.description,
+                "num_steps": t.num_steps,
+                **record,
+                "train_unlabeled_wer": manifest.get("teacher_wer"),
+                "pseudo_label_utterances": manifest.get("utterances"),
+            }
+        )
+    chosen = {}
+    for method in plan.tuning:
+        try:
+            chosen[method] = plan.tuned_values(method)
+        except RuntimeError:
+            chosen[method] = None
+    cells: dict[tuple[str, str], list[dict]] = {}
+    tuning_runs = []
+    for job in jobs:
+        info = job.info
+        if info.get("kind") != "student":
+            continue
+        record = _run_record(info["model_dir"])
+        if record is None:
+            continue
+        record = {**record, "seed": info["seed"], "setting": info["setting"]}
+        if "tuning" in info:
+            tuning_runs.append({"method": info["method"], "values": info["tuning"], **record})
+            if chosen.get(info["method"]) != info["tuning"]:
+                continue  # a value not chosen: reported with the tuning runs only
+        cells.setdefault((info["arm"], info["method"]), []).append(record)
+    baseline_runs = cells.pop(("no-kd", plan.baseline_method), [])
+    baseline = _summary(baseline_runs)
+    out_cells = []
+    for (arm, method), runs in sorted(cells.items()):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        cell = {"arm": arm, "method": method, **_summary(runs), "runs": runs}
+        base = baseline.get("test", {}).get("mean")
+        if base and "test" in cell:
+            cell["test_rel_wer_reduction"] = stats.relative_reduction(cell["test"]["mean"], base)
+        out_cells.append(cell)
+    noise = []
+    for rate in plan.noise_rates:
+        manifest = read_json(
+            os.path.join(plan.pseudo_dir(plan.noise_teacher, rate), "manifest.json")
+        )
+        noise.append({"noise_rate": rate, **_label_quality(manifest)})
+    return {
+        "preset": plan.name,
+        "seeds": list(plan.seeds),
+        "measured_seconds": seconds,
+        "teachers": teachers,
+        "baseline": {**baseline, "runs": sorted(baseline_runs, key=lambda r: r["seed"])},
+        "methods": [
+            {"name": m.name, "note": m.note, "frame_rate_differs": m.frame_rate_differs}
+            for m in plan.methods
+            if m.name != plan.baseline_method
+        ],
+        "not_applicable": dict(plan.not_applicable),
+        "cells": out_cells,
+        "chosen_on_dev": {
+            m: {"values": v, "teacher": plan.tuning_teacher, "seed": plan.seeds[0]}
+            for m, v in chosen.items()
+        },
+        "tuning_runs": tuning_runs,
+        "noise_labels": noise,
+    }
+
+
+def _label_quality(manifest: dict | None) -> dict:
+    if not manifest:
+        return {}
+    keys = ("teacher_wer", "label_wer", "label_token_error_rate", "applied_noise_rate")
+    return {k: manifest[k] for k in keys if k in manifest}
+
+
+# ---- markdown -----------------------------------------------------------------------------------
+
+
+def _fmt(summary: dict | None, split: str) -> str:
+    if not summary or split not in summary:
+        return "–"
+    s = summary[split]
+    if s["ci95"] is None:
+        return f"{s['mean']:.1f}"
+    return f"{s['mean']:.1f} ± {s['ci95']:.1f}"
+
+
+def _anchor(arm: str, method: str) -> str:
+    return "runs-" + "".join(c if c.isalnum() else "-" for c in f"{arm}-{method}").lower()
+
+
+def _rel(link_root: str, path: str) -> str:
+    return os.path.relpath(path, link_root)
+
+
+def format_markdown(result: dict, link_root: str, command: str) -> str:
+    """The results page. `link_root`: the directory the page is written to (links are relative)."""
+    methods = [m["name"] for m in result["methods"]]
+    na = result["not_applicable"]
+    cells = {(c["arm"], c["method"]): c for c in result["cells"]}
+    lines = [
+        f"# Student WER by distillation method × teacher quality ({result['preset']} preset)",
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
+    if result.get("measured_seconds"):
+        lines += [f"Measured wall time of all jobs: {result['measured_seconds'] / 3600:.2f} h.", ""]
+    lines += [
+        f"WER % (greedy decoding, whole dev / test sets): mean ± 95 % CI (t-interval) over "
+        f"seeds {result['seeds']}; the last line of each cell is the "
+        "relative test WER reduction against the no-KD baseline. Each number links to its runs.",
+        "",
+    ]
+    base = result["baseline"]
+    header = ["teacher", "teacher dev / test WER", "pseudo-label WER"] + methods + list(na)
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for t in result["teachers"]:
+        arm = f"teacher-{t['name']}"
+        row = [
+            f"**{t['name']}**" + (f" ({t['description']})" if t.get("description") else ""),
+            "–" if "dev_wer" not in t else f"{t['dev_wer']:.1f} / {t['test_wer']:.1f}",
+            "–" if t.get("train_unlabeled_wer") is None else f"{t['train_unlabeled_wer']:.1f}",
+        ]
+        for m in methods:
+            row.append(_cell(cells.get((arm, m))))
+        row += ["n/a"] * len(na)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        f"**No-KD baseline** (ground truth of `train-labeled` only): dev {_fmt(base, 'dev')}, "
+        f"test {_fmt(base, 'test')} ([runs](#{_anchor('no-kd', 'baseline')})).",
+    ]
+    for name, why in na.items():
+        lines += ["", f"**{name}: n/a.** {why}"]
+    notes = [m for m in result["methods"] if m["note"]]
+    if notes:
+        lines += [""] + [f"- **{m['name']}**: {m['note']}" for m in notes]
+    noise_cells = [c for c in result["cells"] if c["arm"].startswith("noise-")]
+    if noise_cells:
+        lines += ["", "## Controlled label noise", ""]
+        noise_methods = sorted({c["method"] for c in noise_cells}, key=methods.index)
+        lines += [
+            "Pseudo-labels of the noise teacher corrupted at a word-piece error rate, then "
+            "rescored by that teacher (its scores reflect its belief in the corrupted labels).",
+            "",
+            "| noise | label WER on train-unlabeled | " + " | ".join(noise_methods) + " |",
+            "|---|---|" + "---|" * len(noise_methods),
+        ]
+        for n in result["noise_labels"]:
+            arm = f"noise-{n['noise_rate']:g}"
+            label = n.get("label_wer", n.get("teacher_wer"))
+            row = [f"{n['noise_rate']:.0%}", "–" if label is None else f"{label:.1f}"]
+            row += [_cell(cells.get((arm, m))) for m in noise_methods]
+            lines.append("| " + " | ".join(row) + " |")
+    if result["chosen_on_dev"]:
+        lines += ["", "## Hyper-parameters chosen on dev", ""]
+        for m, c in result["chosen_on_dev"].items():
+            runs = [r for r in result["tuning_runs"] if r["method"] == m]
+            tried = ", ".join(
+                f"{setting_name(r['values'])}: dev {r['dev_wer']:.1f}"
+                for r in sorted(runs, key=lambda r: setting_name(r["values"]))
+            )
+            lines.append(
+                f"- **{m}**: {setting_name(c['values'] or {})} (lowest dev WER with teacher "
+                f"{c['teacher']}, seed {c['seed']}; tried {tried or 'nothing yet'})"
+            )
+    lines += ["", "## Runs", ""]
+    groups = [("no-kd", "baseline", base.get("runs", []))]
+    groups += [(c["arm"], c["method"], c["runs"]) for c in result["cells"]]
+    for arm, method, runs in groups:
+        lines += [f'<a id="{_anchor(arm, method)}"></a>', f"**{arm} / {method}**", ""]
+        lines += ["| seed | dev WER | test WER | run | config |", "|---|---|---|---|---|"]
+        for r in runs:
+            lines.append(
+                f"| {r['seed']} | {r['dev_wer']:.2f} | {r['test_wer']:.2f} | "
+                f"[{r['model_dir']}]({_rel(link_root, r['model_dir'])}) | "
+                f"[operative_config.gin]({_rel(link_root, r['operative_config'])}) |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(cell: dict | None) -> str:
+    if not cell:
+        return "–"
+    link = f"#{_anchor(cell['arm'], cell['method'])}"
+    text = f"[{_fmt(cell, 'dev')} / {_fmt(cell, 'test')}]({link})"
+    rel = cell.get("test_rel_wer_reduction")
+    return text if rel is None else f"{text}<br>{rel:+.1%}"
+
+
+# ---- plot ---------------------------------------------------------------------------------------
+
+
+def plot(result: dict, path: str) -> None:
+    """Student test WER against teacher WER on train-unlabeled, one line per method, with
+    95 % CI error bars; the no-KD baseline as a band; the noise arm in a second panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    noise_cells = [c for c in result["cells"] if c["arm"].startswith("noise-")]
+    fig, axes = plt.subplots(1, 2 if noise_cells else 1, figsize=(12 if noise_cells else 7, 4.5))
+    axes = list(axes) if noise_cells else [axes]
+    ax = axes[0]
+    teachers = {t["name"]: t for t in result["teachers"]}
+    for m in result["methods"]:
+        xs, ys, es = [], [], []
+        for c in result["cells"]:
+            if c["method"] != m["name"] or not c["arm"].startswith("teacher-") or "test" not in c:
+                continue
+            t = teachers[c["arm"][len("teacher-") :]]
+            x = t.get("train_unlabeled_wer") or t.get("dev_wer")
+            if x is None:
+                continue
+            xs.append(x)
+            ys.append(c["test"]["mean"])
+            es.append(c["test"]["ci95"] or 0.0)
+        if xs:
+            order = sorted(range(len(xs)), key=xs.__getitem__)
+            ax.errorbar(
+                [xs[i] for i in order],
+                [ys[i] for i in order],
+                yerr=[es[i] for i in order],
+                marker="o",
+                capsize=3,
+                label=m["name"],
+            )
+    _baseline_band(ax, result["baseline"])
+    ax.set_xlabel("teacher WER on train-unlabeled (pseudo-label quality), %")
+    ax.set_ylabel("student test WER, %")
+    ax.set_title("Student WER vs teacher WER")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if noise_cells:
+        ax = axes[1]
+        labels = {f"noise-{n['noise_rate']:g}": n for n in result["noise_labels"]}
+        for method in sorted({c["method"] for c in noise_cells}):
+            pts = []
+            for c in noise_cells:
+                n = labels.get(c["arm"], {})
+                x = n.get("label_wer", n.get("teacher_wer"))
+                if c["method"] == method and x is not None and "test" in c:
+                    pts.append((x, c["test"]["mean"], c["test"]["ci95"] or 0.0))
+            if pts:
+                pts.sort()
+                xs, ys, es = zip(*pts, strict=True)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+        _baseline_band(ax, result["baseline"])
+        ax.set_xlabel("label WER after controlled noise, %")
+        ax.set_ylabel("student test WER, %")
+        ax.set_title("Controlled label noise (rescored by the teacher)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _baseline_band(ax, baseline: Mapping) -> None:
+    if "test" not in baseline:
+        return
+    mean, half = baseline["test"]["mean"], baseline["test"]["ci95"] or 0.0
+    ax.axhline(mean, color="gray", linestyle="--", label="no-KD baseline")
+    ax.axhspan(mean - half, mean + half, color="gray", alpha=0.15)
+
+
+def write(result: dict, results_dir: str, command: str) -> list[str]:
+    """Writes study.json, study.md and study.png into `results_dir`; returns their paths."""
+    os.makedirs(results_dir, exist_ok=True)
+    paths = [os.path.join(results_dir, f"study.{ext}") for ext in ("json", "md", "png")]
+    with open(paths[0], "w", encoding="utf-8") as f:
+        json.dump({**result, "command": command}, f, indent=1)
+    with open(paths[1], "w", encoding="utf-8") as f:
+        f.write(format_markdown(result, results_dir, command) + "\n")
+    plot(result, paths[2])
+    return paths

@@ -1,0 +1,45 @@
+"""Summary statistics of repeated runs: mean, 95 % confidence interval, relative reduction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+# Two-sided 95 % quantiles t_{0.975, df} of Student's t distribution, df = 1..30 (standard table
+# values); beyond 30 the normal quantile is within 2 % and is used instead.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+_Z975 = 1.959964
+
+
+def t_quantile_975(df: int) -> float:
+    """`t_{0.975, df}`: the half-width factor of a two-sided 95 % interval."""
+    if df < 1:
+        raise ValueError(f"need df >= 1, got {df}")
+    return _T975[df - 1] if df <= len(_T975) else _Z975
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
+    """`(mean, half-width)` of the 95 % t-interval of the mean; half-width None for one value.
+
+    Raises:
+        ValueError: no values.
+    """
+    if not values:
+        raise ValueError("mean_ci95 needs at least one value")
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, None
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, t_quantile_975(n - 1) * math.sqrt(var / n)
+
+
+def relative_reduction(wer: float, baseline: float) -> float:
+    """Relative WER reduction `(baseline − wer) / baseline` (positive = better than baseline)."""
+    if baseline <= 0:
+        raise ValueError(f"baseline WER must be positive, got {baseline}")
+    return (baseline - wer) / baseline

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The study: student WER by distillation method × teacher quality, in one resumable command.
+
+    python tools/run_study.py --preset small            # built-in corpus, 2-core CPU
+    python tools/run_study.py --preset librispeech --dry_run    # paper scale: list the runs
+    python tools/run_study.py --preset tiny --out /tmp/s --data /tmp/s/data --results /tmp/r
+
+The preset is a gin file, `gin/study/<preset>.gin`, binding `StudyPlan` (teachers of graded
+quality, student methods, seeds, hyper-parameter grids chosen on dev, the controlled label-noise
+arm); `--gin_file`/`--gin_bindings` add to it. Every run is one of the project's CLIs
+(`bin/train`, `bin/evaluate`, `bin/pseudo_label`, the data tools) in its own directory under
+`--out`, with a log in OUT/logs/. Interrupted, it picks up where it stopped: finished jobs are
+skipped, training resumes from checkpoints. At the end (and with `--report_only`) it writes
+RESULTS/study.md, study.json and study.png from what the runs wrote.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="small", help="gin/study/<preset>.gin")
+    p.add_argument("--out", default=None, help="study directory (default runs/study/<preset>)")
+    p.add_argument("--data", default=None, help="data directory (default: the preset's)")
+    p.add_argument("--results", default="results", help="where study.{md,json,png} go")
+    p.add_argument("--parallel", type=int, default=2, help="jobs at once")
+    p.add_argument("--gin_file", action="append", default=[], help="repeatable, after the preset")
+    p.add_argument("--gin_bindings", action="append", default=[], help="repeatable")
+    p.add_argument("--dry_run", action="store_true", help="list the jobs and exit")
+    p.add_argument("--report_only", action="store_true", help="only rewrite the results")
+    return p.parse_args(argv)
+
+
+def load_plan(args):
+    """The gin-bound `StudyPlan` of the preset, with paths made absolute."""
+    import gin
+
+    from tfkd import config
+    from tfkd.study.plan import StudyPlan
+
+    preset = args.preset if args.preset.endswith(".gin") else f"gin/study/{args.preset}.gin"
+    try:
+        config.parse_gin([preset, *args.gin_file], args.gin_bindings)
+    except (ValueError, KeyError, OSError) as e:
+        raise SystemExit(f"run_study: gin configuration error: {e}") from None
+    overrides = {"python": sys.executable, "repo": REPO}
+    plan = gin.get_configurable(StudyPlan)(**overrides)
+    out = os.path.abspath(args.out or os.path.join(REPO, "runs", "study", plan.name))
+    data = os.path.abspath(args.data or os.path.join(REPO, plan.data_dir))
+    extra = tuple(os.path.abspath(g) for g in plan.extra_gin)
+    gin.clear_config()
+    return StudyPlan(
+        **{
+            **{f: getattr(plan, f) for f in plan.__dataclass_fields__},
+            "out_dir": out,
+            "data_dir": data,
+            "extra_gin": extra,
+        }
+    )
+
+
+def _command_line(argv) -> str:
+    return " ".join(["python tools/run_study.py", *map(shlex.quote, argv)])
+
+
+def _wall_seconds(out_dir, add=0.0) -> float:
+    """Wall time of every invocation of this study (OUT/wall_time.json accumulates it)."""
+    path = os.path.join(out_dir, "wall_time.json")
+    total = 0.0
+    if os.path.exists(path):
+        with open(path) as f:
+            total = json.load(f)["seconds"]
+    if add:
+        total += add
+        os.makedirs(out_dir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"seconds": round(total, 1)}, f)
+    return total
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse_args(argv)
+    plan = load_plan(args)
+    jobs = plan.jobs()
+    from tfkd.study import report, scheduler
+
+    if args.dry_run:
+        for job in jobs:
+            deps = f"  (after {', '.join(job.deps)})" if job.deps else ""
+            print(f"{job.name}{deps}")
+        print(f"{len(jobs)} jobs; study directory {plan.out_dir}")
+        return 0
+    status = {}
+    if not args.report_only:
+        start = time.time()
+        runner = scheduler.Scheduler(plan.out_dir, repo=REPO, parallel=args.parallel)
+        try:
+            status = runner.run(jobs)
+        finally:
+            _wall_seconds(plan.out_dir, time.time() - start)
+    result = report.collect(plan, jobs, seconds=_wall_seconds(plan.out_dir))
+    results_dir = os.path.abspath(args.results)
+    paths = report.write(result, results_dir, _command_line(argv))
+    print("\n".join(f"[study] wrote {p}" for p in paths))
+    bad = {k: v for k, v in status.items() if v in ("failed", "blocked")}
+    if bad:
+        print(f"[study] {len(bad)} jobs did not finish: " + ", ".join(sorted(bad)))
+        print(f"[study] logs: {os.path.join(plan.out_dir, 'logs')}; rerun to resume")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
