@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "jiwer==4.0.0",
     "tqdm>=4.66,<5",
     "soundfile==0.14.0",
+    "matplotlib==3.10.8",  # the study's plot (results/study.png); supports numpy 1.26
 ]
 
 EXTRAS_REQUIRE = {
