@@ -173,6 +173,11 @@ def test_scheduler_checks_outputs_and_thread_budget(tmp_path):
     assert "without its outputs" in (tmp_path / "logs" / "ghost.log").read_text()
     with pytest.raises(ValueError, match="unknown jobs"):
         run.run([plan_lib.Job("x", [], deps=("y",))])
+    # Unstamped jobs (data) are done as soon as their outputs exist; they never run again.
+    marked = tmp_path / "manifest.json"
+    marked.write_text("{}")
+    data = plan_lib.Job("data", [_py("raise SystemExit(1)")], outputs=(str(marked),), stamped=False)
+    assert run.run([data]) == {"data": "skipped"}
 
 
 # ---- report ----------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ class Job:
         outputs: paths that must exist for the job to count as done.
         before: optional function run before the commands (e.g. copy a teacher checkpoint).
         info: what the report needs to know about the job (arm, method, seed, paths, ...).
+        stamped: done also needs the scheduler's stamp; False for data whose tools write their
+            own completion marks (the outputs), so data built by `make demo` is reused as is.
     """
 
     name: str
@@ -105,6 +107,7 @@ class Job:
     outputs: tuple[str, ...] = ()
     before: Callable[[], None] | None = None
     info: dict = dataclasses.field(default_factory=dict)
+    stamped: bool = True
 
     def argv_lists(self) -> list[list[str]]:
         cmds = self.commands() if callable(self.commands) else self.commands
@@ -308,6 +311,7 @@ class StudyPlan:
                     )
                 ],
                 outputs=(os.path.join(corpus, "manifest.json"),),
+                stamped=False,
             ),
             Job(
                 "data-spm",
@@ -323,6 +327,7 @@ class StudyPlan:
                 ],
                 deps=("data-corpus",),
                 outputs=(self.spm_model,),
+                stamped=False,
             ),
             Job(
                 "data-records",
@@ -342,6 +347,7 @@ class StudyPlan:
                 outputs=tuple(
                     os.path.join(self.data_dir, "records", f"{s}.manifest.json") for s in SPLITS
                 ),
+                stamped=False,
             ),
         ]
 

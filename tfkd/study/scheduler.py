@@ -1,9 +1,10 @@
 """Runs a study's jobs: dependencies first, several at once, resumable, one log per job.
 
-A job counts as done when its stamp (`OUT/stamps/<job>.json`, written after its commands
-succeeded) and all its outputs exist; a rerun skips done jobs and restarts the others (training
-resumes from its checkpoints, pseudo-labelling keeps its finished shards). A failed job does not
-stop the others; the jobs that depend on it are reported as blocked.
+A job counts as done when all its outputs exist and, unless it is unstamped (data preparation,
+whose tools mark their own completion), its stamp `OUT/stamps/<job>.json`, written after its
+commands succeeded. A rerun skips done jobs and restarts the others (training resumes from its
+checkpoints, pseudo-labelling keeps its finished shards). A failed job does not stop the others;
+the jobs that depend on it are reported as blocked.
 
 Parallel jobs share the machine's cores: each runs with `TF_NUM_INTRAOP_THREADS` (and inter-op)
 set to `cores // parallel`, which on a small CPU gives more throughput than one job using every
@@ -70,7 +71,8 @@ class Scheduler:
         return self.path("logs", f"{job.name}.log")
 
     def done(self, job: Job) -> bool:
-        return os.path.exists(self.stamp_path(job)) and all(os.path.exists(p) for p in job.outputs)
+        stamp_ok = not job.stamped or os.path.exists(self.stamp_path(job))
+        return stamp_ok and all(os.path.exists(p) for p in job.outputs)
 
     def job_env(self) -> dict[str, str]:
         env = dict(self.env)
