@@ -105,6 +105,7 @@ class Scheduler:
             file=sys.stdout,
             dynamic_ncols=True,
         )
+        shown = None
         try:
             while pending or running:
                 for name, r in list(running.items()):
@@ -127,7 +128,9 @@ class Scheduler:
                     if ready and len(running) < self.parallel:
                         pending.remove(job)
                         running[job.name] = _Running(self, job)
-                bar.set_postfix_str(", ".join(running) if running else "", refresh=True)
+                if list(running) != shown:  # redraw on changes only: logs stay small
+                    shown = list(running)
+                    bar.set_postfix_str(", ".join(shown), refresh=True)
                 if running:
                     time.sleep(0.5)
                 elif pending:  # nothing can start: a dependency cycle (a plan bug)
