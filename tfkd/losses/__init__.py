@@ -2,13 +2,23 @@
 
 from tfkd.losses.rnnt import check_rnnt_inputs, rnnt_log_prob, rnnt_loss
 from tfkd.losses.rnnt_chunked import rnnt_log_prob_from_joint, rnnt_loss_from_joint
+from tfkd.losses.rnnt_shared import (
+    PrefixRows,
+    nbest_prefix_rows,
+    rnnt_nbest_log_prob,
+    rnnt_nbest_log_prob_from_joint,
+)
 
 __all__ = [
+    "PrefixRows",
     "check_rnnt_inputs",
+    "nbest_prefix_rows",
     "rnnt_log_prob",
     "rnnt_log_prob_from_joint",
     "rnnt_loss",
     "rnnt_loss_from_joint",
+    "rnnt_nbest_log_prob",
+    "rnnt_nbest_log_prob_from_joint",
 ]
 
 # Distillation losses (METHODS.md §2–§5).

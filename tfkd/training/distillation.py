@@ -60,6 +60,8 @@ __all__ = [
 ]
 
 _GROUND_TRUTH = ("flag", "all", "none")
+# Score of a hypothesis without rows: LOG_ZERO of tfkd.losses.rnnt, the pipeline's NBEST_PAD_SCORE.
+_LOG_ZERO = NBEST_PAD_SCORE
 
 
 class DistillationTrainer(trainers.LossTermsTrainer):
@@ -76,17 +78,25 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         nbest_size: hypotheses N per utterance; stored lists are cut or padded to N slots.
         max_symbols_per_frame: online teacher beam search limit.
         ground_truth: `"flag"`, `"all"` or `"none"`: which examples get `rnnt_gt` (see module).
+        share_prefixes: score hypotheses on shared prefix rows (`tfkd.losses.nbest_prefix_rows`,
+            `rnnt_nbest_log_prob`): one joint row `[T, V]` per distinct (utterance, label prefix)
+            of the N-best instead of one lattice `[T, U+1, V]` per hypothesis, and no rows for
+            padded label positions, padding hypotheses or unscored examples. Exact (same scores
+            and gradients). Rows have a data-dependent count that XLA cannot compile, so `None`
+            (default) means `not jit_compile`; `True` with `jit_compile=True` raises. `False`:
+            whole lattices per hypothesis (static shapes, TPU).
         lean_joint_threshold: score with the memory-lean path
             (`tfkd.losses.rnnt_log_prob_from_joint`, which never holds the whole joint output)
-            when one scoring call's lattice has more than this many logits (`rows·T·(U+1)·V`;
-            unknown static shapes count as large); `None` always builds the whole lattice.
+            when one scoring call's joint output would have more than this many logits: whole
+            lattices `rows·T·(U+1)·V` (unknown static shapes count as large), shared prefix rows
+            `R·T·V` (decided at run time); `None` never.
         joint_time_chunk: frames per chunk of the lean path (`None`: the loss's default size).
         teacher_jit_compile: XLA-compile the online teacher pass (beam search is a while loop).
         **kwargs: see `LossTermsTrainer` (strategy, global_batch_size, loss_weights, ...).
 
     Raises:
         ValueError: teacher and student vocabularies differ; bad options; a trainer that needs a
-            teacher has none.
+            teacher has none; `share_prefixes=True` with `jit_compile=True`.
     """
 
     term_names = ("rnnt_gt",)
@@ -110,10 +120,22 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         ground_truth: str = "flag",
         joint_time_chunk: int | None = None,
         lean_joint_threshold: int | None = 2**24,
+        share_prefixes: bool | None = None,
         teacher_jit_compile: bool = False,
         **kwargs,
     ):
         super().__init__(model, optimizer, **kwargs)
+        if share_prefixes is None:
+            share_prefixes = not self.jit_compile
+        elif share_prefixes and self.jit_compile:
+            raise ValueError(
+                "share_prefixes=True needs jit_compile=False: the number of prefix rows depends "
+                "on the data, which XLA cannot compile; use share_prefixes=False (whole lattices) "
+                "under XLA"
+            )
+        self.share_prefixes = bool(share_prefixes)
+        # Set while `_grads` traces its lean (True) or shared (False) branch; None elsewhere.
+        self._lean_rows = None
         if ground_truth not in _GROUND_TRUTH:
             raise ValueError(f"ground_truth must be one of {_GROUND_TRUTH}, got {ground_truth!r}")
         if not 1 <= nbest_size <= beam_width:
@@ -240,18 +262,21 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         pred_side = joint.project_prediction(self.model.predict_labels(labels, training=training))
         return joint.combine(enc_side[:, :, None], pred_side[:, None])
 
-    def student_log_probs(self, enc_side, enc_lengths, labels, label_lengths, training):
-        """Per replica: full-sum `log P_S(labels|x)` `[R]` for R label rows.
+    def student_log_probs(self, enc_side, enc_lengths, labels, label_lengths, training, lean=None):
+        """Per replica: full-sum `log P_S(labels|x)` `[R]` for R label rows, one lattice each.
 
         Args:
             enc_side: `[R, T, J]` projected encoder output (gathered per row by the caller).
             enc_lengths: `[R]`; labels: `[R, U]`; label_lengths: `[R]`.
+            lean: force (True) or forbid (False) the memory-lean path; None: `_use_lean`.
         """
         labels = tf.cast(labels, tf.int32)
         label_lengths = tf.cast(label_lengths, tf.int32)
         joint = self.model.joint
         pred_side = joint.project_prediction(self.model.predict_labels(labels, training=training))
-        if self._use_lean(enc_side, pred_side):
+        if lean is None:
+            lean = self._use_lean(enc_side, pred_side)
+        if lean:
             return losses.rnnt_log_prob_from_joint(
                 enc_side,
                 pred_side,
@@ -275,13 +300,28 @@ class DistillationTrainer(trainers.LossTermsTrainer):
             size *= int(d)
         return size > self.lean_joint_threshold
 
-    def student_nbest_scores(self, enc_side, enc_lengths, hypotheses, hypothesis_lengths, training):
+    def student_nbest_scores(
+        self, enc_side, enc_lengths, hypotheses, hypothesis_lengths, training, nbest_count=None
+    ):
         """Per replica: `s_S [B, N]` full-sum scores, sharing one encoder pass per utterance.
 
-        The encoder output `[B, T, J]` is gathered to `[B·N, T, J]` only after the encoder (and
-        its projection) ran once per utterance; the prediction network and joint run per
-        hypothesis.
+        Args:
+            enc_side: `[B, T, J]` projected encoder output; enc_lengths: `[B]`.
+            hypotheses: `[B, N, U]`; hypothesis_lengths: `[B, N]`.
+            training: passed to the prediction network.
+            nbest_count: optional `[B]` real hypotheses per utterance. With `share_prefixes`,
+                the others get no rows and score `LOG_ZERO` (-1e30) with zero gradient; without,
+                they are scored like the rest. Callers mask them either way.
+
+        The encoder output is projected once per utterance. With `share_prefixes`, the
+        prediction network runs per hypothesis `[B·N, U+1, J]`, and the joint runs once per
+        distinct (utterance, prefix) row `[R, T, V]` (`_shared_prefix_scores`). Without, the
+        encoder side is gathered to `[B·N, T, J]` and the joint builds one lattice per hypothesis.
         """
+        if self.share_prefixes:
+            return self._shared_prefix_scores(
+                enc_side, enc_lengths, hypotheses, hypothesis_lengths, nbest_count, training
+            )
         batch, num = tf.shape(hypotheses)[0], tf.shape(hypotheses)[1]
         utt = tf.repeat(tf.range(batch), num)  # [B·N]: the utterance of each hypothesis
         rows = hypotheses.shape[1]
@@ -297,17 +337,142 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         )
         return tf.reshape(scores, [batch, num])
 
+    def student_scores(self, enc_side, enc_lengths, labels, label_lengths, training, mask=None):
+        """Per replica: `log P_S(labels|x)` `[B]`, one label sequence per utterance.
+
+        `mask [B]` (optional bool) marks the examples whose score is used; with
+        `share_prefixes` the others get no rows (score `LOG_ZERO`, zero gradient), and only the
+        real label positions of the rest get joint rows.
+        """
+        if not self.share_prefixes:
+            return self.student_log_probs(enc_side, enc_lengths, labels, label_lengths, training)
+        count = None if mask is None else tf.cast(mask, tf.int32)
+        scores = self._shared_prefix_scores(
+            enc_side, enc_lengths, labels[:, None], label_lengths[:, None], count, training
+        )
+        return scores[:, 0]
+
+    def _shared_prefix_scores(self, enc_side, enc_lengths, hyps, hyp_lengths, count, training):
+        """`[B, N]` scores on shared prefix rows; above `lean_joint_threshold` logits `R·T·V`
+        (decided at run time: R depends on the data), in time chunks (memory-lean)."""
+        hyps = tf.cast(hyps, tf.int32)
+        hyp_lengths = tf.cast(hyp_lengths, tf.int32)
+        rows = losses.nbest_prefix_rows(hyps, hyp_lengths, count)
+        batch, num, max_labels = tf.unstack(tf.shape(hyps))
+        joint = self.model.joint
+        # The prediction network runs per hypothesis (cheap: [B·N, U+1]); each row takes the
+        # output of its owner hypothesis at its position. The joint runs only on the rows.
+        pred_side = joint.project_prediction(
+            self.model.predict_labels(tf.reshape(hyps, [batch * num, max_labels]), training)
+        )
+        node = (rows.row_utt * num + rows.row_hyp) * (max_labels + 1) + rows.row_pos
+        pred_rows = tf.gather(tf.reshape(pred_side, [-1, tf.shape(pred_side)[-1]]), node)
+
+        def shared():
+            row_logits = joint.combine(tf.gather(enc_side, rows.row_utt), pred_rows[:, None, :])
+            return losses.rnnt_nbest_log_prob(row_logits, rows, hyps, enc_lengths, hyp_lengths)
+
+        def lean():
+            return losses.rnnt_nbest_log_prob_from_joint(
+                enc_side,
+                pred_rows,
+                lambda e, p: joint.combine(e, p[:, None, :]),
+                rows,
+                hyps,
+                enc_lengths,
+                hyp_lengths,
+                time_chunk=self.joint_time_chunk,
+            )
+
+        if self.lean_joint_threshold is None:
+            return shared()
+        if self._lean_rows is not None:  # decided by `_grads`, outside the gradient tape
+            return lean() if self._lean_rows else shared()
+        # Elsewhere (eager, evaluation): a run-time choice. Its gradient can only be built
+        # eagerly: in a graph, the lean branch's custom gradient cannot be differentiated
+        # through tf.cond (see `_grads`).
+        size = self._joint_size(tf.shape(rows.row_utt)[0], tf.shape(enc_side)[1])
+        return tf.cond(size > self.lean_joint_threshold, lean, shared)
+
+    def _joint_size(self, num_rows, frames):
+        """`[]` int64 logits `R·T·V` of one shared-prefix joint call."""
+        return tf.cast(num_rows, tf.int64) * tf.cast(frames, tf.int64) * self.model.vocab_size
+
+    def row_label_sets(self, batch):
+        """Per replica: what `loss_terms` scores on shared prefix rows, as a list of
+        `(labels [B, N, U], lengths [B, N], count [B] or None)`; here the `rnnt_gt` labels."""
+        if self.ground_truth == "none" or (self.ground_truth == "flag" and LABELED not in batch):
+            return []
+        count = None if self.ground_truth == "all" else tf.cast(batch[LABELED], tf.int32)
+        return [(batch["token_ids"][:, None], batch["label_length"][:, None], count)]
+
+    def _grads(self, batch):
+        """`LossTermsTrainer._grads`, with the memory-lean choice of shared prefix scoring made
+        per step *outside* the gradient tape.
+
+        Rows have a data-dependent count R, so whether some joint call exceeds
+        `lean_joint_threshold` (`R·T·V` logits) is known only at run time. A `tf.cond` inside the
+        tape cannot be differentiated here (cond_v2 cannot capture the variables that the lean
+        path's custom gradient reads), so the whole forward and backward pass is traced twice,
+        once per path, and a `tf.cond` on the rows of this batch runs one of them.
+        """
+        big = self._rows_exceed_threshold(batch)
+        if big is None:
+            return super()._grads(batch)
+        none_grads = []
+
+        def branch(lean):
+            def run():
+                self._lean_rows = lean
+                try:
+                    sums, grads = trainers.LossTermsTrainer._grads(self, batch)
+                finally:
+                    self._lean_rows = None
+                # tf.cond cannot return None: unconnected variables get a placeholder zero.
+                none_grads.append([g is None for g in grads])
+                grads = [
+                    tf.zeros(v.shape, v.dtype) if g is None else g
+                    for g, v in zip(grads, self.trainable_variables, strict=True)
+                ]
+                return sums, grads
+
+            return run
+
+        sums, grads = tf.cond(big, branch(True), branch(False))
+        if none_grads[0] != none_grads[-1]:
+            raise ValueError("the lean and shared scoring paths train different variables")
+        return sums, [None if none else g for none, g in zip(none_grads[0], grads, strict=True)]
+
+    def _rows_exceed_threshold(self, batch):
+        """`[]` bool: some shared-prefix joint call of this batch exceeds `lean_joint_threshold`;
+        None when no choice is needed (no shared prefix rows, or no threshold)."""
+        if not self.share_prefixes or self.lean_joint_threshold is None:
+            return None
+        if NBEST_FIELDS[0] not in batch and self.teacher is None:
+            return None  # loss_terms raises its own error
+        sets = self.row_label_sets(batch)
+        if not sets:
+            return None
+        samples = tf.shape(batch["waveform"])[1]
+        frames = self.model.output_lengths(self.frontend.num_frames(samples)[None])[0]
+        big = tf.constant(False)
+        for labels, lengths, count in sets:
+            rows = losses.nbest_prefix_rows(labels, lengths, count)
+            big |= self._joint_size(tf.shape(rows.row_utt)[0], frames) > self.lean_joint_threshold
+        return big
+
     def ground_truth_term(self, batch, enc_side, enc_lengths, training):
         """Per replica: `rnnt_gt [B]`, `−log P_S(y*|x)` on labelled examples, 0 elsewhere."""
         size = tf.shape(enc_side)[0]
         if self.ground_truth == "none" or (self.ground_truth == "flag" and LABELED not in batch):
             return tf.zeros([size], tf.float32)
-        nll = -self.student_log_probs(
-            enc_side, enc_lengths, batch["token_ids"], batch["label_length"], training
+        labeled = None if self.ground_truth == "all" else tf.cast(batch[LABELED], tf.bool)
+        nll = -self.student_scores(
+            enc_side, enc_lengths, batch["token_ids"], batch["label_length"], training, labeled
         )
-        if self.ground_truth == "all":
+        if labeled is None:
             return nll
-        return tf.where(tf.cast(batch[LABELED], tf.bool), nll, 0.0)
+        return tf.where(labeled, nll, 0.0)
 
 
 class HardDistillationTrainer(DistillationTrainer):
@@ -318,13 +483,21 @@ class HardDistillationTrainer(DistillationTrainer):
 
     term_names = ("hard", "rnnt_gt")
 
+    def row_label_sets(self, batch):
+        """The 1-best (on rows with hypotheses) and the `rnnt_gt` labels."""
+        batch = cut_nbest(batch, self.nbest_size)
+        hyp, hyp_lengths = first_best(batch)
+        count = tf.cast(has_hypotheses(batch), tf.int32)
+        return [(hyp[:, None], hyp_lengths[:, None], count), *super().row_label_sets(batch)]
+
     def loss_terms(self, batch, training):
         batch = self.add_teacher_outputs(batch)
         enc_side, enc_lengths = self.encode_student(batch, training)
         hyp, hyp_lengths = first_best(batch)
-        hard = -self.student_log_probs(enc_side, enc_lengths, hyp, hyp_lengths, training)
+        has_hyp = has_hypotheses(batch)
+        hard = -self.student_scores(enc_side, enc_lengths, hyp, hyp_lengths, training, has_hyp)
         return {
-            "hard": tf.where(has_hypotheses(batch), hard, 0.0),
+            "hard": tf.where(has_hyp, hard, 0.0),
             "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
         }
 
@@ -406,12 +579,23 @@ class FullSumDistillationTrainer(DistillationTrainer):
         self.distance = distance
         self.length_norm = length_norm
 
+    def row_label_sets(self, batch):
+        """The N-best and the `rnnt_gt` labels."""
+        batch = cut_nbest(batch, self.nbest_size)
+        nbest = (batch["nbest_token_ids"], batch["nbest_lengths"], batch["nbest_count"])
+        return [nbest, *super().row_label_sets(batch)]
+
     def sequence_scores(self, batch, training):
         """Per replica: `(batch with teacher outputs, s_S [B, N], enc_side, enc_lengths)`."""
         batch = self.add_teacher_outputs(batch)
         enc_side, enc_lengths = self.encode_student(batch, training)
         scores = self.student_nbest_scores(
-            enc_side, enc_lengths, batch["nbest_token_ids"], batch["nbest_lengths"], training
+            enc_side,
+            enc_lengths,
+            batch["nbest_token_ids"],
+            batch["nbest_lengths"],
+            training,
+            nbest_count=batch["nbest_count"],
         )
         return batch, scores, enc_side, enc_lengths
 
