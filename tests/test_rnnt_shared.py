@@ -16,6 +16,7 @@ import tensorflow as tf
 from tfkd.losses import (
     PrefixRows,
     nbest_prefix_rows,
+    prefix_rows,
     rnnt_log_prob,
     rnnt_nbest_log_prob,
     rnnt_nbest_log_prob_from_joint,
@@ -179,9 +180,9 @@ def test_rows_are_the_distinct_prefixes_owned_by_their_first_hypothesis(seed):
 
 
 def test_row_buckets_bound_padding_and_the_number_of_shapes():
-    sizes = [int(rnnt_shared.row_bucket(n)) for n in range(0, 4097)]
+    sizes = [int(prefix_rows.row_bucket(n)) for n in range(0, 4097)]
     assert sizes[:2] == [16, 16] and sizes[16] == 16 and sizes[17] == 32
-    assert [int(rnnt_shared.row_bucket(n)) for n in (100, 200, 1000, 1047)] == [
+    assert [int(prefix_rows.row_bucket(n)) for n in (100, 200, 1000, 1047)] == [
         112,
         224,
         1024,
