@@ -251,6 +251,96 @@ def test_memory_lean_path_matches_plain_loss_and_gradients():
         )
 
 
+def shared_prefix_batch(seed=0):
+    """`offline_batch` whose hypotheses share prefixes as a beam's do, with one duplicate."""
+    batch = offline_batch(seed)
+    ids = batch["nbest_token_ids"].numpy()
+    ids[:, 1, :2] = ids[:, 0, :2]
+    ids[:, 2, :1] = ids[:, 0, :1]
+    ids[1, 1] = ids[1, 0]  # both of length 2
+    batch["nbest_token_ids"] = tf.constant(ids)
+    batch["labeled"] = tf.constant([True, False, True, False])
+    return batch
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        distillation.HardDistillationTrainer,
+        distillation.FullSumDistillationTrainer,
+        distillation.DiscriminativeFullSumTrainer,
+    ],
+)
+def test_shared_prefix_rows_give_the_terms_and_step_of_whole_lattices(cls):
+    batch = shared_prefix_batch()
+    student = tiny_student()
+    nbest = 1 if cls is distillation.HardDistillationTrainer else N
+    initial = None
+    results = {}
+    configs = {
+        "lattice": {"share_prefixes": False, "lean_joint_threshold": None},
+        "shared": {"share_prefixes": True, "lean_joint_threshold": None},
+        # Threshold 0: every step takes the memory-lean chunked path of the rows.
+        "lean": {"share_prefixes": True, "lean_joint_threshold": 0, "joint_time_chunk": 2},
+    }
+    for name, kwargs in configs.items():
+        trainer = make_trainer(
+            cls,
+            batch,
+            student=student,
+            optimizer=keras.optimizers.SGD(0.01),
+            nbest_size=nbest,
+            ground_truth="flag",
+            loss_weights={"rnnt_gt": 0.5},
+            **kwargs,
+        )
+        if initial is None:
+            initial = snapshot(student.trainable_variables)
+        for v, w in zip(student.trainable_variables, initial, strict=True):
+            v.assign(w)
+        terms = {k: v.numpy() for k, v in trainer.loss_terms(batch, training=False).items()}
+        means = {k: float(v) for k, v in one_step(trainer, batch).items()}
+        results[name] = (terms, means, snapshot(student.trainable_variables))
+        assert trainer.share_prefixes == kwargs["share_prefixes"]
+    want_terms, want_means, want_weights = results["lattice"]
+    assert want_terms["rnnt_gt"][1] == 0 and want_terms["rnnt_gt"][0] > 0
+    for name in ("shared", "lean"):
+        terms, means, weights = results[name]
+        for term in cls.term_names:
+            np.testing.assert_allclose(terms[term], want_terms[term], rtol=1e-5, err_msg=name)
+        for key, value in want_means.items():
+            np.testing.assert_allclose(means[key], value, rtol=1e-5, err_msg=f"{name} {key}")
+        for got, want, v in zip(weights, want_weights, student.trainable_variables, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{name} {v.path}")
+    assert not np.array_equal(want_weights[-1], initial[-1])
+
+
+def test_shared_prefix_scores_mask_padding_hypotheses_and_need_no_xla():
+    batch = shared_prefix_batch()
+    trainer = make_trainer(distillation.FullSumDistillationTrainer, batch, nbest_size=N)
+    assert trainer.share_prefixes  # the default without XLA
+    enc_side, enc_lengths = trainer.encode_student(batch, training=False)
+    args = (enc_side, enc_lengths, batch["nbest_token_ids"], batch["nbest_lengths"], False)
+    counted = trainer.student_nbest_scores(*args, nbest_count=batch["nbest_count"]).numpy()
+    everything = trainer.student_nbest_scores(*args).numpy()
+    assert counted[2, 2] == np.float32(pipeline.NBEST_PAD_SCORE)  # utterance 2 has 2 hypotheses
+    valid = np.arange(N)[None] < batch["nbest_count"].numpy()[:, None]
+    np.testing.assert_array_equal(counted[valid], everything[valid])
+    np.testing.assert_allclose(everything[1, 0], everything[1, 1], rtol=1e-6)  # the duplicate
+    with pytest.raises(ValueError, match="share_prefixes=True needs jit_compile=False"):
+        make_trainer(
+            distillation.FullSumDistillationTrainer, batch, jit_compile=True, share_prefixes=True
+        )
+    xla = distillation.FullSumDistillationTrainer(
+        tiny_student(),
+        keras.optimizers.Adam(),
+        strategy=tf.distribute.get_strategy(),
+        global_batch_size=B,
+        jit_compile=True,
+    )
+    assert not xla.share_prefixes
+
+
 def test_label_bucket_trims_padding_without_changing_the_terms():
     batch = offline_batch()
     pad = [[0, 0], [0, 0], [0, 7]]

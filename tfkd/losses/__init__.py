@@ -1,14 +1,20 @@
 """Losses: pure TensorFlow functions returning per-utterance values (no gin, no models)."""
 
+from tfkd.losses.prefix_rows import PrefixRows, nbest_prefix_rows
 from tfkd.losses.rnnt import check_rnnt_inputs, rnnt_log_prob, rnnt_loss
 from tfkd.losses.rnnt_chunked import rnnt_log_prob_from_joint, rnnt_loss_from_joint
+from tfkd.losses.rnnt_shared import rnnt_nbest_log_prob, rnnt_nbest_log_prob_from_joint
 
 __all__ = [
+    "PrefixRows",
     "check_rnnt_inputs",
+    "nbest_prefix_rows",
     "rnnt_log_prob",
     "rnnt_log_prob_from_joint",
     "rnnt_loss",
     "rnnt_loss_from_joint",
+    "rnnt_nbest_log_prob",
+    "rnnt_nbest_log_prob_from_joint",
 ]
 
 # Distillation losses (METHODS.md §2–§5).

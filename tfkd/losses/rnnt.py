@@ -45,7 +45,9 @@ _REDUCE_WINDOW = 32  # XLA:CPU tree-reduction window (see logsumexp_last)
 # Input checks (run on the host graph, never inside the XLA kernels).
 
 
-def check_rnnt_inputs(logits_shape, labels, logit_lengths, label_lengths, blank=0, name="rnnt"):
+def check_rnnt_inputs(
+    logits_shape, labels, logit_lengths, label_lengths, blank=0, name="rnnt", names=None
+):
     """Asserts that lengths and labels fit the lattice; returns the checked, int32 inputs.
 
     Args:
@@ -56,6 +58,8 @@ def check_rnnt_inputs(logits_shape, labels, logit_lengths, label_lengths, blank=
       label_lengths: `[B]` valid labels per utterance.
       blank: the blank id (Python int).
       name: prefix of the error messages.
+      names: optional `{"labels": ..., "logit_lengths": ..., "label_lengths": ...}`: what the
+        messages call these arguments (a caller that flattens its own inputs into them).
 
     Returns:
       `(labels, logit_lengths, label_lengths)` as int32, carrying control dependencies on the
@@ -66,44 +70,46 @@ def check_rnnt_inputs(logits_shape, labels, logit_lengths, label_lengths, blank=
         dims, batch sizes or U that disagree, label ids outside [0, V) or equal to blank at
         positions `< label_lengths`, or blank outside [0, V).
     """
+    names = {k: k for k in ("labels", "logit_lengths", "label_lengths")} | dict(names or {})
+    y, t_len, u_len = names["labels"], names["logit_lengths"], names["label_lengths"]
     labels = tf.convert_to_tensor(labels)
     logit_lengths = tf.convert_to_tensor(logit_lengths)
     label_lengths = tf.convert_to_tensor(label_lengths)
     for value, what in (
-        (labels, "labels"),
-        (logit_lengths, "logit_lengths"),
-        (label_lengths, "label_lengths"),
+        (labels, y),
+        (logit_lengths, t_len),
+        (label_lengths, u_len),
     ):
         if not value.dtype.is_integer:
             raise TypeError(f"{name}: {what} must be integers, got {value.dtype.name}")
     labels = tf.cast(labels, tf.int32)
     logit_lengths = tf.cast(logit_lengths, tf.int32)
     label_lengths = tf.cast(label_lengths, tf.int32)
-    tf.debugging.assert_rank(labels, 2, message=f"{name}: labels must be [B, U]")
-    tf.debugging.assert_rank(logit_lengths, 1, message=f"{name}: logit_lengths must be [B]")
-    tf.debugging.assert_rank(label_lengths, 1, message=f"{name}: label_lengths must be [B]")
+    tf.debugging.assert_rank(labels, 2, message=f"{name}: {y} must be [B, U]")
+    tf.debugging.assert_rank(logit_lengths, 1, message=f"{name}: {t_len} must be [B]")
+    tf.debugging.assert_rank(label_lengths, 1, message=f"{name}: {u_len} must be [B]")
     batch, frames, nodes_u, vocab = tf.unstack(tf.cast(logits_shape, tf.int32), num=4)
     max_labels = tf.shape(labels)[1]
     shape_checks = [
         tf.debugging.assert_equal(
             tf.shape(labels)[0],
             batch,
-            message=f"{name}: labels.shape[0] must equal the batch size of the logits",
+            message=f"{name}: {y}.shape[0] must equal the batch size of the logits",
         ),
         tf.debugging.assert_equal(
             max_labels + 1,
             nodes_u,
-            message=f"{name}: logits.shape[2] (U+1) must equal labels.shape[1] + 1",
+            message=f"{name}: logits.shape[2] (U+1) must equal {y}.shape[1] + 1",
         ),
         tf.debugging.assert_equal(
             tf.shape(logit_lengths)[0],
             batch,
-            message=f"{name}: logit_lengths must have one entry per utterance",
+            message=f"{name}: {t_len} must have one entry per utterance",
         ),
         tf.debugging.assert_equal(
             tf.shape(label_lengths)[0],
             batch,
-            message=f"{name}: label_lengths must have one entry per utterance",
+            message=f"{name}: {u_len} must have one entry per utterance",
         ),
         tf.debugging.assert_less(blank, vocab, message=f"{name}: blank must be in [0, V)"),
     ]
@@ -113,31 +119,30 @@ def check_rnnt_inputs(logits_shape, labels, logit_lengths, label_lengths, blank=
             tf.debugging.assert_greater_equal(
                 logit_lengths,
                 1,
-                message=f"{name}: logit_lengths must be >= 1 (T = 0 is not a valid utterance)",
+                message=f"{name}: {t_len} must be >= 1 (T = 0 is not a valid utterance)",
             ),
             tf.debugging.assert_less_equal(
                 logit_lengths,
                 frames,
-                message=f"{name}: logit_lengths must be <= the number of frames T of the logits",
+                message=f"{name}: {t_len} must be <= the number of frames T of the logits",
             ),
             tf.debugging.assert_non_negative(
-                label_lengths, message=f"{name}: label_lengths must be >= 0"
+                label_lengths, message=f"{name}: {u_len} must be >= 0"
             ),
             tf.debugging.assert_less_equal(
                 label_lengths,
                 max_labels,
-                message=f"{name}: label_lengths must be <= labels.shape[1] (U)",
+                message=f"{name}: {u_len} must be <= {y}.shape[1] (U)",
             ),
             tf.debugging.assert_equal(
                 tf.reduce_all(~label_pos | ((labels >= 0) & (labels < vocab))),
                 True,
-                message=f"{name}: label ids must be in [0, V) at positions < label_lengths",
+                message=f"{name}: label ids must be in [0, V) at positions < {u_len}",
             ),
             tf.debugging.assert_equal(
                 tf.reduce_all(~label_pos | (labels != blank)),
                 True,
-                message=f"{name}: labels must not contain the blank id at positions "
-                "< label_lengths",
+                message=f"{name}: {y} must not contain the blank id at positions < {u_len}",
             ),
         ]
     with tf.control_dependencies(checks):
@@ -174,6 +179,18 @@ def check_static_dims(logits_shape, labels, logit_lengths, label_lengths, name):
     for got, want, message in pairs:
         if got is not None and want is not None and got != want:
             raise tf.errors.InvalidArgumentError(None, None, f"{name}: {message}")
+
+
+def captured(*tensors):
+    """`tf.identity` of each forward tensor a custom gradient uses (nested structures allowed).
+
+    When the gradient is built inside a `tf.cond` branch (cond_v2), a tensor of the forward
+    branch passed straight into a `jit_compile` function is not captured ("Could not find
+    external tensor capture"); an identity op in the gradient graph is.
+    """
+    return tf.nest.map_structure(
+        lambda x: tf.identity(x) if isinstance(x, tf.Tensor) else x, tensors
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,9 +504,8 @@ def _full_sum(logits, labels, logit_lengths, label_lengths, blank, fastemit_lamb
         )
 
         def grad(dy):
-            return _backward_kernel(
-                z, labels, logit_lengths, label_lengths, log_prob, residuals, dy, label_scale, blank
-            )
+            inputs = captured(z, labels, logit_lengths, label_lengths, log_prob, residuals)
+            return _backward_kernel(*inputs, dy, label_scale, blank)
 
         return label_scale * log_prob, grad
 

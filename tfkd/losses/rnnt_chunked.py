@@ -33,6 +33,7 @@ import contextlib
 import tensorflow as tf
 
 from tfkd.losses.rnnt import (
+    captured,
     check_rnnt_inputs,
     check_static_dims,
     dense_grad,
@@ -46,9 +47,9 @@ from tfkd.losses.rnnt import (
 )
 
 try:  # TF-internal; only used to keep eager-mode memory low (see module docstring).
-    from tensorflow.python.eager.record import stop_recording as _stop_recording
+    from tensorflow.python.eager.record import stop_recording
 except ImportError:  # pragma: no cover - layout of a future TF
-    _stop_recording = contextlib.nullcontext
+    stop_recording = contextlib.nullcontext
 
 # Default size of one chunk of float32 logits; the chunk's gradient doubles it.
 DEFAULT_CHUNK_BYTES = 32 * 2**20
@@ -79,38 +80,39 @@ def _lattice_backward_kernel(lattice, log_prob, logit_lengths, label_lengths, ok
 
 
 # ----------------------------------------------------------------------------------------------
-# Chunk loops.
+# Chunk loops (also used by `tfkd.losses.rnnt_shared` on prefix rows).
 
 
-def _static_or_tensor(x):
+def static_or_tensor(x):
+    """A Python int when `x` is statically known, else `x`."""
     value = tf.get_static_value(x)
     return int(value) if value is not None else x
 
 
-def _chunking(frames, batch, nodes_u, vocab, time_chunk):
+def chunking(frames, logits_per_frame, time_chunk):
     """(number of chunks, frames per chunk): balanced, so padding stays below one frame per chunk.
 
-    Python ints when the dims are static (static chunk shapes for XLA), tensors otherwise.
+    `logits_per_frame` is the size of one frame of the joint output (`B·(U+1)·V`). Python ints
+    when the dims are static (static chunk shapes for XLA), tensors otherwise.
     """
     if time_chunk is not None and int(time_chunk) < 1:
         raise ValueError(f"time_chunk must be >= 1 or None, got {time_chunk}")
-    dims = (frames, batch, nodes_u, vocab)
-    if all(isinstance(d, int) for d in dims):
+    if isinstance(frames, int) and isinstance(logits_per_frame, int):
         if time_chunk is None:
-            time_chunk = max(DEFAULT_CHUNK_BYTES // (batch * nodes_u * vocab * 4), 1)
+            time_chunk = max(DEFAULT_CHUNK_BYTES // (max(logits_per_frame, 1) * 4), 1)
         time_chunk = min(int(time_chunk), max(frames, 1))
         num_chunks = max(-(-frames // time_chunk), 1)  # T = 0 is rejected by the asserts
         return num_chunks, -(-frames // num_chunks)
-    frames, batch, nodes_u, vocab = (tf.cast(d, tf.int64) for d in dims)
+    frames, logits_per_frame = (tf.cast(d, tf.int64) for d in (frames, logits_per_frame))
     if time_chunk is None:
-        time_chunk = tf.maximum(DEFAULT_CHUNK_BYTES // (batch * nodes_u * vocab * 4), 1)
+        time_chunk = tf.maximum(DEFAULT_CHUNK_BYTES // (tf.maximum(logits_per_frame, 1) * 4), 1)
     time_chunk = tf.minimum(tf.cast(time_chunk, tf.int64), tf.maximum(frames, 1))
     num_chunks = tf.maximum((frames + time_chunk - 1) // time_chunk, 1)
     chunk = (frames + num_chunks - 1) // num_chunks
     return tf.cast(num_chunks, tf.int32), tf.cast(chunk, tf.int32)
 
 
-def _frames_slice(x, start, size):
+def frames_slice(x, start, size):
     """`x[:, start:start+size]` with a static size when `size` is a Python int."""
     rank = x.shape.rank
     return tf.slice(x, [0, start] + [0] * (rank - 2), [-1, size] + [-1] * (rank - 2))
@@ -124,16 +126,18 @@ def _merge_chunks(stacked):
     return tf.reshape(merged, tf.concat([shape[:1], [shape[1] * shape[2]], shape[3:]], 0))
 
 
-def _forward_chunks(enc, pred, joint_fn, next_ids, blank_ok, num_chunks, chunk, blank, factors):
-    """Per-chunk `(lse, blank_logit, label_logit)`, merged to `[B, n*Tc, U+1]` each."""
-    arrays = tuple(tf.TensorArray(tf.float32, size=num_chunks) for _ in range(3))
+def forward_chunks(enc, pred, joint_fn, chunk_stats, num_stats, num_chunks, chunk):
+    """Runs the joint chunk by chunk and keeps only per-chunk statistics.
+
+    For chunk i (frames `[i·Tc, (i+1)·Tc)` of `enc [B, n·Tc, D]`),
+    `chunk_stats(joint_fn(enc_chunk, pred), i·Tc)` returns `num_stats` float32 tensors with
+    frames on axis 1; each is merged over the chunks to `[X, n·Tc, ...]`.
+    """
+    arrays = tuple(tf.TensorArray(tf.float32, size=num_chunks) for _ in range(num_stats))
 
     def body(i, arrays):
         start = i * chunk
-        logits = joint_fn(_frames_slice(enc, start, chunk), pred)
-        stats = _chunk_stats_kernel(
-            logits, next_ids, _frames_slice(blank_ok, start, chunk), blank, factors
-        )
+        stats = chunk_stats(joint_fn(frames_slice(enc, start, chunk), pred), start)
         return i + 1, tuple(a.write(i, s) for a, s in zip(arrays, stats, strict=True))
 
     # parallel_iterations=1: in graph mode the loop would otherwise run up to 10 chunks at once,
@@ -142,31 +146,27 @@ def _forward_chunks(enc, pred, joint_fn, next_ids, blank_ok, num_chunks, chunk, 
     return tuple(_merge_chunks(a.stack()) for a in arrays)
 
 
-def _backward_chunks(enc, pred, joint_fn, variables, coefs, next_ids, num_chunks, chunk, blank):
-    """Recomputes each chunk's logits under a tape and pushes the analytic d(logits) through."""
-    lse, coef_blank, coef_label, blank_ok = coefs
+def backward_chunks(enc, pred, joint_fn, variables, chunk_grad, num_chunks, chunk):
+    """Recomputes each chunk's logits under a tape and pushes the analytic d(logits) through.
+
+    `chunk_grad(logits, start)` gives the chunk's d(logits). Returns `(d_enc [B, n·Tc, D],
+    d_pred, d_variables)`.
+    """
     d_enc = tf.TensorArray(enc.dtype, size=num_chunks)
     d_pred = tf.zeros_like(pred)
     d_vars = [tf.zeros(v.shape, v.dtype) for v in variables]
 
     def body(i, d_enc, d_pred, d_vars):
         start = i * chunk
-        enc_chunk = _frames_slice(enc, start, chunk)
+        enc_chunk = frames_slice(enc, start, chunk)
         with tf.GradientTape() as tape:
             tape.watch([enc_chunk, pred])
             tape.watch(variables)
             logits = joint_fn(enc_chunk, pred)
-        d_logits = _chunk_grad_kernel(
-            logits,
-            *(_frames_slice(x, start, chunk) for x in (lse, coef_blank, coef_label)),
-            next_ids,
-            _frames_slice(blank_ok, start, chunk),
-            blank,
-        )
         grads = tape.gradient(
             logits,
             [enc_chunk, pred, *variables],
-            output_gradients=d_logits,
+            output_gradients=chunk_grad(logits, start),
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
         grads = [tf.convert_to_tensor(g) for g in grads]
@@ -199,7 +199,7 @@ def _full_sum_from_joint(
         prediction_out, 3, message=f"{name}: prediction_out must be [B, U+1, D]"
     )
     # A one-frame probe builds a Keras joint outside any loop and tells V (static if possible).
-    with _stop_recording():
+    with stop_recording():
         probe = joint_fn(tf.stop_gradient(encoder_out[:, :1]), tf.stop_gradient(prediction_out))
     vocab = probe.shape[-1] if probe.shape[-1] is not None else tf.shape(probe)[-1]
     static_shape = [encoder_out.shape[0], encoder_out.shape[1], prediction_out.shape[1], vocab]
@@ -225,13 +225,12 @@ def _full_sum_from_joint(
     labels, logit_lengths, label_lengths = check_rnnt_inputs(
         logits_shape, labels, logit_lengths, label_lengths, blank, name
     )
-    num_chunks, chunk = _chunking(
-        _static_or_tensor(frames),
-        _static_or_tensor(batch),
-        _static_or_tensor(nodes_u),
-        vocab,
-        time_chunk,
-    )
+    per_frame = [static_or_tensor(batch), static_or_tensor(nodes_u), vocab]
+    if all(isinstance(d, int) for d in per_frame):
+        logits_per_frame = per_frame[0] * per_frame[1] * per_frame[2]
+    else:
+        logits_per_frame = tf.reduce_prod([tf.cast(d, tf.int64) for d in per_frame])
+    num_chunks, chunk = chunking(static_or_tensor(frames), logits_per_frame, time_chunk)
     factors = vocab_factors(vocab if isinstance(vocab, int) else None)
     label_scale = 1.0 + tf.cast(fastemit_lambda, tf.float32)
     padded = num_chunks * chunk
@@ -245,25 +244,45 @@ def _full_sum_from_joint(
     def full_sum(enc, pred):
         enc_padded = tf.pad(tf.stop_gradient(enc), [[0, 0], [0, padded - frames], [0, 0]])
         pred_const = tf.stop_gradient(pred)
-        with _stop_recording():
-            stats = _forward_chunks(
-                enc_padded, pred_const, joint_fn, next_ids, blank_ok, num_chunks, chunk, blank,
-                factors,
-            )  # fmt: skip
+        with stop_recording():
+            stats = forward_chunks(
+                enc_padded,
+                pred_const,
+                joint_fn,
+                lambda logits, start: _chunk_stats_kernel(
+                    logits, next_ids, frames_slice(blank_ok, start, chunk), blank, factors
+                ),
+                3,
+                num_chunks,
+                chunk,
+            )
             stats = tuple(s[:, :frames] for s in stats)
             log_prob, lattice = _lattice_forward_kernel(stats, logit_lengths, label_lengths, ok)
 
         def grad(dy, variables=None):
             variables = list(variables or [])
+            lattice_in = captured(lattice, log_prob, logit_lengths, label_lengths, ok)
             coef_blank, coef_label = _lattice_backward_kernel(
-                lattice, log_prob, logit_lengths, label_lengths, ok, dy, label_scale
+                *lattice_in, dy, *captured(label_scale)
+            )
+            lse, blank_ok_, enc_, pred_, next_ids_, n_chunks, size = captured(
+                stats[0], blank_ok, enc_padded, pred_const, next_ids, num_chunks, chunk
             )
             pad = [[0, 0], [0, padded - frames], [0, 0]]
-            coefs = tuple(tf.pad(x, pad) for x in (stats[0], coef_blank, coef_label)) + (blank_ok,)
-            d_enc, d_pred, d_vars = _backward_chunks(
-                enc_padded, pred_const, joint_fn, variables, coefs, next_ids, num_chunks, chunk,
-                blank,
-            )  # fmt: skip
+            coefs = tuple(tf.pad(x, pad) for x in (lse, coef_blank, coef_label))
+
+            def chunk_grad(logits, start):
+                return _chunk_grad_kernel(
+                    logits,
+                    *(frames_slice(x, start, size) for x in coefs),
+                    next_ids_,
+                    frames_slice(blank_ok_, start, size),
+                    blank,
+                )
+
+            d_enc, d_pred, d_vars = backward_chunks(
+                enc_, pred_, joint_fn, variables, chunk_grad, n_chunks, size
+            )
             if not variables:
                 return d_enc[:, :frames], d_pred
             return (d_enc[:, :frames], d_pred), d_vars

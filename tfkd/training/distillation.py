@@ -11,7 +11,9 @@ Two ways to get the teacher's outputs, chosen by what the batch holds:
   `bin/train` checkpoint) decodes each batch by beam search (width `beam_width`) and scores its
   N-best with the full-sum log-likelihood. Soft distillation always needs it (lattice logits).
 The teacher runs per replica before the step's gradient tape (and outside its XLA cluster), with
-`training=False`, under `stop_gradient`; only the student's variables are trained.
+`training=False`, under `stop_gradient`; only the student's variables are trained. How the student
+scores label sequences (whole lattices, or one joint row per distinct label prefix of the N-best)
+is `tfkd.training.student_scoring`.
 
 Ground truth (§6, term `rnnt_gt`): `ground_truth="flag"` (default) adds `−log P_S(y*|x)` on the
 examples whose optional boolean batch field `labeled [B]` is True, and 0 elsewhere (and for every
@@ -42,6 +44,7 @@ from tfkd.training.kd_batches import (
     mixed_label_dataset,
     pseudo_label_dataset,
 )
+from tfkd.training.student_scoring import StudentScoring
 from tfkd.training.trainers import trim_labels
 
 __all__ = [
@@ -62,7 +65,7 @@ __all__ = [
 _GROUND_TRUTH = ("flag", "all", "none")
 
 
-class DistillationTrainer(trainers.LossTermsTrainer):
+class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
     """Shared machinery: teacher (online) or stored outputs (offline), student scoring, `rnnt_gt`.
 
     Args:
@@ -76,17 +79,25 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         nbest_size: hypotheses N per utterance; stored lists are cut or padded to N slots.
         max_symbols_per_frame: online teacher beam search limit.
         ground_truth: `"flag"`, `"all"` or `"none"`: which examples get `rnnt_gt` (see module).
+        share_prefixes: score hypotheses on shared prefix rows (`tfkd.losses.nbest_prefix_rows`,
+            `rnnt_nbest_log_prob`): one joint row `[T, V]` per distinct (utterance, label prefix)
+            of the N-best instead of one lattice `[T, U+1, V]` per hypothesis, and no rows for
+            padded label positions, padding hypotheses or unscored examples. Exact (same scores
+            and gradients). Rows have a data-dependent count that XLA cannot compile, so `None`
+            (default) means `not jit_compile`; `True` with `jit_compile=True` raises. `False`:
+            whole lattices per hypothesis (static shapes, TPU).
         lean_joint_threshold: score with the memory-lean path
             (`tfkd.losses.rnnt_log_prob_from_joint`, which never holds the whole joint output)
-            when one scoring call's lattice has more than this many logits (`rows·T·(U+1)·V`;
-            unknown static shapes count as large); `None` always builds the whole lattice.
+            when one scoring call's joint output would have more than this many logits: whole
+            lattices `rows·T·(U+1)·V` (unknown static shapes count as large), shared prefix rows
+            `R·T·V` (decided at run time); `None` never.
         joint_time_chunk: frames per chunk of the lean path (`None`: the loss's default size).
         teacher_jit_compile: XLA-compile the online teacher pass (beam search is a while loop).
         **kwargs: see `LossTermsTrainer` (strategy, global_batch_size, loss_weights, ...).
 
     Raises:
         ValueError: teacher and student vocabularies differ; bad options; a trainer that needs a
-            teacher has none.
+            teacher has none; `share_prefixes=True` with `jit_compile=True`.
     """
 
     term_names = ("rnnt_gt",)
@@ -110,10 +121,12 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         ground_truth: str = "flag",
         joint_time_chunk: int | None = None,
         lean_joint_threshold: int | None = 2**24,
+        share_prefixes: bool | None = None,
         teacher_jit_compile: bool = False,
         **kwargs,
     ):
         super().__init__(model, optimizer, **kwargs)
+        self.init_scoring(share_prefixes, lean_joint_threshold, joint_time_chunk)
         if ground_truth not in _GROUND_TRUTH:
             raise ValueError(f"ground_truth must be one of {_GROUND_TRUTH}, got {ground_truth!r}")
         if not 1 <= nbest_size <= beam_width:
@@ -122,8 +135,6 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         self.nbest_size = int(nbest_size)
         self.max_symbols_per_frame = int(max_symbols_per_frame)
         self.ground_truth = ground_truth
-        self.joint_time_chunk = joint_time_chunk
-        self.lean_joint_threshold = lean_joint_threshold
         if teacher is None and teacher_fn is not None:
             teacher = self._restore_teacher(teacher_fn, teacher_dir, teacher_checkpoint)
         elif teacher_fn is not None:
@@ -226,88 +237,28 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         # Labels are trimmed first so that a teacher lattice covers the student's label axis.
         return self._teacher_pass(super().prepare_batch(batch))
 
-    # ---- student (per replica) ---------------------------------------------------------------
+    # ---- student (per replica; scoring in `StudentScoring`) -----------------------------------
 
-    def encode_student(self, batch, training):
-        """Per replica: `(enc_side [B, T, J], enc_lengths [B])`: encoder output, projected once."""
-        feats, lengths = self.features(batch, training)
-        enc, enc_lengths = self.model.encode(feats, lengths, training=training)
-        return self.model.joint.project_encoder(enc), tf.cast(enc_lengths, tf.int32)
-
-    def student_logits(self, enc_side, labels, training):
-        """Per replica: the student's lattice `[B, T, U+1, V]` over `labels [B, U]`."""
-        joint = self.model.joint
-        pred_side = joint.project_prediction(self.model.predict_labels(labels, training=training))
-        return joint.combine(enc_side[:, :, None], pred_side[:, None])
-
-    def student_log_probs(self, enc_side, enc_lengths, labels, label_lengths, training):
-        """Per replica: full-sum `log P_S(labels|x)` `[R]` for R label rows.
-
-        Args:
-            enc_side: `[R, T, J]` projected encoder output (gathered per row by the caller).
-            enc_lengths: `[R]`; labels: `[R, U]`; label_lengths: `[R]`.
-        """
-        labels = tf.cast(labels, tf.int32)
-        label_lengths = tf.cast(label_lengths, tf.int32)
-        joint = self.model.joint
-        pred_side = joint.project_prediction(self.model.predict_labels(labels, training=training))
-        if self._use_lean(enc_side, pred_side):
-            return losses.rnnt_log_prob_from_joint(
-                enc_side,
-                pred_side,
-                lambda e, p: joint.combine(e[:, :, None], p[:, None]),
-                labels,
-                enc_lengths,
-                label_lengths,
-                time_chunk=self.joint_time_chunk,
-            )
-        logits = joint.combine(enc_side[:, :, None], pred_side[:, None])
-        return losses.rnnt_log_prob(logits, labels, enc_lengths, label_lengths)
-
-    def _use_lean(self, enc_side, pred_side) -> bool:
-        if self.lean_joint_threshold is None or not hasattr(losses, "rnnt_log_prob_from_joint"):
-            return False
-        dims = [enc_side.shape[0], enc_side.shape[1], pred_side.shape[1], self.model.vocab_size]
-        if any(d is None for d in dims):
-            return True
-        size = 1
-        for d in dims:
-            size *= int(d)
-        return size > self.lean_joint_threshold
-
-    def student_nbest_scores(self, enc_side, enc_lengths, hypotheses, hypothesis_lengths, training):
-        """Per replica: `s_S [B, N]` full-sum scores, sharing one encoder pass per utterance.
-
-        The encoder output `[B, T, J]` is gathered to `[B·N, T, J]` only after the encoder (and
-        its projection) ran once per utterance; the prediction network and joint run per
-        hypothesis.
-        """
-        batch, num = tf.shape(hypotheses)[0], tf.shape(hypotheses)[1]
-        utt = tf.repeat(tf.range(batch), num)  # [B·N]: the utterance of each hypothesis
-        rows = hypotheses.shape[1]
-        enc_rows = tf.gather(enc_side, utt)
-        if enc_side.shape[0] is not None and rows is not None:
-            enc_rows = tf.ensure_shape(enc_rows, [enc_side.shape[0] * rows, *enc_side.shape[1:]])
-        scores = self.student_log_probs(
-            enc_rows,
-            tf.gather(enc_lengths, utt),
-            tf.reshape(hypotheses, [batch * num, -1]),
-            tf.reshape(hypothesis_lengths, [-1]),
-            training,
-        )
-        return tf.reshape(scores, [batch, num])
+    def row_label_sets(self, batch):
+        """Per replica: what `loss_terms` scores on shared prefix rows, as a list of
+        `(labels [B, N, U], lengths [B, N], count [B] or None)`; here the `rnnt_gt` labels."""
+        if self.ground_truth == "none" or (self.ground_truth == "flag" and LABELED not in batch):
+            return []
+        count = None if self.ground_truth == "all" else tf.cast(batch[LABELED], tf.int32)
+        return [(batch["token_ids"][:, None], batch["label_length"][:, None], count)]
 
     def ground_truth_term(self, batch, enc_side, enc_lengths, training):
         """Per replica: `rnnt_gt [B]`, `−log P_S(y*|x)` on labelled examples, 0 elsewhere."""
         size = tf.shape(enc_side)[0]
         if self.ground_truth == "none" or (self.ground_truth == "flag" and LABELED not in batch):
             return tf.zeros([size], tf.float32)
-        nll = -self.student_log_probs(
-            enc_side, enc_lengths, batch["token_ids"], batch["label_length"], training
+        labeled = None if self.ground_truth == "all" else tf.cast(batch[LABELED], tf.bool)
+        nll = -self.student_scores(
+            enc_side, enc_lengths, batch["token_ids"], batch["label_length"], training, labeled
         )
-        if self.ground_truth == "all":
+        if labeled is None:
             return nll
-        return tf.where(tf.cast(batch[LABELED], tf.bool), nll, 0.0)
+        return tf.where(labeled, nll, 0.0)
 
 
 class HardDistillationTrainer(DistillationTrainer):
@@ -318,13 +269,21 @@ class HardDistillationTrainer(DistillationTrainer):
 
     term_names = ("hard", "rnnt_gt")
 
+    def row_label_sets(self, batch):
+        """The 1-best (on rows with hypotheses) and the `rnnt_gt` labels."""
+        batch = cut_nbest(batch, self.nbest_size)
+        hyp, hyp_lengths = first_best(batch)
+        count = tf.cast(has_hypotheses(batch), tf.int32)
+        return [(hyp[:, None], hyp_lengths[:, None], count), *super().row_label_sets(batch)]
+
     def loss_terms(self, batch, training):
         batch = self.add_teacher_outputs(batch)
         enc_side, enc_lengths = self.encode_student(batch, training)
         hyp, hyp_lengths = first_best(batch)
-        hard = -self.student_log_probs(enc_side, enc_lengths, hyp, hyp_lengths, training)
+        has_hyp = has_hypotheses(batch)
+        hard = -self.student_scores(enc_side, enc_lengths, hyp, hyp_lengths, training, has_hyp)
         return {
-            "hard": tf.where(has_hypotheses(batch), hard, 0.0),
+            "hard": tf.where(has_hyp, hard, 0.0),
             "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
         }
 
@@ -406,12 +365,23 @@ class FullSumDistillationTrainer(DistillationTrainer):
         self.distance = distance
         self.length_norm = length_norm
 
+    def row_label_sets(self, batch):
+        """The N-best and the `rnnt_gt` labels."""
+        batch = cut_nbest(batch, self.nbest_size)
+        nbest = (batch["nbest_token_ids"], batch["nbest_lengths"], batch["nbest_count"])
+        return [nbest, *super().row_label_sets(batch)]
+
     def sequence_scores(self, batch, training):
         """Per replica: `(batch with teacher outputs, s_S [B, N], enc_side, enc_lengths)`."""
         batch = self.add_teacher_outputs(batch)
         enc_side, enc_lengths = self.encode_student(batch, training)
         scores = self.student_nbest_scores(
-            enc_side, enc_lengths, batch["nbest_token_ids"], batch["nbest_lengths"], training
+            enc_side,
+            enc_lengths,
+            batch["nbest_token_ids"],
+            batch["nbest_lengths"],
+            training,
+            nbest_count=batch["nbest_count"],
         )
         return batch, scores, enc_side, enc_lengths
 
