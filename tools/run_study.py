@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -87,7 +88,15 @@ def _wall_seconds(out_dir, add=0.0) -> float:
     return total
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
+    # SIGTERM, and SIGINT even when a non-interactive shell started us in the background (which
+    # ignores it), stop the running jobs cleanly: their time is kept for the resumed run.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     argv = sys.argv[1:] if argv is None else argv
     args = _parse_args(argv)
     plan = load_plan(args)
