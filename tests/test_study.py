@@ -263,3 +263,18 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert "[study] done:" not in again.stdout and "wrote" in again.stdout
+
+
+def test_librispeech_preset_documents_the_paper_scale_runs(tmp_path):
+    plan = load_preset("librispeech", out_dir=str(tmp_path), data_dir="/data/ls")
+    jobs = {j.name: j for j in plan.jobs()}
+    assert len(jobs) == 79 and not any(n.startswith("data-") for n in jobs)
+    bad = jobs["teacher-bad"].argv_lists()[0]
+    assert "--gin_bindings=TRAIN_RECORDS = '/data/ls/records/train-labeled-100-*.tfrecord'" in bad
+    assert "--gin_file=gin/study/librispeech_hardware.gin" in bad
+    student = jobs["student-teacher-good-full-sum-default-s1"].argv_lists()[0]
+    assert "--gin_file=gin/study/librispeech_student.gin" in student
+    assert student.index("--gin_file=gin/study/librispeech_data.gin") > student.index(
+        "--gin_file=gin/fullsum_kd.gin"
+    )
+    assert "--gin_bindings=NUM_STEPS = 100000" in student

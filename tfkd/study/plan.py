@@ -72,7 +72,8 @@ class Teacher:
     Attributes:
         name: e.g. "good"; used in paths and tables.
         num_steps: training steps.
-        bindings: extra gin bindings (e.g. less labelled data, a smaller model).
+        bindings: extra gin bindings (e.g. less labelled data, a smaller model); `{data}`
+            stands for the plan's data directory.
         continue_from: start from a copy of this teacher's checkpoint (same model and data,
             trained further): cheaper than training again from scratch.
         description: what makes it good or bad, for the tables.
@@ -382,7 +383,7 @@ class StudyPlan:
             f"--model_dir={model_dir}",
             *self.data_flags(),
             f"--gin_bindings=NUM_STEPS = {teacher.num_steps}",
-            *[f"--gin_bindings={b}" for b in teacher.bindings],
+            *[f"--gin_bindings={b.replace('{data}', self.data_dir)}" for b in teacher.bindings],
         )
         return [train, self._evaluate(model_dir)]
 
