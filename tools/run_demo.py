@@ -40,7 +40,9 @@ import time
 from collections.abc import Callable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPLITS = ("train-labeled", "train-unlabeled", "dev", "test")
+sys.path.insert(0, REPO)
+from tfkd.study.plan import builtin_data_steps  # noqa: E402  (after the path)
+
 STUDENTS = {
     # stage name: (gin file, label in the table)
     "fullsum_kd": ("gin/fullsum_kd.gin", "student: full-sum KD"),
@@ -250,8 +252,9 @@ def run_stages(
 # The demo's stages.
 
 
-def _corpus_dir(ctx):
-    return os.path.join(ctx.data, "corpus", ctx.size)
+def _data_steps(ctx):
+    """Corpus, SentencePiece (vocabulary 256) and records: the same commands as the study's."""
+    return builtin_data_steps(ctx.tool, ctx.data, ctx.size, 256)
 
 
 def _student_train(name):
@@ -343,49 +346,14 @@ def demo_stages() -> list[Stage]:
     """The demo, in order."""
     stages = [
         Stage(
-            "corpus",
-            commands=lambda ctx: [
-                ctx.tool(
-                    "tools/make_corpus.py", "--size", ctx.size, "--jobs", "2", _corpus_dir(ctx)
-                )
-            ],
-            outputs=lambda ctx: [os.path.join(_corpus_dir(ctx), "manifest.json")],
+            name,
+            commands=lambda ctx, i=i: _data_steps(ctx)[i][1],
+            outputs=lambda ctx, i=i: list(_data_steps(ctx)[i][2]),
             stamped=False,
-        ),
-        Stage(
-            "spm",
-            commands=lambda ctx: [
-                ctx.tool(
-                    "tools/train_spm.py",
-                    os.path.join(_corpus_dir(ctx), "train-labeled"),
-                    "--vocab_size",
-                    "256",
-                    "--output_prefix",
-                    os.path.join(ctx.data, "spm", "spm"),
-                )
-            ],
-            outputs=lambda ctx: [ctx.spm_model],
-            stamped=False,
-        ),
-        Stage(
-            "records",
-            commands=lambda ctx: [
-                ctx.tool(
-                    "tools/prepare_librispeech.py",
-                    os.path.join(_corpus_dir(ctx), split),
-                    os.path.join(ctx.data, "records"),
-                    "--spm_model",
-                    ctx.spm_model,
-                    "--jobs",
-                    "2",
-                )
-                for split in SPLITS
-            ],
-            outputs=lambda ctx: [
-                os.path.join(ctx.data, "records", f"{s}.manifest.json") for s in SPLITS
-            ],
-            stamped=False,
-        ),
+        )
+        for i, name in enumerate(("corpus", "spm", "records"))
+    ]
+    stages += [
         Stage(
             "teacher",
             commands=lambda ctx: [

@@ -302,55 +302,12 @@ class StudyPlan:
     def data_jobs(self) -> list[Job]:
         if self.corpus_size is None:
             return []
-        corpus = os.path.join(self.data_dir, "corpus", self.corpus_size)
-        return [
-            Job(
-                "data-corpus",
-                [
-                    self.tool(
-                        "tools/make_corpus.py", "--size", self.corpus_size, "--jobs", "2", corpus
-                    )
-                ],
-                outputs=(os.path.join(corpus, "manifest.json"),),
-                stamped=False,
-            ),
-            Job(
-                "data-spm",
-                [
-                    self.tool(
-                        "tools/train_spm.py",
-                        os.path.join(corpus, "train-labeled"),
-                        "--vocab_size",
-                        str(self.vocab_size),
-                        "--output_prefix",
-                        os.path.join(self.data_dir, "spm", "spm"),
-                    )
-                ],
-                deps=("data-corpus",),
-                outputs=(self.spm_model,),
-                stamped=False,
-            ),
-            Job(
-                "data-records",
-                [
-                    self.tool(
-                        "tools/prepare_librispeech.py",
-                        os.path.join(corpus, split),
-                        os.path.join(self.data_dir, "records"),
-                        "--spm_model",
-                        self.spm_model,
-                        "--jobs",
-                        "2",
-                    )
-                    for split in SPLITS
-                ],
-                deps=("data-spm",),
-                outputs=tuple(
-                    os.path.join(self.data_dir, "records", f"{s}.manifest.json") for s in SPLITS
-                ),
-                stamped=False,
-            ),
-        ]
+        steps = builtin_data_steps(self.tool, self.data_dir, self.corpus_size, self.vocab_size)
+        jobs, deps = [], ()
+        for name, commands, marks in steps:
+            jobs.append(Job(f"data-{name}", commands, deps=deps, outputs=marks, stamped=False))
+            deps = (jobs[-1].name,)
+        return jobs
 
     def _data_deps(self) -> tuple[str, ...]:
         return ("data-records",) if self.corpus_size is not None else ()
@@ -562,6 +519,63 @@ class StudyPlan:
             + self.pseudo_label_jobs()
             + (self.student_jobs())
         )
+
+
+def builtin_data_steps(tool, data_dir: str, size: str, vocab_size: int) -> list[tuple]:
+    """How the built-in corpus, its SentencePiece model and its records are made in `data_dir`
+    (shared by `make demo` and the study, so that both reuse the same data).
+
+    Args:
+        tool: `tool(script, *args) -> argv` running one of the project's scripts.
+        data_dir: DATA; the corpus goes to DATA/corpus/<size>, the model to DATA/spm/spm.model,
+            the records to DATA/records.
+        size: `tools/make_corpus.py --size`.
+        vocab_size: SentencePiece pieces (blank included).
+
+    Returns:
+        `[(name, commands, completion marks)]` for "corpus", "spm" and "records", in order; each
+        tool writes its marks only when it finished (and resumes where it stopped).
+    """
+    corpus = os.path.join(data_dir, "corpus", size)
+    spm_prefix = os.path.join(data_dir, "spm", "spm")
+    records = os.path.join(data_dir, "records")
+    return [
+        (
+            "corpus",
+            [tool("tools/make_corpus.py", "--size", size, "--jobs", "2", corpus)],
+            (os.path.join(corpus, "manifest.json"),),
+        ),
+        (
+            "spm",
+            [
+                tool(
+                    "tools/train_spm.py",
+                    os.path.join(corpus, "train-labeled"),
+                    "--vocab_size",
+                    str(vocab_size),
+                    "--output_prefix",
+                    spm_prefix,
+                )
+            ],
+            (spm_prefix + ".model",),
+        ),
+        (
+            "records",
+            [
+                tool(
+                    "tools/prepare_librispeech.py",
+                    os.path.join(corpus, split),
+                    records,
+                    "--spm_model",
+                    spm_prefix + ".model",
+                    "--jobs",
+                    "2",
+                )
+                for split in SPLITS
+            ],
+            tuple(os.path.join(records, f"{s}.manifest.json") for s in SPLITS),
+        ),
+    ]
 
 
 def grid_settings(grid: Mapping[str, Sequence]) -> list[dict]:
