@@ -251,57 +251,34 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    noise_cells = [c for c in result["cells"] if c["arm"].startswith("noise-")]
-    fig, axes = plt.subplots(1, 2 if noise_cells else 1, figsize=(12 if noise_cells else 7, 4.5))
-    axes = list(axes) if noise_cells else [axes]
-    ax = axes[0]
-    teachers = {t["name"]: t for t in result["teachers"]}
-    for m in result["methods"]:
-        xs, ys, es = [], [], []
-        for c in result["cells"]:
-            if c["method"] != m["name"] or not c["arm"].startswith("teacher-") or "test" not in c:
-                continue
-            t = teachers[c["arm"][len("teacher-") :]]
-            x = t.get("train_unlabeled_wer") or t.get("dev_wer")
-            if x is None:
-                continue
-            xs.append(x)
-            ys.append(c["test"]["mean"])
-            es.append(c["test"]["ci95"] or 0.0)
-        if xs:
-            order = sorted(range(len(xs)), key=xs.__getitem__)
-            ax.errorbar(
-                [xs[i] for i in order],
-                [ys[i] for i in order],
-                yerr=[es[i] for i in order],
-                marker="o",
-                capsize=3,
-                label=m["name"],
+    teachers = {f"teacher-{t['name']}": t for t in result["teachers"]}
+    quality = {arm: t.get("train_unlabeled_wer") or t.get("dev_wer") for arm, t in teachers.items()}
+    noise = {f"noise-{n['noise_rate']:g}": n for n in result["noise_labels"]}
+    noise_wer = {arm: n.get("label_wer", n.get("teacher_wer")) for arm, n in noise.items()}
+    panels = [
+        (quality, "teacher WER on train-unlabeled (pseudo-label quality), %",
+         "Student WER vs teacher WER"),
+    ]  # fmt: skip
+    if any(c["arm"] in noise_wer for c in result["cells"]):
+        panels.append(
+            (noise_wer, "label WER after controlled noise, %",
+             "Controlled label noise (rescored by the teacher)")
+        )  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 1, 4.5), squeeze=False)
+    for ax, (x_of_arm, xlabel, title) in zip(axes[0], panels, strict=True):
+        for m in result["methods"]:
+            pts = sorted(
+                (x_of_arm[c["arm"]], c["test"]["mean"], c["test"]["ci95"] or 0.0)
+                for c in result["cells"]
+                if c["method"] == m["name"] and x_of_arm.get(c["arm"]) is not None and "test" in c
             )
-    _baseline_band(ax, result["baseline"])
-    ax.set_xlabel("teacher WER on train-unlabeled (pseudo-label quality), %")
-    ax.set_ylabel("student test WER, %")
-    ax.set_title("Student WER vs teacher WER")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    if noise_cells:
-        ax = axes[1]
-        labels = {f"noise-{n['noise_rate']:g}": n for n in result["noise_labels"]}
-        for method in sorted({c["method"] for c in noise_cells}):
-            pts = []
-            for c in noise_cells:
-                n = labels.get(c["arm"], {})
-                x = n.get("label_wer", n.get("teacher_wer"))
-                if c["method"] == method and x is not None and "test" in c:
-                    pts.append((x, c["test"]["mean"], c["test"]["ci95"] or 0.0))
             if pts:
-                pts.sort()
                 xs, ys, es = zip(*pts, strict=True)
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m["name"])
         _baseline_band(ax, result["baseline"])
-        ax.set_xlabel("label WER after controlled noise, %")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("student test WER, %")
-        ax.set_title("Controlled label noise (rescored by the teacher)")
+        ax.set_title(title)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
