@@ -266,7 +266,11 @@ def plot(result: dict, path: str) -> None:
         )  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 1, 4.5), squeeze=False)
     for ax, (x_of_arm, xlabel, title) in zip(axes[0], panels, strict=True):
-        for m in result["methods"]:
+        known = [x for x in x_of_arm.values() if x is not None]
+        # Methods share x positions (one per teacher): dodge them apart a little.
+        dodge = 0.006 * (max(known) - min(known) if len(known) > 1 else 1.0)
+        for i, m in enumerate(result["methods"]):
+            shift = (i - (len(result["methods"]) - 1) / 2) * dodge
             pts = sorted(
                 (x_of_arm[c["arm"]], c["test"]["mean"], c["test"]["ci95"] or 0.0)
                 for c in result["cells"]
@@ -274,6 +278,7 @@ def plot(result: dict, path: str) -> None:
             )
             if pts:
                 xs, ys, es = zip(*pts, strict=True)
+                xs = [x + shift for x in xs]
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m["name"])
         _baseline_band(ax, result["baseline"])
         ax.set_xlabel(xlabel)
