@@ -1,7 +1,8 @@
 """gin: the explicit list of configurable roots and symbols, and strict parsing.
 
 Only what a run configuration names is registered: the `train` root, trainers, model presets,
-the dataset builder, the front end, the LR schedule, one optimizer and the periodic evaluator.
+the dataset builder, the front end, the LR schedule, one optimizer, the periodic evaluator and
+the study's `StudyPlan` (the root of `tools/run_study.py`).
 Library modules never import gin; registration wraps them here, so calling the plain functions
 from Python (tests) ignores any global bindings.
 
