@@ -17,3 +17,13 @@ def _fixed_seeds():
     # Seeds Python's `random`, NumPy's global generator and TensorFlow together.
     keras.utils.set_random_seed(0)
     yield
+
+
+@pytest.fixture
+def clean_gin():
+    """gin's global configuration is empty before and after the test."""
+    import gin
+
+    gin.clear_config()
+    yield
+    gin.clear_config()

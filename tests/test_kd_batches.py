@@ -209,13 +209,6 @@ def test_a_batch_of_labelled_rows_only_has_an_empty_nbest(records):
     assert (terms["rnnt_gt"].numpy() > 0).all()
 
 
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def test_gin_mixed_labeled_config_builds_static_mixed_batches(clean_gin, records, tmp_path):
     pseudo, labeled = records
     (tmp_path / "spm.model").write_bytes(b"")

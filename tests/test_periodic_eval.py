@@ -88,13 +88,6 @@ def test_missing_dev_pseudo_labels_fall_back_to_wer_with_one_warning(dev, traine
     assert missing in warnings[0] and periodic_eval.PSEUDO_LABEL_DEV_COMMAND in warnings[0]
 
 
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 @pytest.mark.parametrize(
     "gin_file",
     ["gin/hard_kd.gin", "gin/soft_kd.gin", "gin/fullsum_kd.gin", "gin/fullsum_disc_kd.gin"],

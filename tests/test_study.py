@@ -43,7 +43,7 @@ def load_preset(name, **overrides):
         config.parse_gin([f"gin/study/{name}.gin"])
         return gin.get_configurable("StudyPlan")(**overrides)
     finally:
-        gin.clear_config()
+        gin.clear_config()  # the plan is built: later tests start from an empty config
 
 
 def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
@@ -116,14 +116,10 @@ def test_tuned_values_come_from_the_lowest_dev_wer(tmp_path):
         ("StudyPlan.seeds = ()", "no seeds"),
     ],
 )  # fmt: skip
-def test_invalid_plans_are_clear_errors(binding, message):
-    gin.clear_config()
-    try:
-        config.parse_gin(["gin/study/small.gin"], [binding])
-        with pytest.raises(ValueError, match=message):
-            gin.get_configurable("StudyPlan")()
-    finally:
-        gin.clear_config()
+def test_invalid_plans_are_clear_errors(clean_gin, binding, message):
+    config.parse_gin(["gin/study/small.gin"], [binding])
+    with pytest.raises(ValueError, match=message):
+        gin.get_configurable("StudyPlan")()
 
 
 # ---- scheduler -------------------------------------------------------------------------------

@@ -30,13 +30,6 @@ lstm_student.dropout = 0.0
 """
 
 
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def _save_run(model_dir, gin_text, step=7, seed=4):
     """A model directory as bin/train leaves it: `operative_config.gin` and a `ckpt-<step>`."""
     os.makedirs(model_dir, exist_ok=True)

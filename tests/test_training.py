@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import gin
 import keras
 import numpy as np
 import pytest
@@ -216,13 +215,6 @@ def test_warmup_decay_values():
     np.testing.assert_allclose(float(cosine(10_000)), 1e-4, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown decay"):
         schedules.WarmupDecay(decay="linear")
-
-
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 @pytest.mark.parametrize(
