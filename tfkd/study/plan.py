@@ -509,7 +509,9 @@ class StudyPlan:
                             {},
                         )
                     )
-        return jobs
+        # Seed-major order (stable, so tuning runs stay before the runs that read them): a study
+        # stopped early has every cell of the first seed rather than a few cells of every seed.
+        return sorted(jobs, key=lambda job: self.seeds.index(job.info["seed"]))
 
     def jobs(self) -> list[Job]:
         """Every job of the study, dependencies before dependants."""

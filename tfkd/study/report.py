@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 
 from tfkd.study import stats
@@ -96,6 +97,7 @@ def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) 
         noise.append({"noise_rate": rate, **_label_quality(manifest)})
     return {
         "preset": plan.name,
+        "out_dir": plan.out_dir,
         "seeds": list(plan.seeds),
         "measured_seconds": seconds,
         "teachers": teachers,
@@ -167,9 +169,12 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for t in result["teachers"]:
         arm = f"teacher-{t['name']}"
+        runs_link = f"#{_anchor('teacher', t['name'])}"
         row = [
             f"**{t['name']}**" + (f" ({t['description']})" if t.get("description") else ""),
-            "–" if "dev_wer" not in t else f"{t['dev_wer']:.1f} / {t['test_wer']:.1f}",
+            "–"
+            if "dev_wer" not in t
+            else f"[{t['dev_wer']:.1f} / {t['test_wer']:.1f}]({runs_link})",
             "–" if t.get("train_unlabeled_wer") is None else f"{t['train_unlabeled_wer']:.1f}",
         ]
         for m in methods:
@@ -216,6 +221,13 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
                 f"{c['teacher']}, seed {c['seed']}; tried {tried or 'nothing yet'})"
             )
     lines += ["", "## Runs", ""]
+    for t in result["teachers"]:
+        if "dev_wer" not in t:
+            continue
+        anchor = _anchor("teacher", t["name"])
+        lines += [f'<a id="{anchor}"></a>', f"**teacher {t['name']}**", ""]
+        lines += ["| dev WER | test WER | run | config |", "|---|---|---|---|"]
+        lines += [f"| {t['dev_wer']:.2f} | {t['test_wer']:.2f} | {_run_links(link_root, t)} |", ""]
     groups = [("no-kd", "baseline", base.get("runs", []))]
     groups += [(c["arm"], c["method"], c["runs"]) for c in result["cells"]]
     for arm, method, runs in groups:
@@ -224,11 +236,39 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
         for r in runs:
             lines.append(
                 f"| {r['seed']} | {r['dev_wer']:.2f} | {r['test_wer']:.2f} | "
-                f"[{r['model_dir']}]({_rel(link_root, r['model_dir'])}) | "
-                f"[operative_config.gin]({_rel(link_root, r['operative_config'])}) |"
+                f"{_run_links(link_root, r)} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _run_links(link_root: str, run: dict) -> str:
+    """`run dir | config` cells: the run directory, and the committed copy of its config."""
+    shown = os.path.relpath(run["model_dir"])
+    if shown.startswith(".."):
+        shown = run["model_dir"]
+    config = run.get("config_copy", run["operative_config"])
+    return (
+        f"[{shown}]({_rel(link_root, run['model_dir'])}) | "
+        f"[operative_config.gin]({_rel(link_root, config)})"
+    )
+
+
+def _copy_configs(result: dict, results_dir: str) -> None:
+    """Copies each run's operative config to `results_dir/configs/` and records the copy as
+    `config_copy`: run directories are not committed, the results and their configs are."""
+    runs = [t for t in result["teachers"] if "operative_config" in t]
+    runs += result["baseline"].get("runs", []) + result["tuning_runs"]
+    runs += [r for c in result["cells"] for r in c["runs"]]
+    for run in runs:
+        src = run["operative_config"]
+        if not os.path.exists(src):
+            continue
+        name = os.path.relpath(run["model_dir"], result["out_dir"]).replace(os.sep, "__")
+        dst = os.path.join(results_dir, "configs", name + ".gin")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copyfile(src, dst)
+        run["config_copy"] = dst
 
 
 def _cell(cell: dict | None) -> str:
@@ -302,6 +342,7 @@ def _baseline_band(ax, baseline: Mapping) -> None:
 def write(result: dict, results_dir: str, command: str) -> list[str]:
     """Writes study.json, study.md and study.png into `results_dir`; returns their paths."""
     os.makedirs(results_dir, exist_ok=True)
+    _copy_configs(result, results_dir)
     paths = [os.path.join(results_dir, f"study.{ext}") for ext in ("json", "md", "png")]
     with open(paths[0], "w", encoding="utf-8") as f:
         json.dump({**result, "command": command}, f, indent=1)
