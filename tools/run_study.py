@@ -115,6 +115,9 @@ def main(argv=None) -> int:
         runner = scheduler.Scheduler(plan.out_dir, repo=REPO, parallel=args.parallel)
         try:
             status = runner.run(jobs)
+        except KeyboardInterrupt as stop:
+            print(f"[study] stopped ({stop}); finished jobs are kept, rerun to resume")
+            return 130
         finally:
             _wall_seconds(plan.out_dir, time.time() - start)
     result = report.collect(plan, jobs, seconds=_wall_seconds(plan.out_dir))
