@@ -221,6 +221,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     paths = report.write(result, str(tmp_path / "results"), "python tools/run_study.py")
     loaded = json.loads(open(paths[0]).read())
     assert loaded["command"] == "python tools/run_study.py" and loaded["measured_seconds"] == 3600
+    assert loaded["jobs_done"] == 0 and loaded["jobs_total"] == len(jobs) - 3  # 3 data jobs
     md = open(paths[1]).read()
     assert "| **good** (3,000 steps) | [30.0 / 31.0](#runs-teacher-good) | 33.0 |" in md
     assert '<a id="runs-teacher-good"></a>' in md and "(../out/teachers/good) |" in md
@@ -266,6 +267,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     assert result["chosen_on_dev"]["soft"]["values"] in ({"SHIFT": 0}, {"SHIFT": 1})
     md = (results / "study.md").read_text()
     assert md.startswith("# Student WER by distillation method") and "| **bad** (2 steps) |" in md
+    assert result["jobs_done"] == result["jobs_total"] and result["job_seconds"] > 0
     assert (results / "study.png").read_bytes().startswith(PNG_MAGIC)
     # Resumable: a rerun finds every job done and only rewrites the results.
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -100,6 +100,13 @@ def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) 
         "out_dir": plan.out_dir,
         "seeds": list(plan.seeds),
         "measured_seconds": seconds,
+        "job_seconds": _job_seconds(plan, jobs),
+        "jobs_done": sum(
+            os.path.exists(os.path.join(plan.out_dir, "stamps", f"{j.name}.json"))
+            for j in jobs
+            if "kind" in j.info
+        ),
+        "jobs_total": sum("kind" in j.info for j in jobs),
         "teachers": teachers,
         "baseline": {**baseline, "runs": sorted(baseline_runs, key=lambda r: r["seed"])},
         "methods": [
@@ -116,6 +123,16 @@ def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) 
         "tuning_runs": tuning_runs,
         "noise_labels": noise,
     }
+
+
+def _job_seconds(plan: StudyPlan, jobs: Sequence[Job]) -> float:
+    """Sum of the stamped jobs' own wall times (`OUT/stamps/<job>.json`, written by the
+    scheduler); unstamped data jobs are not counted."""
+    total = 0.0
+    for job in jobs:
+        stamp = read_json(os.path.join(plan.out_dir, "stamps", f"{job.name}.json"))
+        total += (stamp or {}).get("seconds", 0.0)
+    return total
 
 
 def _label_quality(manifest: dict | None) -> dict:
@@ -157,7 +174,13 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
         "",
     ]
     if result.get("measured_seconds"):
-        lines += [f"Measured wall time of all jobs: {result['measured_seconds'] / 3600:.2f} h.", ""]
+        lines += [
+            f"Measured: {result['measured_seconds'] / 3600:.2f} h of wall time over every "
+            f"invocation of the driver; {result['job_seconds'] / 3600:.2f} h of job time (the sum "
+            f"of the jobs' own wall times); {result['jobs_done']} of {result['jobs_total']} "
+            "teacher, pseudo-label and student jobs done (data preparation is not counted).",
+            "",
+        ]
     lines += [
         f"WER % (greedy decoding, whole dev / test sets): mean ± 95 % CI (t-interval) over "
         f"seeds {result['seeds']}; the last line of each cell is the "
