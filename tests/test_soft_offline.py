@@ -208,3 +208,25 @@ def test_full_vocabulary_loss_refuses_collapsed_targets():
         losses.collapsed_soft_distillation_loss(
             targets, student, [[1]], [3], [1], full_vocabulary=True
         )
+
+
+def test_soft_kd_offline_gin_loads_no_teacher_and_names_soft_targets(tmp_path, clean_gin):
+    import gin
+
+    from tfkd import config, preflight
+
+    pseudo = tmp_path / "pseudo-soft"
+    config.parse_gin(
+        ["gin/soft_kd_offline.gin"],
+        [
+            f"PSEUDO_LABEL_RECORDS = '{pseudo}/train-unlabeled-*.tfrecord'",
+            f"SPM_MODEL = '{tmp_path}/spm.model'",
+            f"DEV_RECORDS = '{tmp_path}/dev-*.tfrecord'",
+        ],
+    )
+    assert gin.query_parameter("SoftDistillationTrainer.teacher_fn") is None
+    assert gin.query_parameter("%TEACHER_DIR") is None
+    (tmp_path / "spm.model").write_bytes(b"")
+    (tmp_path / "dev-00000.tfrecord").write_bytes(b"")
+    message = preflight.missing_inputs(default_teacher_dir=str(tmp_path / "teacher"))
+    assert message.endswith(f"--output_dir={pseudo} --soft_targets"), message
