@@ -433,6 +433,7 @@ def test_bin_pseudo_label_restores_the_trainer_checkpoint(tmp_path):
         "--nbest=2",
         "--noise_rate=0.2",
         "--seed=4",
+        "--soft_targets",
     ]
     argv += [f"--gin_bindings={b}" for b in bindings]
     bad = subprocess.run(
@@ -452,11 +453,28 @@ def test_bin_pseudo_label_restores_the_trainer_checkpoint(tmp_path):
 
     # The restored teacher labels exactly as the in-memory one does.
     settings = pseudo_label.Settings(
-        beam_width=3, nbest=2, noise_rate=0.2, seed=4, teacher=os.path.abspath(saved)
+        beam_width=3,
+        nbest=2,
+        noise_rate=0.2,
+        seed=4,
+        teacher=os.path.abspath(saved),
+        soft_targets=True,
     )
     pseudo_label.pseudo_label(model, pattern, str(tmp_path / "ref"), settings, progress=False)
-    got = _read(str(tmp_path / "out" / "*.tfrecord"), with_nbest=True)
-    want = _read(str(tmp_path / "ref" / "*.tfrecord"), with_nbest=True)
+    assert manifest["soft_targets"] and manifest["teacher_reduction_factor"] == 4
+    got = _read_soft(str(tmp_path / "out" / "*.tfrecord"))
+    want = _read_soft(str(tmp_path / "ref" / "*.tfrecord"))
     for g, w in zip(got, want, strict=True):
         assert _stored(g) == _stored(w)
         np.testing.assert_allclose(g["teacher_scores"], w["teacher_scores"], rtol=1e-5)
+        assert g["soft_targets"].shape == (g["soft_target_frames"], g["nbest_lengths"][0] + 1, 3)
+        np.testing.assert_allclose(g["soft_targets"], w["soft_targets"], rtol=1e-5, atol=1e-5)
+
+
+def _read_soft(pattern):
+    out = []
+    for path in sorted(glob.glob(pattern)):
+        for s in tf.data.TFRecordDataset(path):
+            ex = records.parse_example(s, with_nbest=True, with_soft_targets=True)
+            out.append({k: v.numpy() for k, v in ex.items()})
+    return out
