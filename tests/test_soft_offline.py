@@ -230,3 +230,37 @@ def test_soft_kd_offline_gin_loads_no_teacher_and_names_soft_targets(tmp_path, c
     (tmp_path / "dev-00000.tfrecord").write_bytes(b"")
     message = preflight.missing_inputs(default_teacher_dir=str(tmp_path / "teacher"))
     assert message.endswith(f"--output_dir={pseudo} --soft_targets"), message
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_mixed_labelled_rows_carry_empty_soft_targets(soft_records, tmp_path, static):
+    import functools
+
+    _, pattern = soft_records
+    labeled = write_tiny_records(str(tmp_path), "train-labeled", 1, 8, vocab_size=tdt.VOCAB)
+    options = {"max_duration_s": 1.5, "max_label_length": 16, "nbest_size": 2}
+    dataset = kd_batches.mixed_label_dataset(
+        file_pattern=pattern,
+        labeled_file_pattern=labeled,
+        labeled_share=0.5,
+        global_batch_size=tdt.B,
+        seed=1,
+        dataset_fn=functools.partial(
+            pipeline.make_dataset, static_shapes=static, **(options if static else {})
+        ),
+    )
+    trainer = None
+    seen_labeled = False
+    for batch in dataset.take(3):
+        flags = batch["labeled"].numpy()
+        frames = batch["soft_target_frames"].numpy()
+        assert (frames[flags] == 0).all() and (frames[~flags] > 0).all()
+        if static:
+            assert batch["soft_targets"].shape[2] == 17
+        if trainer is None:
+            trainer = tdt.make_trainer(distillation.SoftDistillationTrainer, batch)
+        terms = trainer.loss_terms(trainer.prepare_batch(batch), training=False)
+        assert (terms["soft"].numpy()[flags] == 0).all()
+        assert (terms["soft"].numpy()[~flags] > 0).all()
+        seen_labeled |= flags.any()
+    assert seen_labeled
