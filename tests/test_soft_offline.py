@@ -264,3 +264,13 @@ def test_mixed_labelled_rows_carry_empty_soft_targets(soft_records, tmp_path, st
         assert (terms["soft"].numpy()[~flags] > 0).all()
         seen_labeled |= flags.any()
     assert seen_labeled
+
+
+def test_other_trainers_drop_stored_soft_targets(soft_records):
+    _, pattern = soft_records
+    batch = _record_batch(pattern)
+    trainer = tdt.make_trainer(distillation.HardDistillationTrainer, batch)
+    prepared = trainer.prepare_batch(batch)
+    assert "soft_targets" not in prepared and "soft_target_frames" not in prepared
+    soft = tdt.make_trainer(distillation.SoftDistillationTrainer, batch)
+    assert "soft_targets" in soft.prepare_batch(batch)

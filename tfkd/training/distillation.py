@@ -250,9 +250,15 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
 
     def prepare_batch(self, batch):
         """Per replica, before the step's gradient tape and outside its XLA cluster: trims the
-        labels (`label_bucket`), then runs the teacher pass (`add_teacher_outputs`)."""
+        labels (`label_bucket`), drops stored soft targets unless the trainer uses them, then runs
+        the teacher pass (`add_teacher_outputs`)."""
         # Labels are trimmed first so that a teacher lattice covers the student's label axis.
-        return self._teacher_pass(super().prepare_batch(batch))
+        batch = super().prepare_batch(batch)
+        if not self.needs_teacher_lattice:
+            # Stored soft targets (records made with --soft_targets) are not used here: drop them
+            # rather than carry a data-dependent [B, T, U+1, 3] tensor into the step.
+            batch = {k: v for k, v in batch.items() if k not in (SOFT_TARGETS, SOFT_TARGET_FRAMES)}
+        return self._teacher_pass(batch)
 
     # ---- student (per replica; scoring in `StudentScoring`) -----------------------------------
 
