@@ -6,6 +6,8 @@ import rnnt_reference as ref
 import tensorflow as tf
 
 from tfkd.losses import (
+    collapsed_lattice,
+    collapsed_soft_distillation_loss,
     discriminative_fullsum_loss,
     fullsum_distillation_loss,
     hard_distillation_loss,
@@ -217,6 +219,79 @@ def test_soft_rejects_negative_shift():
     teacher, student, lab, t_len, u_len = _lattices(9)
     with pytest.raises(ValueError, match="shift"):
         soft_distillation_loss(teacher, student, lab, t_len, u_len, shift=-1)
+
+
+def collapsed_lattice_reference(logits, labels, label_lengths, blank=0):
+    """`[B, T, U+1, 3]` float64 {next label, blank, rest} log-probs, node by node.
+
+    At u = U_b (and padded nodes u > U_b) the label class is log 0 = -inf and rest is every
+    non-blank class.
+    """
+    lp = ref.log_softmax(logits)
+    batch, frames, nodes, vocab = logits.shape
+    out = np.full([batch, frames, nodes, 3], -np.inf)
+    for b in range(batch):
+        for t in range(frames):
+            for u in range(nodes):
+                label = int(labels[b, u]) if u < label_lengths[b] else None
+                rest = [k for k in range(vocab) if k not in (label, blank)]
+                if label is not None:
+                    out[b, t, u, 0] = lp[b, t, u, label]
+                out[b, t, u, 1] = lp[b, t, u, blank]
+                out[b, t, u, 2] = _logsumexp(lp[b, t, u, rest])
+    return out
+
+
+def test_collapsed_lattice_matches_numpy():
+    teacher, _, lab, t_len, u_len = _lattices(10, vocab=5)
+    got = collapsed_lattice(teacher, np.maximum(lab, 0), u_len).numpy()
+    want = collapsed_lattice_reference(teacher, np.maximum(lab, 0), u_len)
+    assert got.shape == teacher.shape[:3] + (3,) and got.dtype == np.float32
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5)
+    # log 0 is stored as the finite stand-in -1e30 (no label after the last one).
+    assert np.all(got[~finite] <= -1e29)
+    for b in range(len(u_len)):
+        assert np.all(got[b, :, u_len[b], 0] <= -1e29)
+        np.testing.assert_allclose(np.exp(got[b, :, : u_len[b] + 1]).sum(-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_collapsed_soft_equals_online_soft_value_and_gradient(shift):
+    teacher, student, lab, t_len, u_len = _lattices(11)
+    targets = collapsed_lattice(teacher, np.maximum(lab, 0), u_len)
+    online = _soft_value_and_grad(teacher, student, lab, t_len, u_len, shift=shift)
+    offline = _scores_value_and_grad(
+        collapsed_soft_distillation_loss, targets, student, lab, t_len, u_len, shift=shift
+    )
+    np.testing.assert_allclose(offline[0], online[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(offline[1], online[1], rtol=1e-6, atol=1e-7)
+    want = soft_kl_reference(teacher, student, lab, t_len, u_len, shift)
+    np.testing.assert_allclose(offline[0], want, rtol=1e-5, atol=1e-5)
+    # Padded nodes may hold anything finite (the pipeline pads with 0): same loss.
+    padded = targets.numpy()
+    for b in range(len(u_len)):
+        padded[b, t_len[b] :] = 0.0
+        padded[b, :, u_len[b] + 1 :] = 0.0
+    again = collapsed_soft_distillation_loss(padded, student, lab, t_len, u_len, shift=shift)
+    np.testing.assert_allclose(again.numpy(), offline[0], rtol=1e-6)
+
+
+def test_collapsed_soft_errors_are_clear():
+    teacher, student, lab, t_len, u_len = _lattices(12)
+    targets = collapsed_lattice(teacher, np.maximum(lab, 0), u_len)
+    with pytest.raises(ValueError, match="full_vocabulary=True needs the teacher's logits"):
+        collapsed_soft_distillation_loss(targets, student, lab, t_len, u_len, full_vocabulary=True)
+    with pytest.raises(ValueError, match="frame counts differ.*Full-sum distillation"):
+        collapsed_soft_distillation_loss(targets[:, :4], student, lab, t_len, u_len)
+    with pytest.raises(ValueError, match="3 classes"):
+        collapsed_soft_distillation_loss(teacher, student, lab, t_len, u_len)
+    with pytest.raises(ValueError, match="shift"):
+        collapsed_soft_distillation_loss(targets, student, lab, t_len, u_len, shift=-1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="frame counts differ"):
+        collapsed_soft_distillation_loss(
+            targets, student, lab, t_len, u_len, teacher_logit_lengths=t_len + 1
+        )
 
 
 # ----------------------------------------------------------------------------------------------

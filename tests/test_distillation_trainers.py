@@ -372,10 +372,18 @@ def test_soft_with_different_frame_rates_fails_at_start_up():
         )
 
 
-def test_soft_without_teacher_and_disc_with_one_hypothesis_raise():
+def test_soft_without_teacher_or_soft_targets_and_disc_with_one_hypothesis_raise():
     common = {"strategy": tf.distribute.get_strategy(), "global_batch_size": B}
-    with pytest.raises(ValueError, match="needs an online teacher"):
-        distillation.SoftDistillationTrainer(tiny_student(), keras.optimizers.Adam(), **common)
+    # No teacher: offline mode, which needs the stored soft targets in the batch.
+    trainer = distillation.SoftDistillationTrainer(
+        tiny_student(), keras.optimizers.Adam(), **common
+    )
+    with pytest.raises(ValueError, match="(?s)no stored soft targets.*--soft_targets"):
+        trainer.loss_terms(offline_batch(), training=False)
+    with pytest.raises(ValueError, match=r"full_vocabulary=True\) needs an online teacher"):
+        distillation.SoftDistillationTrainer(
+            tiny_student(), keras.optimizers.Adam(), full_vocabulary=True, **common
+        )
     with pytest.raises(ValueError, match="N >= 2"):
         distillation.DiscriminativeFullSumTrainer(
             tiny_student(), keras.optimizers.Adam(), nbest_size=1, **common

@@ -296,6 +296,92 @@ def test_noise_corrupts_and_rescores(teacher, frontend, split, clean_run):
     assert 0.15 < manifest["applied_noise_rate"] < 0.65
 
 
+def test_soft_targets_on_the_stored_noisy_1best(teacher, frontend, split, clean_run):
+    from tfkd import losses
+    from tfkd.data import pipeline
+    from tfkd.training import trainers
+
+    root, pattern = split
+    settings = pseudo_label.Settings(
+        beam_width=4, nbest=3, noise_rate=0.4, seed=7, teacher="random-init", soft_targets=True
+    )
+    manifest = _run(teacher, frontend, pattern, root / "soft", settings)
+    assert manifest["soft_targets"] and manifest["teacher_reduction_factor"] == 4
+    noisy_plain = pseudo_label.Settings(**{**settings.__dict__, "soft_targets": False})
+    assert pseudo_label.shard_fingerprint(
+        glob.glob(pattern)[0], settings
+    ) != pseudo_label.shard_fingerprint(glob.glob(pattern)[0], noisy_plain)
+    clean = _read(str(root / "clean" / "*.tfrecord"), with_nbest=True)
+    out = []
+    for path in sorted(glob.glob(str(root / "soft" / "*.tfrecord"))):
+        for raw in tf.data.TFRecordDataset(path):
+            ex = records.parse_example(raw, with_nbest=True, with_soft_targets=True)
+            out.append({k: v.numpy() for k, v in ex.items()})
+    assert records.has_soft_targets(sorted(glob.glob(str(root / "soft" / "*.tfrecord")))[0])
+    assert not records.has_soft_targets(sorted(glob.glob(str(root / "clean" / "*.tfrecord")))[0])
+    corrupted = 0
+    for c, e in zip(clean, out, strict=True):
+        first = _stored(e)[0]  # the corrupted 1-best the targets must follow
+        corrupted += first != _stored(c)[0]
+        feats, lengths = frontend(e["waveform"][None], [e["num_samples"]])
+        enc, enc_lengths = teacher.encode(feats, lengths, training=False)
+        frames = int(enc_lengths[0])
+        assert e["soft_target_frames"] == frames
+        assert e["soft_targets"].shape == (frames, len(first) + 1, 3)
+        logits = teacher.joint(enc, teacher.predict_labels(tf.constant([first], tf.int32)))
+        want = losses.collapsed_lattice(logits, [first], [len(first)]).numpy()[0]
+        np.testing.assert_allclose(e["soft_targets"], want[:frames], rtol=1e-4, atol=1e-4)
+        assert np.all(e["soft_targets"][:, len(first), 0] <= -1e29)  # no label after the last
+    assert corrupted >= 3
+    # Batches: [B, T_max, U_max + 1, 3]; static shapes pad U to max_label_length + 1, and
+    # label_bucket trimming cuts it with the labels.
+    batch = next(
+        iter(
+            pipeline.make_dataset(
+                str(root / "soft" / "*.tfrecord"),
+                global_batch_size=4,
+                with_nbest=True,
+                deterministic=True,
+            )
+        )
+    )
+    longest_first = int(tf.reduce_max(batch["nbest_lengths"][:, 0]))
+    assert batch["soft_targets"].shape == (
+        4,
+        int(tf.reduce_max(batch["soft_target_frames"])),
+        longest_first + 1,
+        3,
+    )
+    longest = max(int(e["nbest_lengths"].max()) for e in out)
+    static = pipeline.make_dataset(
+        str(root / "soft" / "*.tfrecord"),
+        global_batch_size=4,
+        with_nbest=True,
+        static_shapes=True,
+        max_duration_s=1.5,
+        max_label_length=longest,
+        nbest_size=3,
+        deterministic=True,
+    )
+    batch = next(iter(static))
+    assert batch["soft_targets"].shape[2:] == (longest + 1, 3)
+    trimmed = trainers.trim_labels(batch, 4)
+    nodes = trimmed["nbest_token_ids"].shape[2] + 1
+    assert trimmed["soft_targets"].shape[2] == nodes <= longest + 1
+    assert trimmed["nbest_token_ids"].shape[2] % 4 == 0 or nodes == longest + 1
+    without = next(
+        iter(
+            pipeline.make_dataset(
+                str(root / "soft" / "*.tfrecord"),
+                global_batch_size=4,
+                with_nbest=True,
+                soft_targets=False,
+            )
+        )
+    )
+    assert "soft_targets" not in without
+
+
 def test_refuses_to_overwrite_inputs(teacher, frontend, split):
     root, pattern = split
     with pytest.raises(ValueError, match="holds the input"):
@@ -347,6 +433,7 @@ def test_bin_pseudo_label_restores_the_trainer_checkpoint(tmp_path):
         "--nbest=2",
         "--noise_rate=0.2",
         "--seed=4",
+        "--soft_targets",
     ]
     argv += [f"--gin_bindings={b}" for b in bindings]
     bad = subprocess.run(
@@ -366,11 +453,28 @@ def test_bin_pseudo_label_restores_the_trainer_checkpoint(tmp_path):
 
     # The restored teacher labels exactly as the in-memory one does.
     settings = pseudo_label.Settings(
-        beam_width=3, nbest=2, noise_rate=0.2, seed=4, teacher=os.path.abspath(saved)
+        beam_width=3,
+        nbest=2,
+        noise_rate=0.2,
+        seed=4,
+        teacher=os.path.abspath(saved),
+        soft_targets=True,
     )
     pseudo_label.pseudo_label(model, pattern, str(tmp_path / "ref"), settings, progress=False)
-    got = _read(str(tmp_path / "out" / "*.tfrecord"), with_nbest=True)
-    want = _read(str(tmp_path / "ref" / "*.tfrecord"), with_nbest=True)
+    assert manifest["soft_targets"] and manifest["teacher_reduction_factor"] == 4
+    got = _read_soft(str(tmp_path / "out" / "*.tfrecord"))
+    want = _read_soft(str(tmp_path / "ref" / "*.tfrecord"))
     for g, w in zip(got, want, strict=True):
         assert _stored(g) == _stored(w)
         np.testing.assert_allclose(g["teacher_scores"], w["teacher_scores"], rtol=1e-5)
+        assert g["soft_targets"].shape == (g["soft_target_frames"], g["nbest_lengths"][0] + 1, 3)
+        np.testing.assert_allclose(g["soft_targets"], w["soft_targets"], rtol=1e-5, atol=1e-5)
+
+
+def _read_soft(pattern):
+    out = []
+    for path in sorted(glob.glob(pattern)):
+        for s in tf.data.TFRecordDataset(path):
+            ex = records.parse_example(s, with_nbest=True, with_soft_targets=True)
+            out.append({k: v.numpy() for k, v in ex.items()})
+    return out

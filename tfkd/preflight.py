@@ -37,6 +37,8 @@ def missing_inputs(default_teacher_dir: str = "runs/teacher") -> str | None:
 
     Looks at the macros SPM_MODEL, TRAIN_RECORDS (or LABELED_RECORDS), DEV_RECORDS, TEACHER_DIR
     and PSEUDO_LABEL_RECORDS of the parsed gin configuration; unset macros are not checked.
+    With `SOFT_TARGETS = True` (gin/soft_kd_offline.gin) the pseudo-label command gets
+    `--soft_targets`.
     PSEUDO_LABEL_DEV_RECORDS is optional: without it, training reports dev WER alone
     (`tfkd.training.periodic_eval.WerEvaluator`).
     """
@@ -65,6 +67,7 @@ def missing_inputs(default_teacher_dir: str = "runs/teacher") -> str | None:
         if not tf.train.latest_checkpoint(teacher_dir):
             steps.append(MAKE_TEACHER.format(teacher_dir=teacher_dir))
         output_dir = pseudo.rsplit("/", 1)[0] if "/" in pseudo else "."
-        steps.append(MAKE_PSEUDO_LABELS.format(teacher_dir=teacher_dir, output_dir=output_dir))
+        command = MAKE_PSEUDO_LABELS.format(teacher_dir=teacher_dir, output_dir=output_dir)
+        steps.append(command + (" --soft_targets" if _macro("SOFT_TARGETS") is True else ""))
         return f"no pseudo-label records match {pseudo!r}. Make them with:\n  " + "\n  ".join(steps)
     return None

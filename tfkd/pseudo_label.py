@@ -6,9 +6,16 @@ the N-best token ids, their lengths, and each hypothesis's **full-sum** teacher 
 `log P_T(y_n|x)` from `tfkd.decoding.score` (not the beam score, which only sums the alignments the
 beam kept). Hard and full-sum students then train with no teacher in memory.
 
+Offline soft-distillation targets (§3, `Settings.soft_targets`, `bin/pseudo_label --soft_targets`):
+every record also gets the teacher's collapsed lattice log-posteriors on its stored 1-best,
+`soft/log_probs [T, U+1, 3]` = log P_T({next label, blank, rest} | t, u)
+(`tfkd.losses.collapsed_lattice`) and `soft/num_frames`, so that a soft student needs no teacher
+in memory either; the manifest then names `teacher_reduction_factor` (the student must match it).
+
 Controlled label noise (§7): with `noise_rate > 0` the stored hypotheses are corrupted at that
 word-piece error rate (`tfkd.label_noise`) and then rescored by the teacher, so the stored scores
-are the teacher's belief in the corrupted labels.
+are the teacher's belief in the corrupted labels, and soft targets are computed on the corrupted
+1-best.
 
 Work is done per input file: input `dir/x.tfrecord` becomes `output_dir/x.tfrecord`, written under a
 temp name and renamed into place, then marked finished by `x.stats.json` (written atomically, with
@@ -31,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from tfkd import decoding, label_noise, metrics
+from tfkd import decoding, label_noise, losses, metrics
 from tfkd import features as features_lib
 from tfkd.data import reading, records, shard_writer
 
@@ -63,6 +70,7 @@ class Settings:
     noise_rate: float = 0.0
     seed: int = 0
     teacher: str = ""  # identifies the teacher weights (e.g. its checkpoint path)
+    soft_targets: bool = False  # also store the collapsed lattice of the 1-best (soft KD)
 
     def __post_init__(self):
         if not 1 <= self.nbest <= self.beam_width:
@@ -119,14 +127,40 @@ def make_rescore_fn(model):
     return rescore
 
 
-def add_nbest(serialized: bytes, hypotheses, scores) -> bytes:
-    """The serialised example with its N-best fields set (replaced if present)."""
+def make_soft_target_fn(model):
+    """`tf.function` (enc [B, T, D], enc_lengths [B], hyp [B, U], hyp_lengths [B]) ->
+    `[B, T, U+1, 3]` the teacher's collapsed lattice log-probs on `hyp` (`collapsed_lattice`),
+    reusing the encoder output; what the online soft trainer computes from the same teacher."""
+
+    @tf.function(reduce_retracing=True)
+    def soft_targets(enc, enc_lengths, hyp, hyp_lengths):
+        logits = model.joint(enc, model.predict_labels(hyp, training=False))
+        return losses.collapsed_lattice(logits, hyp, hyp_lengths)
+
+    return soft_targets
+
+
+def add_nbest(serialized: bytes, hypotheses, scores, soft_log_probs=None) -> bytes:
+    """The serialised example with its N-best fields set (replaced if present), and with
+    `soft_log_probs [T, U_1+1, 3]` its soft-target fields (`tfkd.data.records`)."""
     example = tf.train.Example.FromString(serialized)
     feature = example.features.feature
     feature[NBEST_TOKEN_IDS].int64_list.value[:] = [int(t) for h in hypotheses for t in h]
     feature[NBEST_LENGTHS].int64_list.value[:] = [len(h) for h in hypotheses]
     feature[NBEST_TEACHER_SCORES].float_list.value[:] = [float(s) for s in scores]
+    if soft_log_probs is not None:
+        for key, value in records.soft_target_features(soft_log_probs, hypotheses).items():
+            feature[key].CopyFrom(value)
     return example.SerializeToString()
+
+
+def _soft_targets(soft_fn, out, stored):
+    """Per utterance `[T_b, U_1+1, 3]` soft targets on the stored (maybe corrupted) 1-best."""
+    firsts = [hyps[0] for hyps in stored]
+    ids, lengths = pad_hypotheses([[h] for h in firsts], 1)
+    lattice = soft_fn(out["enc"], out["enc_lengths"], ids[:, 0], lengths[:, 0]).numpy()
+    frames = out["enc_lengths"]
+    return [lattice[b, : frames[b], : len(h) + 1] for b, h in enumerate(firsts)]
 
 
 def pad_hypotheses(hypotheses_per_utt, num_slots):
@@ -175,6 +209,7 @@ def label_shard(
     batch_size,
     ids_to_text=None,
     on_batch=None,
+    soft_fn=None,
 ):
     """Pseudo-labels one input file into `output_path` (temp file + atomic rename).
 
@@ -187,6 +222,7 @@ def label_shard(
       batch_size: utterances per decoding batch.
       ids_to_text: optional `ids -> text` (e.g. `Tokenizer.decode`) for word error counts.
       on_batch: optional callback with the number of utterances just done.
+      soft_fn: from `make_soft_target_fn`; required with `settings.soft_targets`.
 
     Returns:
       The shard's counts: `utterances`, `reference_tokens`, `teacher_token_errors` (clean 1-best
@@ -194,6 +230,8 @@ def label_shard(
       (all clean hypotheses), `noise_edits` (edit distance clean -> stored, all hypotheses), and
       with `ids_to_text` `teacher_words` / `label_words` (`metrics.WordErrors.as_dict()`).
     """
+    if settings.soft_targets and soft_fn is None:
+        raise ValueError("settings.soft_targets needs soft_fn (make_soft_target_fn)")
     counts = dict.fromkeys(_COUNTS, 0)
     teacher_words, label_words = metrics.WerAccumulator(), metrics.WerAccumulator()
     distance = label_noise.edit_distance
@@ -216,6 +254,7 @@ def label_shard(
                     ids, lengths = pad_hypotheses(stored, out["token_ids"].shape[1])
                     rescored = rescore_fn(out["enc"], out["enc_lengths"], ids, lengths).numpy()
                     scores = [rescored[b, : len(h)] for b, h in enumerate(stored)]
+                soft = _soft_targets(soft_fn, out, stored) if settings.soft_targets else None
                 for b, row in enumerate(batch["token_ids"].numpy()):
                     ref = row[row != 0].tolist()  # ids are never the padding value 0 (blank)
                     counts["utterances"] += 1
@@ -226,7 +265,14 @@ def label_shard(
                     counts["noise_edits"] += sum(
                         distance(c, s) for c, s in zip(clean[b], stored[b], strict=True)
                     )
-                    writer.write(add_nbest(batch["serialized"][b].numpy(), stored[b], scores[b]))
+                    writer.write(
+                        add_nbest(
+                            batch["serialized"][b].numpy(),
+                            stored[b],
+                            scores[b],
+                            soft[b] if soft is not None else None,
+                        )
+                    )
                 if ids_to_text is not None:
                     texts = _strings(batch["text"])
                     teacher_words.update(texts, [ids_to_text(h[0]) for h in clean])
@@ -246,7 +292,10 @@ def label_shard(
 def shard_fingerprint(input_path: str, settings: Settings) -> str:
     """Hash of an output shard's inputs: the input file (name, size, time) and the settings."""
     st = os.stat(input_path)
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    fields = dataclasses.asdict(settings)
+    if not fields["soft_targets"]:
+        del fields["soft_targets"]  # shards made before the option existed stay finished
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     h.update(f"{os.path.basename(input_path)}\t{st.st_size}\t{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
@@ -280,7 +329,7 @@ def pseudo_label(
       model: the built, restored teacher transducer.
       input_pattern: glob (or list of globs) of the split's TFRecord files.
       output_dir: where the labelled files, their `.stats.json` marks and `manifest.json` go.
-      settings: beam width K, N-best size, noise rate, seed and teacher identity.
+      settings: beam width K, N-best size, noise rate, seed, teacher identity, soft targets.
       frontend: waveform -> features layer the teacher was trained with (default `LogMel()`).
       batch_size: utterances per decoding batch.
       ids_to_text: optional `ids -> text` (e.g. `Tokenizer.decode`); enables the word WER.
@@ -289,7 +338,9 @@ def pseudo_label(
     Returns:
       The manifest (also written to `output_dir/manifest.json`): settings, shards, totals,
       `teacher_token_error_rate`, `label_token_error_rate`, `applied_noise_rate` (fractions) and,
-      with `ids_to_text`, `teacher_wer` / `label_wer` (percent) with their counts.
+      with `ids_to_text`, `teacher_wer` / `label_wer` (percent) with their counts;
+      `teacher_reduction_factor` (the teacher's input frames per encoder frame) when every shard's
+      stats name it, and `soft_targets` (from the settings).
 
     Raises:
       ValueError: no input file, or `output_dir` holds the input files themselves.
@@ -324,6 +375,7 @@ def pseudo_label(
     bar = tqdm.tqdm(total=total, disable=not progress, unit="utt", desc="pseudo-label")
     label_fn = make_label_fn(model, frontend, settings) if pending else None
     rescore_fn = make_rescore_fn(model) if pending else None
+    soft_fn = make_soft_target_fn(model) if pending and settings.soft_targets else None
     for src, dst, expected in pending:
         counts = label_shard(
             src,
@@ -335,6 +387,7 @@ def pseudo_label(
             batch_size,
             ids_to_text,
             on_batch=bar.update,
+            soft_fn=soft_fn,
         )
         stats = {
             "input": src,
@@ -342,6 +395,7 @@ def pseudo_label(
             "fingerprint": expected,
             "num_bytes": os.path.getsize(dst),
             "num_records": counts["utterances"],
+            "teacher_reduction_factor": int(model.reduction_factor),
             **counts,
         }
         shard_writer.write_json_atomic(shard_writer.stats_path(dst), stats)
@@ -366,6 +420,10 @@ def _manifest(input_pattern, output_dir, settings, shards):
         "label_token_error_rate": _ratio(totals["label_token_errors"], totals["reference_tokens"]),
         "applied_noise_rate": _ratio(totals["noise_edits"], totals["clean_tokens"]),
     }
+    # Frames per teacher encoder frame: soft targets need a student at the same rate.
+    factors = {s.get("teacher_reduction_factor") for s in shards}
+    if len(factors) == 1 and None not in factors:
+        manifest["teacher_reduction_factor"] = factors.pop()
     for name in ("teacher", "label"):
         per_shard = [s.get(f"{name}_words") for s in shards]
         if all(w is not None for w in per_shard):

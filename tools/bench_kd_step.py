@@ -20,6 +20,12 @@ Audio is otherwise noise of `--seconds` (lengths 75-100 %). Labels are padded to
 `--max_label_length` as `gin/data/synthetic_small.gin` pads them; `--label_bucket` trims them as
 the KD gin files do. The bench prints the prefix-row ratio of its batch.
 
+With `--soft_teacher_dir DIR` (a trained teacher, e.g. `runs/demo/teacher`; vocabulary
+`--vocab_size`), it also times soft-KD steps (`SoftDistillationTrainer`, hypothesis 0, same
+student) two ways: `soft_online`, the teacher running on every step, and `soft_offline`, the same
+batch with stored soft targets (the teacher's collapsed lattice, made once here as
+`bin/pseudo_label --soft_targets` makes it) and no teacher in the trainer.
+
 Usage:
   python tools/bench_kd_step.py --no_jit --label_bucket 16        # the KD gin files' settings
   python tools/bench_kd_step.py --no_jit --label_bucket 16 --student lstm_8x
@@ -76,6 +82,11 @@ def _parse_args(argv):
         "--also_lattice",
         action="store_true",
         help="also time both steps on whole lattices (share_prefixes=False), the old path",
+    )
+    p.add_argument(
+        "--soft_teacher_dir",
+        default=None,
+        help="a trained teacher's model_dir: also time soft KD online vs offline (stored targets)",
     )
     p.add_argument("--quick", action="store_true", help="batch 4, 2 s, U 32, 3 repeats")
     args = p.parse_args(argv)
@@ -227,12 +238,35 @@ def _batch(args):
     return batch, prefix_row_stats(ids, lengths, count)
 
 
-def _time_steps(trainers, batch, args):
-    """Median step time per trainer. The steps are interleaved (one of each per repeat), so a
-    change in the machine's load hits every trainer alike and the ratios stay fair."""
+def _soft_target_batch(teacher, frontend, batch):
+    """`batch` plus stored soft targets, as `bin/pseudo_label --soft_targets` would store them."""
+    import numpy as np
     import tensorflow as tf
 
-    iterators = {name: iter(tf.data.Dataset.from_tensors(batch).repeat()) for name in trainers}
+    from tfkd import pseudo_label
+
+    feats, lengths = frontend(batch["waveform"], batch["num_samples"])
+    enc, enc_lengths = teacher.encode(feats, lengths, training=False)
+    enc_lengths = tf.cast(enc_lengths, tf.int32)
+    hyp, hyp_lengths = batch["nbest_token_ids"][:, 0], batch["nbest_lengths"][:, 0]
+    lattice = pseudo_label.make_soft_target_fn(teacher)(enc, enc_lengths, hyp, hyp_lengths)
+    stored = np.zeros(lattice.shape, np.float32)
+    for b, (t, u) in enumerate(zip(enc_lengths.numpy(), hyp_lengths.numpy(), strict=True)):
+        stored[b, :t, : u + 1] = lattice.numpy()[b, :t, : u + 1]
+    return {**batch, "soft_targets": tf.constant(stored), "soft_target_frames": enc_lengths}
+
+
+def _time_steps(trainers, batch, args, batches=None):
+    """Median step time per trainer. The steps are interleaved (one of each per repeat), so a
+    change in the machine's load hits every trainer alike and the ratios stay fair. `batches`
+    overrides the batch of some trainers."""
+    import tensorflow as tf
+
+    batches = batches or {}
+    iterators = {
+        name: iter(tf.data.Dataset.from_tensors(batches.get(name, batch)).repeat())
+        for name in trainers
+    }
     for name, trainer in trainers.items():
         for _ in range(args.warmup):
             float(trainer.train_step(iterators[name])["loss"])
@@ -285,15 +319,27 @@ def main(argv=None):
     if args.also_lattice:
         for name, cls, kwargs in list(steps):
             steps.append((f"{name}_lattice", cls, {**kwargs, "share_prefixes": False}))
+    batches = {}
+    if args.soft_teacher_dir:
+        from tfkd import trained_model
+
+        loaded = trained_model.load_trained_model(args.soft_teacher_dir)
+        common["frontend"] = loaded.frontend
+        soft = {"nbest_size": 1}
+        steps.append(
+            ("soft_online", distillation.SoftDistillationTrainer, {**soft, "teacher": loaded.model})
+        )
+        steps.append(("soft_offline", distillation.SoftDistillationTrainer, soft))
+        batches["soft_offline"] = _soft_target_batch(loaded.model, loaded.frontend, batch)
     trainers = {}
     for name, cls, kwargs in steps:
         optimizer = keras.optimizers.Adam(1e-4)
         trainer = cls(student, optimizer, **common, **kwargs)
-        trainer.loss_terms(batch, training=False)
+        trainer.loss_terms(trainer.prepare_batch(batches.get(name, batch)), training=False)
         optimizer.build(trainer.trainable_variables)
         trainers[name] = trainer
     results = {}
-    for name, (median, times) in _time_steps(trainers, batch, args).items():
+    for name, (median, times) in _time_steps(trainers, batch, args, batches).items():
         share = trainers[name].share_prefixes
         results[name] = {
             "median_s": round(median, 4),
@@ -324,6 +370,11 @@ def main(argv=None):
             / min(results["hard"]["median_s"], results["hard_lattice"]["median_s"]),
             3,
         )
+    if args.soft_teacher_dir:
+        summary["ratio_soft_online_over_offline"] = round(
+            results["soft_online"]["median_s"] / results["soft_offline"]["median_s"], 3
+        )
+        summary["steps_per_s"] = {k: round(1 / v["median_s"], 2) for k, v in results.items()}
     print(json.dumps(summary, indent=1))
     print(f"full-sum (N={args.nbest}) / hard step time: {ratio:.2f}x (target <= 1.6x)")
     return 0

@@ -18,11 +18,18 @@ A batch is a dict:
     nbest_lengths   int32  [B, H]     0 for padding hypotheses
     teacher_scores  float32 [B, H]    padding hypotheses get NBEST_PAD_SCORE
     nbest_count     int32  [B]        real hypotheses per utterance
+  with soft targets (`soft_targets`; by default when the records have them):
+    soft_targets       float32 [B, T', U_1+1, 3] collapsed teacher log-probs on the
+                                 lattice of hypothesis 0 (`tfkd.data.records`), zero padded
+    soft_target_frames int32   [B]   teacher frames T of each utterance
   with `with_text`: text, utterance_id string [B].
 
 With `static_shapes`, N is the bucket's upper edge in samples, U (and U') is
 `max_label_length` and H is `nbest_size`, so a jit-compiled step sees one shape
-per bucket.
+per bucket; `soft_targets` is `[B, T', max_label_length + 1, 3]` (T', the batch's
+longest teacher frame count, stays dynamic: the pipeline does not know the
+teacher's frame rate; the trainer fits it to the student's lattice). Like the
+label axes, the U axis of `soft_targets` is cut by `trim_labels` (`label_bucket`).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ def _to_samples(seconds: float) -> int:
     return int(round(seconds * records.SAMPLE_RATE))
 
 
-def _sentinel(with_nbest: bool) -> bytes:
+def _sentinel(with_nbest: bool, with_soft: bool = False) -> bytes:
     """A record that always parses; `reading.checked_records` appends it to each file."""
     utt = records.Utterance(
         utterance_id="tfkd-end-of-file",
@@ -55,15 +62,16 @@ def _sentinel(with_nbest: bool) -> bytes:
         pcm16=np.zeros(1, np.int16),
         nbest_token_ids=[[]] if with_nbest else None,
         nbest_teacher_scores=[0.0] if with_nbest else None,
+        soft_log_probs=np.zeros([0, 1, 3], np.float32) if with_soft else None,
     )
     return records.serialize_utterance(utt)
 
 
-def _parse_fn(with_nbest: bool, with_text: bool):
+def _parse_fn(with_nbest: bool, with_text: bool, with_soft: bool = False):
     """serialized [] → the batch fields of one utterance; raises on invalid records."""
 
     def parse(serialized):
-        ex = records.parse_example(serialized, with_nbest=with_nbest)
+        ex = records.parse_example(serialized, with_nbest=with_nbest, with_soft_targets=with_soft)
         checks = [
             tf.debugging.assert_equal(
                 ex["sample_rate"], records.SAMPLE_RATE, message="sample rate is not 16 kHz"
@@ -92,6 +100,9 @@ def _parse_fn(with_nbest: bool, with_text: bool):
             out["nbest_lengths"] = ex["nbest_lengths"]
             out["teacher_scores"] = ex["teacher_scores"]
             out["nbest_count"] = tf.size(ex["nbest_lengths"], out_type=tf.int32)
+        if with_soft:
+            out["soft_targets"] = ex["soft_targets"]
+            out["soft_target_frames"] = ex["soft_target_frames"]
         if with_text:
             out["text"] = ex["text"]
             out["utterance_id"] = ex["utterance_id"]
@@ -147,6 +158,8 @@ def _static_shapes(element_spec, num_samples, max_label_length, nbest_size):
         shapes["nbest_token_ids"] = tf.TensorShape([nbest_size, max_label_length])
         shapes["nbest_lengths"] = tf.TensorShape([nbest_size])
         shapes["teacher_scores"] = tf.TensorShape([nbest_size])
+    if "soft_targets" in element_spec:
+        shapes["soft_targets"] = tf.TensorShape([None, max_label_length + 1, 3])
     return shapes
 
 
@@ -166,6 +179,7 @@ def make_dataset(
     skip_bad_records: bool = False,
     bad_record_counter: reading.BadRecordCounter | None = None,
     with_nbest: bool = False,
+    soft_targets: bool | None = None,
     with_text: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     repeat: bool | int = False,
@@ -191,6 +205,9 @@ def make_dataset(
             default; when on, each skip is logged as a warning.
         bad_record_counter: counts skipped records (create it before calling).
         with_nbest: also read the pseudo-label fields.
+        soft_targets: with `with_nbest`, also read the offline soft-distillation targets
+            (`soft_targets`, `soft_target_frames`); `None`: when the first file's first record
+            has them (`bin/pseudo_label --soft_targets`). True: every record must have them.
         with_text: also return `text` and `utterance_id` (not for TPU).
         input_context: from `distribute_datasets_from_function`; shards files per
             input pipeline when there are enough of them, else records.
@@ -223,6 +240,13 @@ def make_dataset(
         )
 
     files = reading.list_files(file_pattern)
+    if soft_targets and not with_nbest:
+        raise ValueError("soft_targets needs with_nbest (the targets follow hypothesis 0)")
+    with_soft = bool(with_nbest and files) and (
+        soft_targets if soft_targets is not None else records.has_soft_targets(files[0][0])
+    )
+    if with_soft and soft_targets is None:
+        _log.info("%s: reading the stored soft-distillation targets", file_pattern)
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     shard_files = len(files) >= num_pipelines
@@ -240,8 +264,8 @@ def make_dataset(
     )
     if shuffle:
         names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    parse = _parse_fn(with_nbest, with_text)
-    sentinel = _sentinel(with_nbest)
+    parse = _parse_fn(with_nbest, with_text, with_soft)
+    sentinel = _sentinel(with_nbest, with_soft)
     ds = names.interleave(
         lambda name, size: reading.checked_records(
             name, size, parse, sentinel, skip_bad_records, bad_record_counter

@@ -19,6 +19,9 @@ __all__ = [
 
 # Distillation losses (METHODS.md §2–§5).
 from tfkd.losses.distillation import (  # noqa: E402
+    COLLAPSED_CLASSES,
+    collapsed_lattice,
+    collapsed_soft_distillation_loss,
     discriminative_fullsum_loss,
     fullsum_distillation_loss,
     hard_distillation_loss,
@@ -26,6 +29,9 @@ from tfkd.losses.distillation import (  # noqa: E402
 )
 
 __all__ += [
+    "COLLAPSED_CLASSES",
+    "collapsed_lattice",
+    "collapsed_soft_distillation_loss",
     "discriminative_fullsum_loss",
     "fullsum_distillation_loss",
     "hard_distillation_loss",

@@ -39,11 +39,21 @@ def hard_distillation_loss(student_logits, teacher_hyp, logit_lengths, hyp_lengt
 # §3 Soft distillation.
 
 
-def _check_same_lattice(teacher_logits, student_logits, logit_lengths, teacher_logit_lengths, name):
-    """Static and run-time checks that both lattices have the same frames, nodes and vocabulary."""
+def _check_same_lattice(
+    teacher_logits, student_logits, logit_lengths, teacher_logit_lengths, name, teacher_classes=None
+):
+    """Static and run-time checks that both lattices have the same frames, nodes and vocabulary.
+
+    With `teacher_classes` (collapsed teacher targets `[B, T, U+1, C]`), the teacher's last axis
+    must be C instead of the student's V.
+    """
     t_shape, s_shape = teacher_logits.shape, student_logits.shape
+    what_teacher = "collapsed teacher log-probs" if teacher_classes else "logits"
     if t_shape.rank not in (None, 4) or s_shape.rank not in (None, 4):
-        raise ValueError(f"{name}: logits must be [B, T, U+1, V], got {t_shape} and {s_shape}")
+        raise ValueError(
+            f"{name}: {what_teacher} and student logits must be [B, T, U+1, *], got {t_shape} "
+            f"and {s_shape}"
+        )
     frames_msg = (
         f"{name}: teacher and student frame counts differ; the collapsed lattice KL compares "
         "node (t, u) of both lattices and needs the same T (same frame rate). Full-sum "
@@ -52,19 +62,40 @@ def _check_same_lattice(teacher_logits, student_logits, logit_lengths, teacher_l
     t_frames, s_frames = t_shape[1], s_shape[1]
     if t_frames is not None and s_frames is not None and t_frames != s_frames:
         raise ValueError(f"{frames_msg} (T_teacher={t_frames}, T_student={s_frames})")
-    for axis, what in ((2, "label nodes U+1"), (3, "vocabulary sizes V")):
-        if t_shape[axis] is not None and s_shape[axis] is not None:
-            if t_shape[axis] != s_shape[axis]:
-                raise ValueError(
-                    f"{name}: teacher and student {what} differ: {t_shape[axis]} vs {s_shape[axis]}"
-                )
+    if t_shape[2] is not None and s_shape[2] is not None and t_shape[2] != s_shape[2]:
+        raise ValueError(
+            f"{name}: teacher and student label nodes U+1 differ: {t_shape[2]} vs {s_shape[2]}"
+        )
+    if teacher_classes is not None:
+        if t_shape[3] is not None and t_shape[3] != teacher_classes:
+            raise ValueError(
+                f"{name}: collapsed teacher log-probs must have {teacher_classes} classes "
+                f"(next label, blank, rest) on the last axis, got {t_shape[3]}"
+            )
+    elif t_shape[3] is not None and s_shape[3] is not None and t_shape[3] != s_shape[3]:
+        raise ValueError(
+            f"{name}: teacher and student vocabulary sizes V differ: {t_shape[3]} vs {s_shape[3]}"
+        )
     t_dyn, s_dyn = tf.shape(teacher_logits), tf.shape(student_logits)
     checks = [
         tf.debugging.assert_equal(t_dyn[1], s_dyn[1], message=frames_msg),
         tf.debugging.assert_equal(t_dyn[0], s_dyn[0], message=f"{name}: batch sizes differ"),
         tf.debugging.assert_equal(t_dyn[2], s_dyn[2], message=f"{name}: label nodes U+1 differ"),
-        tf.debugging.assert_equal(t_dyn[3], s_dyn[3], message=f"{name}: vocabulary sizes differ"),
     ]
+    if teacher_classes is None:
+        checks.append(
+            tf.debugging.assert_equal(
+                t_dyn[3], s_dyn[3], message=f"{name}: vocabulary sizes differ"
+            )
+        )
+    else:
+        checks.append(
+            tf.debugging.assert_equal(
+                t_dyn[3],
+                teacher_classes,
+                message=f"{name}: collapsed teacher log-probs need {teacher_classes} classes",
+            )
+        )
     if teacher_logit_lengths is not None:
         checks.append(
             tf.debugging.assert_equal(
@@ -77,7 +108,9 @@ def _check_same_lattice(teacher_logits, student_logits, logit_lengths, teacher_l
 
 
 def _shift_frames(logits, shift):
-    """`[B, T, U+1, V]` with frame t holding input frame t − shift (frames t < shift are zeros)."""
+    """`[B, T, U+1, C]` with frame t holding input frame t − shift (frames t < shift are zeros).
+
+    C is V for logits, 3 for collapsed log-probs."""
     if shift == 0:
         return logits
     frames = tf.shape(logits)[1]
@@ -113,6 +146,32 @@ def collapsed_log_probs(logits, next_ids, has_label, blank=0):
     # With V = 2 and a next label the rest class is empty: keep it at log 0, not log 0 − lse.
     rest_lp = tf.maximum(rest_lp, _LOG_ZERO)
     return label_lp, blank_lp, rest_lp
+
+
+#: The classes of a collapsed lattice, in the order of its last axis.
+COLLAPSED_CLASSES = ("label", "blank", "rest")
+
+
+def collapsed_lattice(logits, labels, label_lengths, blank=0):
+    """`[B, T, U+1, 3]` float32 collapsed log-posteriors {next label, blank, rest} at every node.
+
+    What `soft_distillation_loss` computes from the teacher's logits (before its `shift`), so a
+    teacher's lattice can be collapsed once and stored (`bin/pseudo_label --soft_targets`), then
+    used by `collapsed_soft_distillation_loss`. At `u = U_b` there is no next label: the label
+    class holds `_LOG_ZERO` (-1e30, log 0) and rest covers every non-blank class.
+
+    Args:
+      logits: `[B, T, U+1, V]` joint outputs over the lattice of `labels`.
+      labels: `[B, U]` int label ids, padded beyond `label_lengths`.
+      label_lengths: `[B]` valid labels U_b.
+      blank: blank id.
+    """
+    labels = tf.cast(labels, tf.int32)
+    label_lengths = tf.cast(label_lengths, tf.int32)
+    nodes_u = tf.shape(logits)[2]
+    next_ids = next_labels(labels, label_lengths, blank)
+    has_label = tf.range(nodes_u)[None, :] < label_lengths[:, None]
+    return tf.stack(collapsed_log_probs(logits, next_ids, has_label, blank), -1)
 
 
 def _kl_terms(teacher_lps, student_lps):
@@ -159,38 +218,108 @@ def soft_distillation_loss(
       tf.errors.InvalidArgumentError: the same at run time, or invalid lengths/labels.
     """
     name = "soft_distillation_loss"
-    if not isinstance(shift, int) or shift < 0:
-        raise ValueError(f"{name}: shift must be a Python int >= 0, got {shift!r}")
+    _check_shift(shift, name)
     teacher_logits = tf.stop_gradient(tf.convert_to_tensor(teacher_logits))
     student_logits = tf.convert_to_tensor(student_logits)
     checks = _check_same_lattice(
         teacher_logits, student_logits, logit_lengths, teacher_logit_lengths, name
     )
-    with tf.control_dependencies(checks):
-        # Identities so that, in graph mode, the frame-count assert fires before any op that
-        # would fail on the mismatched shapes with a less helpful message.
-        teacher_logits = tf.identity(teacher_logits)
-        student_logits = tf.identity(student_logits)
-        labels, logit_lengths, label_lengths = check_rnnt_inputs(
-            tf.shape(student_logits), labels, logit_lengths, label_lengths, blank, name
-        )
+    teacher_logits, student_logits, labels, logit_lengths, label_lengths = _checked(
+        checks, teacher_logits, student_logits, labels, logit_lengths, label_lengths, blank, name
+    )
     teacher_logits = _shift_frames(teacher_logits, shift)
-    frames, nodes_u = tf.shape(student_logits)[1], tf.shape(student_logits)[2]
-    t = tf.range(frames)[None, :, None]
-    u = tf.range(nodes_u)[None, None, :]
-    valid = (t >= shift) & (t < logit_lengths[:, None, None]) & (u <= label_lengths[:, None, None])
-
     if full_vocabulary:
         kl = _kl_terms(
             tf.nn.log_softmax(tf.cast(teacher_logits, tf.float32)),
             tf.nn.log_softmax(tf.cast(student_logits, tf.float32)),
         )
     else:
-        next_ids = next_labels(labels, label_lengths, blank)
-        has_label = tf.range(nodes_u)[None, :] < label_lengths[:, None]
-        teacher_lps = tf.stack(collapsed_log_probs(teacher_logits, next_ids, has_label, blank), -1)
-        student_lps = tf.stack(collapsed_log_probs(student_logits, next_ids, has_label, blank), -1)
+        teacher_lps = collapsed_lattice(teacher_logits, labels, label_lengths, blank)
+        student_lps = collapsed_lattice(student_logits, labels, label_lengths, blank)
         kl = _kl_terms(teacher_lps, student_lps)
+    return _sum_valid_nodes(kl, logit_lengths, label_lengths, shift)
+
+
+def collapsed_soft_distillation_loss(
+    teacher_log_probs,
+    student_logits,
+    labels,
+    logit_lengths,
+    label_lengths,
+    shift=0,
+    blank=0,
+    full_vocabulary=False,
+    teacher_logit_lengths=None,
+):
+    """`soft_distillation_loss` from the teacher's pre-collapsed lattice (offline soft targets).
+
+    The same value and student gradient as `soft_distillation_loss(teacher_logits, ...)` when
+    `teacher_log_probs = collapsed_lattice(teacher_logits, labels, label_lengths)`: the same
+    nodes, `shift` masking, frame-count checks and errors. Only the 3-class KL is possible: the
+    other classes' posteriors are not in the collapsed targets.
+
+    Args:
+      teacher_log_probs: `[B, T, U+1, 3]` teacher log P_T({next label, blank, rest} | t, u)
+        (`collapsed_lattice`; no gradient flows into them). Padded nodes may hold anything finite.
+      student_logits: `[B, T, U+1, V]` student joint outputs on the same label sequence.
+      labels, logit_lengths, label_lengths, shift, blank, teacher_logit_lengths: as for
+        `soft_distillation_loss`.
+      full_vocabulary: must be False; True raises (it needs the teacher's logits).
+
+    Returns:
+      `[B]` float32 loss.
+
+    Raises:
+      ValueError: `full_vocabulary`, bad `shift`, static frame counts (or U+1) that differ, or a
+        last axis other than 3.
+      tf.errors.InvalidArgumentError: the same at run time, or invalid lengths/labels.
+    """
+    name = "collapsed_soft_distillation_loss"
+    if full_vocabulary:
+        raise ValueError(
+            f"{name}: full_vocabulary=True needs the teacher's logits over all V classes (an "
+            "online teacher, soft_distillation_loss); collapsed targets hold only the {next "
+            "label, blank, rest} log-probs"
+        )
+    _check_shift(shift, name)
+    teacher_lps = tf.stop_gradient(tf.cast(teacher_log_probs, tf.float32))
+    student_logits = tf.convert_to_tensor(student_logits)
+    checks = _check_same_lattice(
+        teacher_lps, student_logits, logit_lengths, teacher_logit_lengths, name, teacher_classes=3
+    )
+    teacher_lps, student_logits, labels, logit_lengths, label_lengths = _checked(
+        checks, teacher_lps, student_logits, labels, logit_lengths, label_lengths, blank, name
+    )
+    teacher_lps = _shift_frames(teacher_lps, shift)
+    student_lps = collapsed_lattice(student_logits, labels, label_lengths, blank)
+    kl = _kl_terms(teacher_lps, student_lps)
+    return _sum_valid_nodes(kl, logit_lengths, label_lengths, shift)
+
+
+def _check_shift(shift, name):
+    if not isinstance(shift, int) or shift < 0:
+        raise ValueError(f"{name}: shift must be a Python int >= 0, got {shift!r}")
+
+
+def _checked(checks, teacher, student_logits, labels, logit_lengths, label_lengths, blank, name):
+    """Runs the lattice checks before anything else reads the tensors (graph mode too)."""
+    with tf.control_dependencies(checks):
+        # Identities so that, in graph mode, the frame-count assert fires before any op that
+        # would fail on the mismatched shapes with a less helpful message.
+        teacher = tf.identity(teacher)
+        student_logits = tf.identity(student_logits)
+        labels, logit_lengths, label_lengths = check_rnnt_inputs(
+            tf.shape(student_logits), labels, logit_lengths, label_lengths, blank, name
+        )
+    return teacher, student_logits, labels, logit_lengths, label_lengths
+
+
+def _sum_valid_nodes(kl, logit_lengths, label_lengths, shift):
+    """`[B]` sum of `kl [B, T, U+1]` over nodes `shift <= t < T_b`, `u <= U_b`."""
+    frames, nodes_u = tf.shape(kl)[1], tf.shape(kl)[2]
+    t = tf.range(frames)[None, :, None]
+    u = tf.range(nodes_u)[None, None, :]
+    valid = (t >= shift) & (t < logit_lengths[:, None, None]) & (u <= label_lengths[:, None, None])
     return tf.reduce_sum(tf.where(valid, kl, 0.0), axis=[1, 2])
 
 

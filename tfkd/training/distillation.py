@@ -7,9 +7,13 @@ Two ways to get the teacher's outputs, chosen by what the batch holds:
 - offline: the batch carries the pseudo-label fields of `make_dataset(with_nbest=True)`
   (`nbest_token_ids [B, H, U']`, `nbest_lengths [B, H]`, `teacher_scores [B, H]` full-sum,
   `nbest_count [B]`). Hard and full-sum students then need no teacher in memory.
+  Soft students also read the stored soft targets when the records have them
+  (`bin/pseudo_label --soft_targets`: `soft_targets [B, T, U+1, 3]`, the teacher's collapsed
+  lattice log-probs on the 1-best, and `soft_target_frames [B]`) and then need no teacher either.
 - online: a frozen teacher (`teacher=`, or `teacher_fn` + `teacher_dir` restored from a
   `bin/train` checkpoint) decodes each batch by beam search (width `beam_width`) and scores its
-  N-best with the full-sum log-likelihood. Soft distillation always needs it (lattice logits).
+  N-best with the full-sum log-likelihood. Soft distillation without stored soft targets needs it
+  for its lattice logits.
 The teacher runs per replica before the step's gradient tape (and outside its XLA cluster), with
 `training=False`, under `stop_gradient`; only the student's variables are trained. How the student
 scores label sequences (whole lattices, or one joint row per distinct label prefix of the N-best)
@@ -38,11 +42,16 @@ from tfkd.training.kd_batches import (
     LABELED,
     NBEST_FIELDS,
     PSEUDO_LABEL_COMMAND,
+    SOFT_TARGET_FRAMES,
+    SOFT_TARGETS,
+    SOFT_TARGETS_COMMAND,
     cut_nbest,
     first_best,
+    fit_soft_targets,
     has_hypotheses,
     mixed_label_dataset,
     pseudo_label_dataset,
+    soft_targets_reduction_factor,
 )
 from tfkd.training.student_scoring import StudentScoring
 from tfkd.training.trainers import trim_labels
@@ -103,7 +112,8 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
     term_names = ("rnnt_gt",)
     #: The stored or online N-best must carry teacher full-sum scores.
     needs_teacher_scores = False
-    #: Online teacher logits over the student's lattice (soft distillation).
+    #: Online teacher logits over the student's lattice (soft distillation), unless the batch
+    #: has stored soft targets (`uses_stored_lattice`).
     needs_teacher_lattice = False
 
     def __init__(
@@ -147,11 +157,6 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
                     f"{model.vocab_size}; distillation needs the same word-pieces"
                 )
             teacher.trainable = False
-        elif self.needs_teacher_lattice:
-            raise ValueError(
-                f"{type(self).__name__} needs an online teacher (teacher_fn and teacher_dir): "
-                "stored pseudo-labels hold no lattice posteriors"
-            )
         self._teacher_pass = tf.function(self.add_teacher_outputs, jit_compile=teacher_jit_compile)
 
     def _restore_teacher(self, teacher_fn, teacher_dir, checkpoint):
@@ -180,12 +185,20 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
 
         Stored N-best fields are kept (offline mode), cut or padded to `nbest_size`; missing ones
         come from the online teacher. With `needs_teacher_lattice`, adds `teacher_logits
-        [B, T, U+1, V]` over the 1-best and `teacher_logit_lengths [B]`.
+        [B, T, U+1, V]` over the 1-best and `teacher_logit_lengths [B]`, unless the batch's stored
+        soft targets are used (`uses_stored_lattice`; then the teacher does not run).
         """
         batch = dict(batch)
         have_nbest = NBEST_FIELDS[0] in batch
-        if have_nbest and (not self.needs_teacher_lattice or "teacher_logits" in batch):
+        lattice_done = "teacher_logits" in batch or self.uses_stored_lattice(batch)
+        if have_nbest and (not self.needs_teacher_lattice or lattice_done):
             return cut_nbest(batch, self.nbest_size)  # offline, or the teacher pass already ran
+        if self.teacher is None and have_nbest:
+            raise ValueError(
+                f"{type(self).__name__} has no teacher and the batch has no stored soft targets "
+                f"({SOFT_TARGETS}): pseudo-label with soft targets, e.g.\n  "
+                f"{SOFT_TARGETS_COMMAND}\nor set teacher_fn and teacher_dir (online teacher)"
+            )
         if self.teacher is None:
             raise ValueError(
                 f"{type(self).__name__} has no teacher and the batch has no N-best fields: read "
@@ -205,6 +218,10 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
             batch["teacher_logits"] = tf.stop_gradient(logits)
             batch["teacher_logit_lengths"] = enc_lengths
         return batch
+
+    def uses_stored_lattice(self, batch) -> bool:
+        """Whether `loss_terms` takes the teacher's lattice from the batch's stored targets."""
+        return False
 
     def _teacher_nbest(self, enc, enc_lengths):
         found = decoding.beam_search_encoded(
@@ -233,9 +250,15 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
 
     def prepare_batch(self, batch):
         """Per replica, before the step's gradient tape and outside its XLA cluster: trims the
-        labels (`label_bucket`), then runs the teacher pass (`add_teacher_outputs`)."""
+        labels (`label_bucket`), drops stored soft targets unless the trainer uses them, then runs
+        the teacher pass (`add_teacher_outputs`)."""
         # Labels are trimmed first so that a teacher lattice covers the student's label axis.
-        return self._teacher_pass(super().prepare_batch(batch))
+        batch = super().prepare_batch(batch)
+        if not self.needs_teacher_lattice:
+            # Stored soft targets (records made with --soft_targets) are not used here: drop them
+            # rather than carry a data-dependent [B, T, U+1, 3] tensor into the step.
+            batch = {k: v for k, v in batch.items() if k not in (SOFT_TARGETS, SOFT_TARGET_FRAMES)}
+        return self._teacher_pass(batch)
 
     # ---- student (per replica; scoring in `StudentScoring`) -----------------------------------
 
@@ -291,33 +314,74 @@ class HardDistillationTrainer(DistillationTrainer):
 class SoftDistillationTrainer(DistillationTrainer):
     """METHODS §3: `hard + ω · soft`, the collapsed lattice KL on the 1-best's lattice.
 
-    Needs an online teacher at the student's frame rate (`soft_distillation_loss` compares node
-    `(t, u)` of both lattices). Rows without hypotheses (`nbest_count = 0`) get 0 in both terms.
+    Needs the teacher at the student's frame rate (`soft_distillation_loss` compares node
+    `(t, u)` of both lattices), either online or offline:
+    - online (`teacher` or `teacher_fn` + `teacher_dir`): the teacher computes its lattice logits
+      over the 1-best in every step (`soft_distillation_loss`);
+    - offline (no teacher): the batch's stored soft targets (`bin/pseudo_label --soft_targets`,
+      `soft_targets [B, T, U+1, 3]` and `soft_target_frames [B]`) are the teacher's collapsed
+      lattice log-probs (`collapsed_soft_distillation_loss`); same value and gradient.
+    A batch with stored soft targets uses them even when a teacher is loaded (unless
+    `full_vocabulary`, which needs the teacher's logits). Rows without hypotheses
+    (`nbest_count = 0`) get 0 in both terms.
 
     Args:
         shift: frames by which a non-causal teacher runs ahead (student t vs teacher t − shift).
-        full_vocabulary: KL over all V classes instead of {next label, blank, rest}.
+        full_vocabulary: KL over all V classes instead of {next label, blank, rest}; needs an
+            online teacher.
+        pseudo_label_records: offline mode: the records' glob (gin: `%PSEUDO_LABEL_RECORDS`).
+            Their `manifest.json` (`bin/pseudo_label`) must say `soft_targets` and names the
+            teacher's reduction factor, checked here against the student's. Without it (or
+            without a manifest) the frame counts are still checked per utterance, at the first
+            batch (`trainer.build`), before any update.
         **kwargs: see `DistillationTrainer`.
 
     Raises:
-        ValueError: teacher and student frame rates (reduction factors) differ.
+        ValueError: teacher and student frame rates (reduction factors) differ (online: the
+            teacher's; offline: the manifest's); `full_vocabulary` without a teacher; records
+            whose manifest says they have no soft targets.
     """
 
     term_names = ("hard", "soft", "rnnt_gt")
     needs_teacher_lattice = True
 
-    def __init__(self, model, optimizer, *, shift: int = 0, full_vocabulary=False, **kwargs):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        *,
+        shift: int = 0,
+        full_vocabulary=False,
+        pseudo_label_records: str | None = None,
+        **kwargs,
+    ):
         super().__init__(model, optimizer, **kwargs)
-        if self.teacher.reduction_factor != model.reduction_factor:
+        if self.teacher is not None:
+            teacher_factor, source = self.teacher.reduction_factor, "the teacher"
+        else:
+            if full_vocabulary:
+                raise ValueError(
+                    "SoftDistillationTrainer(full_vocabulary=True) needs an online teacher "
+                    "(teacher_fn and teacher_dir): stored soft targets hold only the collapsed "
+                    "{next label, blank, rest} log-probs, not all V classes"
+                )
+            teacher_factor, source = None, ""
+            if pseudo_label_records:
+                teacher_factor, source = soft_targets_reduction_factor(pseudo_label_records)
+        if teacher_factor is not None and teacher_factor != model.reduction_factor:
             raise ValueError(
                 "soft distillation compares lattice node (t, u) of teacher and student and needs "
-                "the same frame rate, but the teacher reduces frames "
-                f"{self.teacher.reduction_factor}x and the student {model.reduction_factor}x; "
+                f"the same frame rate, but {source} reduces frames "
+                f"{teacher_factor}x and the student {model.reduction_factor}x; "
                 "use full-sum distillation "
                 "(FullSumDistillationTrainer), which compares no time index"
             )
         self.shift = int(shift)
         self.full_vocabulary = full_vocabulary
+
+    def uses_stored_lattice(self, batch) -> bool:
+        """Stored soft targets are used when the batch has them (not for `full_vocabulary`)."""
+        return SOFT_TARGETS in batch and not self.full_vocabulary
 
     def loss_terms(self, batch, training):
         batch = self.add_teacher_outputs(batch)
@@ -326,16 +390,32 @@ class SoftDistillationTrainer(DistillationTrainer):
         logits = self.student_logits(enc_side, hyp, training)
         has_hyp = has_hypotheses(batch)
         hard = losses.hard_distillation_loss(logits, hyp, enc_lengths, hyp_lengths)
-        soft = losses.soft_distillation_loss(
-            batch["teacher_logits"],
-            logits,
-            hyp,
-            enc_lengths,
-            hyp_lengths,
-            shift=self.shift,
-            full_vocabulary=self.full_vocabulary,
-            teacher_logit_lengths=batch["teacher_logit_lengths"],
-        )
+        if self.uses_stored_lattice(batch):
+            shape = tf.shape(logits)
+            targets = fit_soft_targets(batch[SOFT_TARGETS], shape[1], shape[2])
+            targets = tf.ensure_shape(targets, logits.shape[:3] + [3])
+            # Rows without hypotheses store no frames; their term is 0 (masked below).
+            frames = tf.cast(batch[SOFT_TARGET_FRAMES], tf.int32)
+            soft = losses.collapsed_soft_distillation_loss(
+                targets,
+                logits,
+                hyp,
+                enc_lengths,
+                hyp_lengths,
+                shift=self.shift,
+                teacher_logit_lengths=tf.where(has_hyp, frames, enc_lengths),
+            )
+        else:
+            soft = losses.soft_distillation_loss(
+                batch["teacher_logits"],
+                logits,
+                hyp,
+                enc_lengths,
+                hyp_lengths,
+                shift=self.shift,
+                full_vocabulary=self.full_vocabulary,
+                teacher_logit_lengths=batch["teacher_logit_lengths"],
+            )
         return {
             "hard": tf.where(has_hyp, hard, 0.0),
             "soft": tf.where(has_hyp, soft, 0.0),

@@ -9,7 +9,9 @@ trims them).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -18,6 +20,15 @@ from tfkd.data import pipeline
 
 #: Batch fields of an N-best list, as `tfkd.data.pipeline.make_dataset(with_nbest=True)` yields.
 NBEST_FIELDS = ("nbest_token_ids", "nbest_lengths", "teacher_scores", "nbest_count")
+#: Batch fields of stored soft-distillation targets (`make_dataset`, records with `soft/*`):
+#: collapsed teacher log-probs `[B, T, U+1, 3]` on the 1-best's lattice and teacher frames `[B]`.
+SOFT_TARGETS = "soft_targets"
+SOFT_TARGET_FRAMES = "soft_target_frames"
+#: How pseudo-label records with soft targets are made (named when a soft student has neither
+#: a teacher nor stored targets).
+SOFT_TARGETS_COMMAND = (
+    "bin/pseudo_label --teacher_dir=runs/teacher --output_dir=data/pseudo-soft --soft_targets"
+)
 #: Batch field that marks labelled examples for the `rnnt_gt` term.
 LABELED = "labeled"
 #: How the built-in corpus's pseudo-label records are made (named when they are missing).
@@ -130,6 +141,11 @@ def mixed_label_dataset(
         pad_score = tf.constant(pipeline.NBEST_PAD_SCORE, spec["teacher_scores"].dtype)
         ex["teacher_scores"] = tf.fill(nbest_shape[:1], pad_score)
         ex["nbest_count"] = tf.zeros([], spec["nbest_count"].dtype)
+        if SOFT_TARGETS in spec:
+            # No frames: every node is padding (0), and the soft term is 0 on these rows.
+            nodes = spec[SOFT_TARGETS].shape[2]  # batched spec [B, T, U+1, 3]
+            ex[SOFT_TARGETS] = tf.zeros([0, nodes if nodes is not None else 1, 3], tf.float32)
+            ex[SOFT_TARGET_FRAMES] = tf.zeros([], spec[SOFT_TARGET_FRAMES].dtype)
         ex[LABELED] = tf.constant(True)
         return ex
 
@@ -168,6 +184,35 @@ def mixed_label_dataset(
     return mixed.prefetch(tf.data.AUTOTUNE)
 
 
+def soft_targets_reduction_factor(file_pattern: str) -> tuple[int | None, str]:
+    """Host: `(teacher reduction factor, where it was read)` of pseudo-label records with soft
+    targets, from the `manifest.json` that `bin/pseudo_label` wrote next to them.
+
+    `(None, "")` (and a warning) when there is no manifest or it names no factor (records made
+    by an older `bin/pseudo_label`): the per-utterance frame counts are then the only check.
+
+    Raises:
+        ValueError: the manifest says the records have no soft targets.
+    """
+    path = os.path.join(os.path.dirname(file_pattern), "manifest.json")
+    if not tf.io.gfile.exists(path):
+        _log.warning("no %s: the teacher's frame rate is checked at the first batch only", path)
+        return None, ""
+    with tf.io.gfile.GFile(path) as f:
+        manifest = json.load(f)
+    if not manifest.get("soft_targets"):
+        raise ValueError(
+            f"the pseudo-label records {file_pattern!r} have no soft targets ({path}): "
+            f"make them with --soft_targets, e.g.\n  {SOFT_TARGETS_COMMAND}\nor give the soft "
+            "student an online teacher (teacher_fn and teacher_dir)"
+        )
+    factor = manifest.get("teacher_reduction_factor")
+    if factor is None:
+        _log.warning("%s names no teacher_reduction_factor: checked at the first batch", path)
+        return None, ""
+    return int(factor), f"the teacher of the soft targets ({path})"
+
+
 def has_hypotheses(batch):
     """`[B]` bool: rows with at least one hypothesis (labelled rows of a mixed batch have none)."""
     return tf.cast(batch["nbest_count"], tf.int32) > 0
@@ -179,6 +224,17 @@ def first_best(batch):
         tf.cast(batch["nbest_token_ids"][:, 0], tf.int32),
         tf.cast(batch["nbest_lengths"][:, 0], tf.int32),
     )
+
+
+def fit_soft_targets(targets, frames, nodes):
+    """Per replica: stored soft targets `[B, T', U'+1, 3]` cut or zero-padded to `[B, frames,
+    nodes, 3]`, the student's lattice (`frames` its encoder frames, `nodes` = U + 1 of its label
+    axis). Padding nodes are masked by the loss; real ones must agree, which the loss checks
+    per utterance with the stored frame counts."""
+    targets = targets[:, :frames, :nodes]
+    shape = tf.shape(targets)
+    paddings = [[0, 0], [0, frames - shape[1]], [0, nodes - shape[2]], [0, 0]]
+    return tf.pad(targets, paddings)
 
 
 def cut_nbest(batch, nbest_size):

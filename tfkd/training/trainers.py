@@ -275,8 +275,11 @@ LABEL_FIELDS = (("token_ids", "label_length"), ("nbest_token_ids", "nbest_length
 def trim_labels(batch: Mapping[str, tf.Tensor], bucket: int) -> dict[str, tf.Tensor]:
     """Cuts padded label axes to the longest sequence of the batch, rounded up to `bucket`.
 
-    Applies to `token_ids [B, U]` and `nbest_token_ids [B, H, U]` (each by its own lengths);
-    the result has a data-dependent size, so call it outside XLA-compiled code.
+    Applies to `token_ids [B, U]` and `nbest_token_ids [B, H, U]` (each by its own lengths),
+    and to the label-node axis of stored soft targets `soft_targets [B, T, U+1, 3]` (hypothesis
+    0's lattice), which keeps the trimmed `nbest_token_ids`' U + 1 nodes, as the student's lattice
+    over the trimmed 1-best has. The result has a data-dependent size, so call it outside
+    XLA-compiled code.
     """
     batch = dict(batch)
     for ids, lengths in LABEL_FIELDS:
@@ -285,6 +288,9 @@ def trim_labels(batch: Mapping[str, tf.Tensor], bucket: int) -> dict[str, tf.Ten
         longest = tf.reduce_max(tf.cast(batch[lengths], tf.int32))
         keep = tf.minimum((longest + bucket - 1) // bucket * bucket, tf.shape(batch[ids])[-1])
         batch[ids] = batch[ids][..., : tf.maximum(keep, 1)]
+    if "soft_targets" in batch and "nbest_token_ids" in batch:
+        nodes = tf.shape(batch["nbest_token_ids"])[-1] + 1
+        batch["soft_targets"] = batch["soft_targets"][:, :, :nodes]
     return batch
 
 
