@@ -1,5 +1,6 @@
 """The study driver (`tools/run_study.py`, `tfkd.study`): plan, statistics, scheduler, report."""
 
+import importlib.util
 import json
 import math
 import os
@@ -288,3 +289,17 @@ def test_librispeech_preset_documents_the_paper_scale_runs(tmp_path):
         "--gin_file=gin/fullsum_kd.gin"
     )
     assert "--gin_bindings=NUM_STEPS = 100000" in student
+
+
+def test_results_name_the_command_that_runs_the_study_not_the_report():
+    spec = importlib.util.spec_from_file_location(
+        "run_study", os.path.join(REPO, "tools", "run_study.py")
+    )
+    run_study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_study)
+    argv = ["--report_only", "--results", "/tmp/r", "--parallel", "1", "--out", "runs/s"]
+    argv += ["--gin_bindings", "StudyPlan.seeds = (0,)"]
+    assert run_study._command_line(run_study._parse_args(argv)) == (
+        "python tools/run_study.py --preset small --out runs/s "
+        "'--gin_bindings=StudyPlan.seeds = (0,)'"
+    )

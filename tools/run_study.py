@@ -69,8 +69,17 @@ def load_plan(args):
     )
 
 
-def _command_line(argv) -> str:
-    return " ".join(["python tools/run_study.py", *map(shlex.quote, argv)])
+def _command_line(args) -> str:
+    """The command that runs this study (what `--report_only` reports on): the preset and the
+    options that change its runs; --results, --parallel and --report_only do not."""
+    parts = ["--preset", args.preset]
+    for flag in ("out", "data"):
+        if getattr(args, flag) is not None:
+            parts += [f"--{flag}", getattr(args, flag)]
+    for flag in ("gin_file", "gin_bindings"):
+        for value in getattr(args, flag):
+            parts.append(f"--{flag}={value}")
+    return " ".join(["python tools/run_study.py", *map(shlex.quote, parts)])
 
 
 def _wall_seconds(out_dir, add=0.0) -> float:
@@ -122,7 +131,7 @@ def main(argv=None) -> int:
             _wall_seconds(plan.out_dir, time.time() - start)
     result = report.collect(plan, jobs, seconds=_wall_seconds(plan.out_dir))
     results_dir = os.path.abspath(args.results)
-    paths = report.write(result, results_dir, _command_line(argv))
+    paths = report.write(result, results_dir, _command_line(args))
     print("\n".join(f"[study] wrote {p}" for p in paths))
     bad = {k: v for k, v in status.items() if v in ("failed", "blocked")}
     if bad:
