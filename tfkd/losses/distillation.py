@@ -227,17 +227,18 @@ def soft_distillation_loss(
     teacher_logits, student_logits, labels, logit_lengths, label_lengths = _checked(
         checks, teacher_logits, student_logits, labels, logit_lengths, label_lengths, blank, name
     )
-    teacher_logits = _shift_frames(teacher_logits, shift)
     if full_vocabulary:
         kl = _kl_terms(
-            tf.nn.log_softmax(tf.cast(teacher_logits, tf.float32)),
+            tf.nn.log_softmax(tf.cast(_shift_frames(teacher_logits, shift), tf.float32)),
             tf.nn.log_softmax(tf.cast(student_logits, tf.float32)),
         )
-    else:
-        teacher_lps = collapsed_lattice(teacher_logits, labels, label_lengths, blank)
-        student_lps = collapsed_lattice(student_logits, labels, label_lengths, blank)
-        kl = _kl_terms(teacher_lps, student_lps)
-    return _sum_valid_nodes(kl, logit_lengths, label_lengths, shift)
+        return _sum_valid_nodes(kl, logit_lengths, label_lengths, shift)
+    # Collapse first, then shift: the shift pads and copies [B, T, U+1, 3], not the teacher's
+    # [B, T, U+1, V] (every node collapses on its own; the nodes the shift fills are masked).
+    teacher_lps = collapsed_lattice(teacher_logits, labels, label_lengths, blank)
+    return _collapsed_kl_sum(
+        teacher_lps, student_logits, labels, logit_lengths, label_lengths, shift, blank
+    )
 
 
 def collapsed_soft_distillation_loss(
@@ -290,6 +291,16 @@ def collapsed_soft_distillation_loss(
     teacher_lps, student_logits, labels, logit_lengths, label_lengths = _checked(
         checks, teacher_lps, student_logits, labels, logit_lengths, label_lengths, blank, name
     )
+    return _collapsed_kl_sum(
+        teacher_lps, student_logits, labels, logit_lengths, label_lengths, shift, blank
+    )
+
+
+def _collapsed_kl_sum(
+    teacher_lps, student_logits, labels, logit_lengths, label_lengths, shift, blank
+):
+    """`[B]` collapsed KL of teacher log-probs `[B, T, U+1, 3]` (before `shift`) against the
+    student's collapsed lattice, summed over the valid nodes; shared by both soft losses."""
     teacher_lps = _shift_frames(teacher_lps, shift)
     student_lps = collapsed_lattice(student_logits, labels, label_lengths, blank)
     kl = _kl_terms(teacher_lps, student_lps)
