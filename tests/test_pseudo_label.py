@@ -333,18 +333,17 @@ def test_soft_targets_on_the_stored_noisy_1best(teacher, frontend, split, clean_
         np.testing.assert_allclose(e["soft_targets"], want[:frames], rtol=1e-4, atol=1e-4)
         assert np.all(e["soft_targets"][:, len(first), 0] <= -1e29)  # no label after the last
     assert corrupted >= 3
+
     # Batches: [B, T_max, U_max + 1, 3]; static shapes pad U to max_label_length + 1, and
     # label_bucket trimming cuts it with the labels.
-    batch = next(
-        iter(
-            pipeline.make_dataset(
-                str(root / "soft" / "*.tfrecord"),
-                global_batch_size=4,
-                with_nbest=True,
-                deterministic=True,
-            )
+    def first_batch(**options):
+        pattern = str(root / "soft" / "*.tfrecord")
+        dataset = pipeline.make_dataset(
+            pattern, global_batch_size=4, with_nbest=True, deterministic=True, **options
         )
-    )
+        return next(iter(dataset))
+
+    batch = first_batch()
     longest_first = int(tf.reduce_max(batch["nbest_lengths"][:, 0]))
     assert batch["soft_targets"].shape == (
         4,
@@ -353,32 +352,15 @@ def test_soft_targets_on_the_stored_noisy_1best(teacher, frontend, split, clean_
         3,
     )
     longest = max(int(e["nbest_lengths"].max()) for e in out)
-    static = pipeline.make_dataset(
-        str(root / "soft" / "*.tfrecord"),
-        global_batch_size=4,
-        with_nbest=True,
-        static_shapes=True,
-        max_duration_s=1.5,
-        max_label_length=longest,
-        nbest_size=3,
-        deterministic=True,
+    batch = first_batch(
+        static_shapes=True, max_duration_s=1.5, max_label_length=longest, nbest_size=3
     )
-    batch = next(iter(static))
     assert batch["soft_targets"].shape[2:] == (longest + 1, 3)
     trimmed = trainers.trim_labels(batch, 4)
     nodes = trimmed["nbest_token_ids"].shape[2] + 1
     assert trimmed["soft_targets"].shape[2] == nodes <= longest + 1
     assert trimmed["nbest_token_ids"].shape[2] % 4 == 0 or nodes == longest + 1
-    without = next(
-        iter(
-            pipeline.make_dataset(
-                str(root / "soft" / "*.tfrecord"),
-                global_batch_size=4,
-                with_nbest=True,
-                soft_targets=False,
-            )
-        )
-    )
+    without = first_batch(soft_targets=False)
     assert "soft_targets" not in without
 
 
