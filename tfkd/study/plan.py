@@ -137,6 +137,11 @@ def setting_name(values: Mapping[str, object]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
+def stamp_path(out_dir: str, job_name: str) -> str:
+    """`OUT/stamps/<job>.json`: written by the scheduler when a job succeeds, with its seconds."""
+    return os.path.join(out_dir, "stamps", f"{job_name}.json")
+
+
 def read_json(path: str) -> dict | None:
     """The JSON object at `path`, or None if the file does not exist."""
     if not os.path.exists(path):

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 
 from tfkd.study import stats
-from tfkd.study.plan import Job, StudyPlan, read_json, setting_name
+from tfkd.study.plan import Job, StudyPlan, read_json, setting_name, stamp_path
 
 SPLITS = ("dev", "test")
 
@@ -100,13 +100,7 @@ def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) 
         "out_dir": plan.out_dir,
         "seeds": list(plan.seeds),
         "measured_seconds": seconds,
-        "job_seconds": _job_seconds(plan, jobs),
-        "jobs_done": sum(
-            os.path.exists(os.path.join(plan.out_dir, "stamps", f"{j.name}.json"))
-            for j in jobs
-            if "kind" in j.info
-        ),
-        "jobs_total": sum("kind" in j.info for j in jobs),
+        **_job_progress(plan, jobs),
         "teachers": teachers,
         "baseline": {**baseline, "runs": sorted(baseline_runs, key=lambda r: r["seed"])},
         "methods": [
@@ -125,14 +119,16 @@ def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) 
     }
 
 
-def _job_seconds(plan: StudyPlan, jobs: Sequence[Job]) -> float:
-    """Sum of the stamped jobs' own wall times (`OUT/stamps/<job>.json`, written by the
-    scheduler); unstamped data jobs are not counted."""
-    total = 0.0
-    for job in jobs:
-        stamp = read_json(os.path.join(plan.out_dir, "stamps", f"{job.name}.json"))
-        total += (stamp or {}).get("seconds", 0.0)
-    return total
+def _job_progress(plan: StudyPlan, jobs: Sequence[Job]) -> dict:
+    """`job_seconds` (the sum of the stamped jobs' own wall times), `jobs_done` and `jobs_total`
+    over the teacher, pseudo-label and student jobs (data jobs are not stamped)."""
+    stamps = [read_json(stamp_path(plan.out_dir, j.name)) for j in jobs if "kind" in j.info]
+    done = [s for s in stamps if s is not None]
+    return {
+        "job_seconds": sum(s.get("seconds", 0.0) for s in done),
+        "jobs_done": len(done),
+        "jobs_total": len(stamps),
+    }
 
 
 def _label_quality(manifest: dict | None) -> dict:

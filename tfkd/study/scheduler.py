@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import tqdm
 
-from tfkd.study.plan import Job
+from tfkd.study.plan import Job, stamp_path
 
 
 def _dump(path: str, obj) -> None:
@@ -65,7 +65,7 @@ class Scheduler:
         return os.path.join(self.out_dir, *parts)
 
     def stamp_path(self, job: Job) -> str:
-        return self.path("stamps", f"{job.name}.json")
+        return stamp_path(self.out_dir, job.name)
 
     def log_path(self, job: Job) -> str:
         return self.path("logs", f"{job.name}.log")
