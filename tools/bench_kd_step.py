@@ -250,9 +250,10 @@ def _soft_target_batch(teacher, frontend, batch):
     enc_lengths = tf.cast(enc_lengths, tf.int32)
     hyp, hyp_lengths = batch["nbest_token_ids"][:, 0], batch["nbest_lengths"][:, 0]
     lattice = pseudo_label.make_soft_target_fn(teacher)(enc, enc_lengths, hyp, hyp_lengths)
-    stored = np.zeros(lattice.shape, np.float32)
+    lattice = lattice.numpy()
+    stored = np.zeros(lattice.shape, np.float32)  # zero padded, as the pipeline batches them
     for b, (t, u) in enumerate(zip(enc_lengths.numpy(), hyp_lengths.numpy(), strict=True)):
-        stored[b, :t, : u + 1] = lattice.numpy()[b, :t, : u + 1]
+        stored[b, :t, : u + 1] = lattice[b, :t, : u + 1]
     return {**batch, "soft_targets": tf.constant(stored), "soft_target_frames": enc_lengths}
 
 
