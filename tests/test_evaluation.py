@@ -55,12 +55,14 @@ def test_oracle_and_empty_decoders_give_zero_and_hundred(tokenizer):
     result = evaluation.evaluate_split(None, batches, tokenizer, decoder=oracle)
     assert (result["wer"], result["errors"], result["reference_words"]) == (0.0, 0, 13)
     assert result["utterances"] == 3 and result["decoder"] == "oracle"
+    assert result["distinct_hypotheses"] == 3
 
     def empty(waveform, num_samples):
         return np.zeros([len(num_samples), 0], np.int32), np.zeros(len(num_samples), np.int32)
 
     result = evaluation.evaluate_split(None, batches, tokenizer, decoder=empty)
     assert (result["wer"], result["deletions"], result["substitutions"]) == (100.0, 13, 0)
+    assert result["distinct_hypotheses"] == 1  # the same (empty) output for every utterance
 
 
 def test_greedy_and_beam_match_a_manual_evaluation(tokenizer):
@@ -82,6 +84,7 @@ def test_greedy_and_beam_match_a_manual_evaluation(tokenizer):
     assert [d["utterance_id"] for d in greedy["utterances_detail"]] == ["u0", "u1", "u2"]
     assert {k: greedy[k] for k in expected.as_dict()} == expected.as_dict()
     assert greedy["wer"] > 0 and greedy["hypothesis_words"] > 0
+    assert greedy["distinct_hypotheses"] == len(set(hyps))
     assert greedy["audio_seconds"] == pytest.approx(9600 / 16000)
     beam = evaluation.evaluate_split(
         model,

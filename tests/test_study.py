@@ -180,11 +180,12 @@ def test_scheduler_checks_outputs_and_thread_budget(tmp_path):
 # ---- report ----------------------------------------------------------------------------------
 
 
-def _fake_eval(model_dir, dev, test):
+def _fake_eval(model_dir, dev, test, distinct=100):
     os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
     for split, wer in (("dev", dev), ("test", test)):
         with open(os.path.join(model_dir, "eval", f"{split}.json"), "w") as f:
-            json.dump({"wer": wer, "step": 10}, f)
+            counts = {"distinct_hypotheses": distinct, "utterances": 100}
+            json.dump({"wer": wer, "step": 10, **counts}, f)
 
 
 def test_report_means_intervals_links_and_plot(tmp_path):
@@ -196,7 +197,14 @@ def test_report_means_intervals_links_and_plot(tmp_path):
             _fake_eval(info["model_dir"], 30.0, 31.0)
         if info.get("kind") == "student":
             base = 50.0 if info["method"] == "no-kd" else 40.0
-            _fake_eval(info["model_dir"], base + info["seed"], base + 1 + info["seed"])
+            # One seed of full-sum with the bad teacher says the same words for every input.
+            one_output = (info["arm"], info["method"], info["seed"]) == (
+                "teacher-bad",
+                "full-sum",
+                1,
+            )
+            distinct = 1 if one_output else 100
+            _fake_eval(info["model_dir"], base + info["seed"], base + 1 + info["seed"], distinct)
             if info["arm"] == "teacher-bad" and info["method"] == "hard" and info["seed"] == 0:
                 with open(os.path.join(info["model_dir"], "operative_config.gin"), "w") as f:
                     f.write("NUM_STEPS = 1500\n")
@@ -228,6 +236,12 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert '<a id="runs-teacher-good"></a>' in md and "(../out/teachers/good) |" in md
     assert "[41.0 ± 2.5 / 42.0 ± 2.5](#runs-teacher-bad-hard)<br>+19.2%" in md
     assert '<a id="runs-teacher-bad-hard"></a>' in md
+    # A student that says the same words for every input is flagged in its cell and its row.
+    assert cells[("teacher-bad", "full-sum")]["collapsed_runs"] == 1
+    assert cells[("teacher-bad", "hard")]["collapsed_runs"] == 0
+    assert "(#runs-teacher-bad-full-sum)<br>+19.2%<br>1 of 3 collapsed |" in md
+    assert "| 1 | 41.00 | 42.00 | **1 of 100 (collapsed)** |" in md
+    assert "| 0 | 40.00 | 41.00 | 100 of 100 |" in md
     # A run's config is copied next to the results (run directories are not committed) ...
     copy = tmp_path / "results" / "configs" / "students__teacher-bad__hard__default__s0.gin"
     assert copy.read_text() == "NUM_STEPS = 1500\n"

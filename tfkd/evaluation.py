@@ -93,8 +93,9 @@ def evaluate_split(
     Returns:
       dict with `wer` (percent), `substitutions`, `deletions`, `insertions`, `errors`,
       `reference_words`, `hypothesis_words`, `utterances`, `decoder`, `beam_width`,
-      `max_symbols_per_frame`, `seconds`, `audio_seconds`, and with `keep_hypotheses` an
-      `utterances_detail` list.
+      `max_symbols_per_frame`, `seconds`, `audio_seconds`, `distinct_hypotheses` (how many
+      different outputs: 1 when a model emits the same words for every utterance), and with
+      `keep_hypotheses` an `utterances_detail` list.
     """
     if callable(decoder):
         decode, decoder_name = decoder, getattr(decoder, "__name__", "custom")
@@ -105,6 +106,7 @@ def evaluate_split(
     accumulator = metrics.WerAccumulator()
     details = []
     audio_samples = 0
+    distinct = set()
     start = time.time()
     batches = dataset if max_batches is None else _take(dataset, max_batches)
     for batch in tqdm.tqdm(batches, disable=not progress, unit="batch"):
@@ -116,6 +118,7 @@ def evaluate_split(
         ]
         refs = _references(batch, tokenizer)
         per_utterance = accumulator.update(refs, hyps)
+        distinct.update(hyps)
         audio_samples += int(num_samples.sum())
         if keep_hypotheses:
             utt_ids = _strings(batch.get("utterance_id"), len(refs))
@@ -130,6 +133,7 @@ def evaluate_split(
         "max_symbols_per_frame": max_symbols_per_frame,
         "seconds": time.time() - start,
         "audio_seconds": audio_samples / float(getattr(frontend, "sample_rate", 16000)),
+        "distinct_hypotheses": len(distinct),
     }
     if keep_hypotheses:
         result["utterances_detail"] = details

@@ -16,6 +16,9 @@ from tfkd.study import stats
 from tfkd.study.plan import Job, StudyPlan, read_json, setting_name, stamp_path
 
 SPLITS = ("dev", "test")
+# A run whose distinct dev outputs are fewer than this fraction of the dev utterances has
+# collapsed to (nearly) one output for every input: its WER measures the references, not speech.
+COLLAPSED_BELOW = 0.05
 
 
 def _run_record(model_dir: str) -> dict | None:
@@ -27,13 +30,21 @@ def _run_record(model_dir: str) -> dict | None:
         "dev_wer": evals["dev"]["wer"],
         "test_wer": evals["test"]["wer"],
         "step": evals["dev"].get("step"),
+        "dev_distinct_hypotheses": evals["dev"].get("distinct_hypotheses"),
+        "dev_utterances": evals["dev"].get("utterances"),
         "model_dir": model_dir,
         "operative_config": os.path.join(model_dir, "operative_config.gin"),
     }
 
 
+def collapsed(run: Mapping) -> bool:
+    """True when the run emits (nearly) the same words for every dev utterance."""
+    distinct, utterances = run.get("dev_distinct_hypotheses"), run.get("dev_utterances")
+    return distinct is not None and bool(utterances) and distinct < COLLAPSED_BELOW * utterances
+
+
 def _summary(runs: Sequence[dict]) -> dict:
-    out = {"num_runs": len(runs)}
+    out = {"num_runs": len(runs), "collapsed_runs": sum(collapsed(r) for r in runs)}
     for split in SPLITS:
         values = [r[f"{split}_wer"] for r in runs]
         if values:
@@ -179,8 +190,12 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
         ]
     lines += [
         f"WER % (greedy decoding, whole dev / test sets): mean ± 95 % CI (t-interval) over "
-        f"seeds {result['seeds']}; the last line of each cell is the "
-        "relative test WER reduction against the no-KD baseline. Each number links to its runs.",
+        f"seeds {result['seeds']}; the second line of each cell is the "
+        "relative test WER reduction against the no-KD baseline. Each number links to its runs. "
+        f'"k of n collapsed": k seeds emit (nearly) one output for every utterance (distinct '
+        f"dev outputs fewer than {COLLAPSED_BELOW:.0%} of the utterances); near 90 % WER such "
+        "a constant guess scores like a student that learned a little, so those cells say "
+        "nothing about the method.",
         "",
     ]
     base = result["baseline"]
@@ -203,7 +218,13 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
     lines += [
         "",
         f"**No-KD baseline** (ground truth of `train-labeled` only): dev {_fmt(base, 'dev')}, "
-        f"test {_fmt(base, 'test')} ([runs](#{_anchor('no-kd', 'baseline')})).",
+        f"test {_fmt(base, 'test')}"
+        + (
+            f", {base['collapsed_runs']} of {base['num_runs']} collapsed"
+            if base.get("collapsed_runs")
+            else ""
+        )
+        + f" ([runs](#{_anchor('no-kd', 'baseline')})).",
     ]
     for name, why in na.items():
         lines += ["", f"**{name}: n/a.** {why}"]
@@ -251,14 +272,25 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
     groups += [(c["arm"], c["method"], c["runs"]) for c in result["cells"]]
     for arm, method, runs in groups:
         lines += [f'<a id="{_anchor(arm, method)}"></a>', f"**{arm} / {method}**", ""]
-        lines += ["| seed | dev WER | test WER | run | config |", "|---|---|---|---|---|"]
+        lines += [
+            "| seed | dev WER | test WER | distinct dev outputs | run | config |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in runs:
             lines.append(
                 f"| {r['seed']} | {r['dev_wer']:.2f} | {r['test_wer']:.2f} | "
-                f"{_run_links(link_root, r)} |"
+                f"{_distinct(r)} | {_run_links(link_root, r)} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _distinct(run: Mapping) -> str:
+    """`12 of 500`, marked when collapsed; `–` for reports written before it was counted."""
+    if run.get("dev_distinct_hypotheses") is None:
+        return "–"
+    text = f"{run['dev_distinct_hypotheses']} of {run['dev_utterances']}"
+    return f"**{text} (collapsed)**" if collapsed(run) else text
 
 
 def _run_links(link_root: str, run: dict) -> str:
@@ -296,7 +328,11 @@ def _cell(cell: dict | None) -> str:
     link = f"#{_anchor(cell['arm'], cell['method'])}"
     text = f"[{_fmt(cell, 'dev')} / {_fmt(cell, 'test')}]({link})"
     rel = cell.get("test_rel_wer_reduction")
-    return text if rel is None else f"{text}<br>{rel:+.1%}"
+    if rel is not None:
+        text += f"<br>{rel:+.1%}"
+    if cell.get("collapsed_runs"):
+        text += f"<br>{cell['collapsed_runs']} of {cell['num_runs']} collapsed"
+    return text
 
 
 # ---- plot ---------------------------------------------------------------------------------------
@@ -331,14 +367,24 @@ def plot(result: dict, path: str) -> None:
         for i, m in enumerate(result["methods"]):
             shift = (i - (len(result["methods"]) - 1) / 2) * dodge
             pts = sorted(
-                (x_of_arm[c["arm"]], c["test"]["mean"], c["test"]["ci95"] or 0.0)
-                for c in result["cells"]
-                if c["method"] == m["name"] and x_of_arm.get(c["arm"]) is not None and "test" in c
+                (
+                    (x_of_arm[c["arm"]], c["test"]["mean"], c["test"]["ci95"] or 0.0, c)
+                    for c in result["cells"]
+                    if c["method"] == m["name"]
+                    and x_of_arm.get(c["arm"]) is not None
+                    and "test" in c
+                ),
+                key=lambda p: p[0],
             )
             if pts:
-                xs, ys, es = zip(*pts, strict=True)
+                xs, ys, es, cells = zip(*pts, strict=True)
                 xs = [x + shift for x in xs]
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m["name"])
+                for x, y, cell in zip(xs, ys, cells, strict=True):
+                    if cell.get("collapsed_runs"):
+                        ax.plot(x, y, "kx", markersize=9, zorder=3)
+        if any(c.get("collapsed_runs") and c["arm"] in x_of_arm for c in result["cells"]):
+            ax.plot([], [], "kx", label="a seed collapsed to one output")
         _baseline_band(ax, result["baseline"])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("student test WER, %")
