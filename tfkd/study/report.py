@@ -219,11 +219,7 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
         "",
         f"**No-KD baseline** (ground truth of `train-labeled` only): dev {_fmt(base, 'dev')}, "
         f"test {_fmt(base, 'test')}"
-        + (
-            f", {base['collapsed_runs']} of {base['num_runs']} collapsed"
-            if base.get("collapsed_runs")
-            else ""
-        )
+        + "".join(f", {note}" for note in _collapsed_note(base))
         + f" ([runs](#{_anchor('no-kd', 'baseline')})).",
     ]
     for name, why in na.items():
@@ -326,13 +322,17 @@ def _cell(cell: dict | None) -> str:
     if not cell:
         return "–"
     link = f"#{_anchor(cell['arm'], cell['method'])}"
-    text = f"[{_fmt(cell, 'dev')} / {_fmt(cell, 'test')}]({link})"
+    lines = [f"[{_fmt(cell, 'dev')} / {_fmt(cell, 'test')}]({link})"]
     rel = cell.get("test_rel_wer_reduction")
     if rel is not None:
-        text += f"<br>{rel:+.1%}"
-    if cell.get("collapsed_runs"):
-        text += f"<br>{cell['collapsed_runs']} of {cell['num_runs']} collapsed"
-    return text
+        lines.append(f"{rel:+.1%}")
+    return "<br>".join(lines + _collapsed_note(cell))
+
+
+def _collapsed_note(summary: Mapping) -> list[str]:
+    """`["k of n collapsed"]` for a cell or the baseline with collapsed runs, else `[]`."""
+    k = summary.get("collapsed_runs")
+    return [f"{k} of {summary['num_runs']} collapsed"] if k else []
 
 
 # ---- plot ---------------------------------------------------------------------------------------
@@ -368,20 +368,20 @@ def plot(result: dict, path: str) -> None:
             shift = (i - (len(result["methods"]) - 1) / 2) * dodge
             pts = sorted(
                 (
-                    (x_of_arm[c["arm"]], c["test"]["mean"], c["test"]["ci95"] or 0.0, c)
-                    for c in result["cells"]
-                    if c["method"] == m["name"]
-                    and x_of_arm.get(c["arm"]) is not None
-                    and "test" in c
-                ),
-                key=lambda p: p[0],
+                    x_of_arm[c["arm"]],
+                    c["test"]["mean"],
+                    c["test"]["ci95"] or 0.0,
+                    bool(c.get("collapsed_runs")),
+                )
+                for c in result["cells"]
+                if c["method"] == m["name"] and x_of_arm.get(c["arm"]) is not None and "test" in c
             )
             if pts:
-                xs, ys, es, cells = zip(*pts, strict=True)
+                xs, ys, es, collapsed_cells = zip(*pts, strict=True)
                 xs = [x + shift for x in xs]
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m["name"])
-                for x, y, cell in zip(xs, ys, cells, strict=True):
-                    if cell.get("collapsed_runs"):
+                for x, y, marked in zip(xs, ys, collapsed_cells, strict=True):
+                    if marked:
                         ax.plot(x, y, "kx", markersize=9, zorder=3)
         if any(c.get("collapsed_runs") and c["arm"] in x_of_arm for c in result["cells"]):
             ax.plot([], [], "kx", label="a seed collapsed to one output")
