@@ -58,7 +58,8 @@ def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
         seen.add(job.name)
     kinds = [j.info.get("kind") for j in jobs]
     assert kinds.count("teacher") == 3
-    assert kinds.count("pseudo") == 3 + 3  # one per teacher + one per noise rate
+    # N-best per teacher and per noise rate; soft targets (1-best) per teacher
+    assert kinds.count("pseudo") == 3 + 3 + 3
     students = [j.info for j in jobs if j.info.get("kind") == "student"]
     # baseline 3 seeds; 3 teachers x 5 methods x 3 seeds; noise 3 rates x 2 methods x 3 seeds;
     # tuning: soft 2 shifts and disc 2 temperatures, one of each being a seed-0 run.
@@ -72,11 +73,21 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     jobs = {j.name: j for j in plan.jobs()}
     soft = jobs["student-teacher-medium-soft-SHIFT=2-s0"]
     train, evaluate = soft.argv_lists()
-    assert "--gin_file=gin/soft_kd.gin" in train
-    assert f"--gin_bindings=TEACHER_DIR = '{plan.teacher_dir('medium')}'" in train
-    pseudo = os.path.join(plan.pseudo_dir("medium"), "*.tfrecord")
+    assert "--gin_file=gin/soft_kd_offline.gin" in train
+    assert not any("TEACHER_DIR" in a for a in train)  # offline: no teacher in the trainer
+    soft_dir = plan.pseudo_dir("medium", soft_targets=True)
+    assert soft.deps == ("pseudo-medium-soft",) and soft_dir.endswith("pseudo/medium-soft")
+    pseudo = os.path.join(soft_dir, "*.tfrecord")
     assert f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{pseudo}'" in train
     assert "--gin_bindings=SHIFT = 2" in train
+    soft_pl = jobs["pseudo-medium-soft"].argv_lists()[0]
+    assert "--soft_targets" in soft_pl and "--nbest=1" in soft_pl
+    assert f"--output_dir={soft_dir}" in soft_pl
+    hard_pl = jobs["pseudo-medium"].argv_lists()[0]
+    assert "--soft_targets" not in hard_pl and f"--nbest={plan.nbest}" in hard_pl
+    full_sum = jobs["student-teacher-medium-full-sum-default-s0"].argv_lists()[0]
+    nbest = os.path.join(plan.pseudo_dir("medium"), "*.tfrecord")
+    assert f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{nbest}'" in full_sum
     assert "--gin_bindings=train.seed = 0" in train
     assert evaluate[1].endswith("bin/evaluate") and "--split=test" in evaluate
     noisy = jobs["student-noise-0.2-hard-default-s1"]
@@ -303,6 +314,9 @@ def test_librispeech_preset_documents_the_paper_scale_runs(tmp_path):
         "--gin_file=gin/fullsum_kd.gin"
     )
     assert "--gin_bindings=NUM_STEPS = 100000" in student
+    soft = jobs["student-teacher-medium-soft-SHIFT=0-s0"].argv_lists()[0]  # online at this scale
+    assert "--gin_file=gin/soft_kd.gin" in soft
+    assert f"--gin_bindings=TEACHER_DIR = '{plan.teacher_dir('medium')}'" in soft
 
 
 def test_results_name_the_command_that_runs_the_study_not_the_report():
