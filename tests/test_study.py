@@ -102,6 +102,12 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert "--noise_rate=0.4" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
 
 
+def _write_dev(model_dir, wer, **fields):
+    os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
+    with open(os.path.join(model_dir, "eval", "dev.json"), "w") as f:
+        json.dump({"wer": wer, **fields}, f)
+
+
 def test_tuned_values_come_from_the_lowest_dev_wer(tmp_path):
     plan = load_preset("small", out_dir=str(tmp_path), data_dir=str(tmp_path / "data"))
     with pytest.raises(RuntimeError, match="not evaluated"):
@@ -112,6 +118,14 @@ def test_tuned_values_come_from_the_lowest_dev_wer(tmp_path):
         with open(os.path.join(path, "dev.json"), "w") as f:
             json.dump({"wer": wer}, f)
     assert plan.tuned_values("soft") == {"SHIFT": 2}
+    # A collapsed run (a few stock transcripts) loses to a listening one even at a lower WER...
+    _write_dev(plan.tuning_dir("soft", {"SHIFT": 2}), 45.0, distinct_hypotheses=3, utterances=100)
+    _write_dev(plan.tuning_dir("soft", {"SHIFT": 0}), 50.0, distinct_hypotheses=90, utterances=100)
+    assert plan.tuned_values("soft") == {"SHIFT": 0}
+    # ... and when every run collapsed, the lowest dev WER wins again.
+    _write_dev(plan.tuning_dir("soft", {"SHIFT": 0}), 50.0, distinct_hypotheses=4, utterances=100)
+    assert plan.tuned_values("soft") == {"SHIFT": 2}
+    _write_dev(plan.tuning_dir("soft", {"SHIFT": 2}), 45.0)
     jobs = {j.name: j for j in plan.jobs()}
     assert "--gin_bindings=SHIFT = 2" in jobs["student-teacher-good-soft-tuned-s2"].argv_lists()[0]
     assert plan.tuned_values("hard") == {}

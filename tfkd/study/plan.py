@@ -17,7 +17,8 @@ the noise teacher's pseudo-labels corrupted at that word-piece error rate and re
 and `no-kd` (the baseline, trained on ground truth only).
 
 Hyper-parameters chosen on dev (`tuning`): for each tuned method, every value of its grid is
-trained on the `tuning_teacher` with the first seed; the value with the lowest dev WER is used by
+trained on the `tuning_teacher` with the first seed; the value with the lowest dev WER (among the
+runs that did not collapse to a few stock transcripts, `stats.collapsed`) is used by
 every other run of that method. The tuning run of the chosen value is also that method's
 first-seed run for the tuning teacher. Test WER is never read for a choice.
 """
@@ -30,6 +31,8 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+
+from tfkd.study import stats
 
 SPLITS = ("train-labeled", "train-unlabeled", "dev", "test")
 NEEDS = ("pseudo", "soft-targets", "online", "none")
@@ -467,7 +470,9 @@ class StudyPlan:
         )
 
     def tuned_values(self, method: str) -> dict:
-        """The chosen setting of a tuned method: the lowest dev WER among its tuning runs.
+        """The chosen setting of a tuned method: the lowest dev WER among its tuning runs that
+        did not collapse (`stats.collapsed`: a few stock transcripts can score a lower WER than a
+        model that listens); among all of them when every one collapsed.
 
         Raises:
             RuntimeError: a tuning run has no dev evaluation yet.
@@ -475,14 +480,15 @@ class StudyPlan:
         grid = self.tuning.get(method)
         if not grid:
             return {}
-        best, best_wer = None, None
+        candidates = []
         for values in grid_settings(grid):
             dev = read_json(os.path.join(self.tuning_dir(method, values), "eval", "dev.json"))
             if dev is None:
                 raise RuntimeError(f"tuning run {self.tuning_dir(method, values)} is not evaluated")
-            if best_wer is None or dev["wer"] < best_wer:
-                best, best_wer = values, dev["wer"]
-        return best
+            flat = stats.collapsed(dev.get("distinct_hypotheses"), dev.get("utterances"))
+            candidates.append((flat, dev["wer"], values))
+        listening = [c for c in candidates if not c[0]] or candidates
+        return min(listening, key=lambda c: c[1])[2]
 
     def student_jobs(self) -> list[Job]:
         jobs = []

@@ -18,7 +18,6 @@ from tfkd.study.plan import Job, StudyPlan, read_json, setting_name, stamp_path
 SPLITS = ("dev", "test")
 # A run whose distinct dev outputs are fewer than this fraction of the dev utterances has
 # collapsed to (nearly) one output for every input: its WER measures the references, not speech.
-COLLAPSED_BELOW = 0.05
 
 
 def _run_record(model_dir: str) -> dict | None:
@@ -39,8 +38,7 @@ def _run_record(model_dir: str) -> dict | None:
 
 def collapsed(run: Mapping) -> bool:
     """True when the run emits (nearly) the same words for every dev utterance."""
-    distinct, utterances = run.get("dev_distinct_hypotheses"), run.get("dev_utterances")
-    return distinct is not None and bool(utterances) and distinct < COLLAPSED_BELOW * utterances
+    return stats.collapsed(run.get("dev_distinct_hypotheses"), run.get("dev_utterances"))
 
 
 def _summary(runs: Sequence[dict]) -> dict:
@@ -193,8 +191,8 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
         f"seeds {result['seeds']}; the second line of each cell is the "
         "relative test WER reduction against the no-KD baseline. Each number links to its runs. "
         f'"k of n collapsed": k seeds emit (nearly) one output for every utterance (distinct '
-        f"dev outputs fewer than {COLLAPSED_BELOW:.0%} of the utterances); near 90 % WER such "
-        "a constant guess scores like a student that learned a little, so those cells say "
+        f"dev outputs fewer than {stats.COLLAPSED_BELOW:.0%} of the utterances); near 90 % WER "
+        "such a constant guess scores like a student that learned a little, so those cells say "
         "nothing about the method.",
         "",
     ]
@@ -253,7 +251,8 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
                 for r in sorted(runs, key=lambda r: setting_name(r["values"]))
             )
             lines.append(
-                f"- **{m}**: {setting_name(c['values'] or {})} (lowest dev WER with teacher "
+                f"- **{m}**: {setting_name(c['values'] or {})} (lowest dev WER of the runs "
+                f"that did not collapse, with teacher "
                 f"{c['teacher']}, seed {c['seed']}; tried {tried or 'nothing yet'})"
             )
     lines += ["", "## Runs", ""]
