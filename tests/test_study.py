@@ -237,6 +237,8 @@ def test_report_means_intervals_links_and_plot(tmp_path):
             os.makedirs(info["dir"], exist_ok=True)
             with open(os.path.join(info["dir"], "manifest.json"), "w") as f:
                 json.dump({"teacher_wer": 33.0, "label_wer": 33.0 + 100 * info["noise"]}, f)
+    with open(os.path.join(plan.out_dir, report.WALL_TIME_NOTE), "w") as f:
+        f.write("Teachers carried over\nfrom another run.\n")
     result = report.collect(plan, jobs, seconds=3600.0)
     assert result["baseline"]["test"]["mean"] == pytest.approx(52.0)
     cells = {(c["arm"], c["method"]): c for c in result["cells"]}
@@ -257,6 +259,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert loaded["command"] == "python tools/run_study.py" and loaded["measured_seconds"] == 3600
     assert loaded["jobs_done"] == 0 and loaded["jobs_total"] == len(jobs) - 3  # 3 data jobs
     md = open(paths[1]).read()
+    assert "(data preparation is not counted). Teachers carried over from another run.\n" in md
     assert "| **good** (3,000 steps) | [30.0 / 31.0](#runs-teacher-good) | 33.0 |" in md
     assert '<a id="runs-teacher-good"></a>' in md and "(../out/teachers/good) |" in md
     assert "[41.0 ± 2.5 / 42.0 ± 2.5](#runs-teacher-bad-hard)<br>+19.2%" in md

@@ -51,6 +51,18 @@ def _summary(runs: Sequence[dict]) -> dict:
     return out
 
 
+# OUT/wall_time.note: what the measured times leave out or add by hand (e.g. jobs carried over
+# from another run of the same configuration), shown after the "Measured" line.
+WALL_TIME_NOTE = "wall_time.note"
+
+
+def _read_text(path: str) -> str | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return " ".join(f.read().split()) or None
+
+
 def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) -> dict:
     """Gathers everything the tables and the plot show (works on a partly finished study)."""
     teachers = []
@@ -109,6 +121,7 @@ def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) 
         "out_dir": plan.out_dir,
         "seeds": list(plan.seeds),
         "measured_seconds": seconds,
+        "measured_note": _read_text(os.path.join(plan.out_dir, WALL_TIME_NOTE)),
         **_job_progress(plan, jobs),
         "teachers": teachers,
         "baseline": {**baseline, "runs": sorted(baseline_runs, key=lambda r: r["seed"])},
@@ -183,7 +196,8 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
             f"Measured: {result['measured_seconds'] / 3600:.2f} h of wall time over every "
             f"invocation of the driver; {result['job_seconds'] / 3600:.2f} h of job time (the sum "
             f"of the jobs' own wall times); {result['jobs_done']} of {result['jobs_total']} "
-            "teacher, pseudo-label and student jobs done (data preparation is not counted).",
+            "teacher, pseudo-label and student jobs done (data preparation is not counted)."
+            + (f" {result['measured_note']}" if result.get("measured_note") else ""),
             "",
         ]
     lines += [
