@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import gin
 import pytest
@@ -185,6 +186,34 @@ def test_scheduler_orders_resumes_and_blocks_dependants_of_failures(tmp_path):
     again = scheduler.Scheduler(str(out), parallel=2, progress=False).run(jobs)
     assert again == {**status, "a": "skipped", "b": "skipped", "e": "skipped"}
     assert mark.read_text().split().count("a") == 1
+
+
+def test_wall_clock_keeps_the_time_of_a_killed_invocation(tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(scheduler, "time", types.SimpleNamespace(time=lambda: now[0]))
+    path = str(tmp_path / "out" / "wall_time.json")
+    clock = scheduler.WallClock(path, every=30)
+    clock.start()
+    now[0] += 100
+    clock.stop()
+    assert json.load(open(path)) == {"seconds": 100.0}
+    # Killed (no stop): the last tick survives, and the next start counts up to it.
+    killed = scheduler.WallClock(path, every=30)
+    killed.start()
+    now[0] += 20
+    killed.tick()  # less than `every` since the last write: nothing written
+    assert json.load(open(path))["running"]["seen"] == 1100.0
+    now[0] += 20
+    killed.tick()
+    assert json.load(open(path))["running"] == {"started": 1100.0, "seen": 1140.0}
+    now[0] += 25  # 25 s after the last tick are lost
+    assert scheduler.WallClock(path).seconds() == pytest.approx(140.0)
+    resumed = scheduler.WallClock(path)
+    resumed.start()
+    now[0] += 10
+    assert resumed.seconds() == pytest.approx(150.0)
+    resumed.stop()
+    assert json.load(open(path)) == {"seconds": 150.0}
 
 
 def test_scheduler_checks_outputs_and_thread_budget(tmp_path):
