@@ -412,12 +412,16 @@ class StudyPlan:
             *[f"--gin_bindings={k} = {v!r}" for k, v in sorted(bindings.items())],
         )
 
+    def _method_pseudo_dir(self, method: Method, teacher: str, noise: float) -> str:
+        """The pseudo-label records `method` trains on (N-best, or 1-best with soft targets)."""
+        return self.pseudo_dir(teacher, noise, soft_targets=method.needs == "soft-targets")
+
     def _teacher_bindings(self, method: Method, teacher: str, noise: float) -> dict:
         """Where a KD student finds its teacher: pseudo-label records (the N-best; the 1-best of
         soft KD, with the soft targets offline) and, for an online teacher, its checkpoint."""
         if method.needs == "none":
             return {}
-        records = self.pseudo_dir(teacher, noise, method.needs == "soft-targets")
+        records = self._method_pseudo_dir(method, teacher, noise)
         bindings = {
             "PSEUDO_LABEL_RECORDS": os.path.join(records, "*.tfrecord"),
             # The study chooses on dev WER; it has no pseudo-labelled dev split.
@@ -430,8 +434,7 @@ class StudyPlan:
     def _method_deps(self, method: Method, teacher: str, noise: float = 0.0) -> tuple[str, ...]:
         if method.needs == "none":
             return self._data_deps()
-        soft = method.needs == "soft-targets"
-        deps = (f"pseudo-{os.path.basename(self.pseudo_dir(teacher, noise, soft))}",)
+        deps = (f"pseudo-{os.path.basename(self._method_pseudo_dir(method, teacher, noise))}",)
         if method.needs == "online":
             deps += (f"teacher-{teacher}",)
         return deps

@@ -16,8 +16,6 @@ from tfkd.study import stats
 from tfkd.study.plan import Job, StudyPlan, read_json, setting_name, stamp_path
 
 SPLITS = ("dev", "test")
-# A run whose distinct dev outputs are fewer than this fraction of the dev utterances has
-# collapsed to (nearly) one output for every input: its WER measures the references, not speech.
 
 
 def _run_record(model_dir: str) -> dict | None:

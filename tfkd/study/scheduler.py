@@ -50,35 +50,33 @@ class WallClock:
 
     def __init__(self, path: str, every: float = 30.0):
         self.path, self.every = path, float(every)
-        self.started = self.written = None
+        self.before = self.started = self.written = None  # `before`: earlier invocations
 
     def seconds(self) -> float:
         """Total so far, the current invocation included."""
-        data = _load(self.path) or {}
-        total = float(data.get("seconds", 0.0))
         if self.started is not None:
-            return total + time.time() - self.started
+            return self.before + time.time() - self.started
+        data = _load(self.path) or {}
         running = data.get("running")
-        return total + (running["seen"] - running["started"] if running else 0.0)
+        return float(data.get("seconds", 0.0)) + (
+            running["seen"] - running["started"] if running else 0.0
+        )
 
     def start(self) -> None:
-        total = self.seconds()  # a killed invocation's time counts
+        self.before = self.seconds()  # a killed invocation's time counts
         self.started = time.time()
-        self._write(total, seen=self.started)
+        self._write(self.before, seen=self.started)
 
     def tick(self) -> None:
         now = time.time()
         if self.started is not None and now - self.written >= self.every:
-            self._write(self._finished(), seen=now)
+            self._write(self.before, seen=now)
 
     def stop(self) -> None:
         if self.started is not None:
-            total = self._finished() + time.time() - self.started
+            total = self.seconds()
             self.started = None
             self._write(total)
-
-    def _finished(self) -> float:
-        return float((_load(self.path) or {}).get("seconds", 0.0))
 
     def _write(self, total: float, seen: float | None = None) -> None:
         data = {"seconds": round(total, 1)}
