@@ -232,11 +232,16 @@ def test_conformer_student_streams_like_whole_utterance(tmp_path):
     ).build_by_calling(num_features=80)
     fe = frontend()
     paths = tflite.export_student_tflite(
-        model, fe, str(tmp_path), "float32", chunk_ms=160, kinds=("streaming",)
+        model, fe, str(tmp_path), "float32", chunk_ms=160, kinds=("whole", "streaming")
     )
+    # The whole-utterance graph's convolutional front end needs static channel counts: a
+    # regression here fails the conversion with "TF Select ops: Conv2D".
+    whole = tflite.TFLiteRunner(paths["whole"])
     runner = tflite.TFLiteRunner(paths["streaming"])
     meta = tflite.load_metadata(paths["metadata"])
     # Frame counts that are multiples of the conv front end's factor: exact equality.
     for wave in waves(lengths=(240 + 160 * 40, 240 + 160 * 72)):
         want, _ = reference(model, fe, wave)
+        assert want  # not vacuous
+        assert tflite.transcribe_whole(whole, wave) == want
         assert tflite.transcribe_streaming(runner, meta, wave, push_samples=1234) == want

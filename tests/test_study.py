@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import gin
 import pytest
@@ -58,7 +59,8 @@ def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
         seen.add(job.name)
     kinds = [j.info.get("kind") for j in jobs]
     assert kinds.count("teacher") == 3
-    assert kinds.count("pseudo") == 3 + 3  # one per teacher + one per noise rate
+    # N-best per teacher and per noise rate; soft targets (1-best) per teacher
+    assert kinds.count("pseudo") == 3 + 3 + 3
     students = [j.info for j in jobs if j.info.get("kind") == "student"]
     # baseline 3 seeds; 3 teachers x 5 methods x 3 seeds; noise 3 rates x 2 methods x 3 seeds;
     # tuning: soft 2 shifts and disc 2 temperatures, one of each being a seed-0 run.
@@ -72,11 +74,21 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     jobs = {j.name: j for j in plan.jobs()}
     soft = jobs["student-teacher-medium-soft-SHIFT=2-s0"]
     train, evaluate = soft.argv_lists()
-    assert "--gin_file=gin/soft_kd.gin" in train
-    assert f"--gin_bindings=TEACHER_DIR = '{plan.teacher_dir('medium')}'" in train
-    pseudo = os.path.join(plan.pseudo_dir("medium"), "*.tfrecord")
+    assert "--gin_file=gin/soft_kd_offline.gin" in train
+    assert not any("TEACHER_DIR" in a for a in train)  # offline: no teacher in the trainer
+    soft_dir = plan.pseudo_dir("medium", soft_targets=True)
+    assert soft.deps == ("pseudo-medium-soft",) and soft_dir.endswith("pseudo/medium-soft")
+    pseudo = os.path.join(soft_dir, "*.tfrecord")
     assert f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{pseudo}'" in train
     assert "--gin_bindings=SHIFT = 2" in train
+    soft_pl = jobs["pseudo-medium-soft"].argv_lists()[0]
+    assert "--soft_targets" in soft_pl and "--nbest=1" in soft_pl
+    assert f"--output_dir={soft_dir}" in soft_pl
+    hard_pl = jobs["pseudo-medium"].argv_lists()[0]
+    assert "--soft_targets" not in hard_pl and f"--nbest={plan.nbest}" in hard_pl
+    full_sum = jobs["student-teacher-medium-full-sum-default-s0"].argv_lists()[0]
+    nbest = os.path.join(plan.pseudo_dir("medium"), "*.tfrecord")
+    assert f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{nbest}'" in full_sum
     assert "--gin_bindings=train.seed = 0" in train
     assert evaluate[1].endswith("bin/evaluate") and "--split=test" in evaluate
     noisy = jobs["student-noise-0.2-hard-default-s1"]
@@ -91,6 +103,12 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert "--noise_rate=0.4" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
 
 
+def _write_dev(model_dir, wer, **fields):
+    os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
+    with open(os.path.join(model_dir, "eval", "dev.json"), "w") as f:
+        json.dump({"wer": wer, **fields}, f)
+
+
 def test_tuned_values_come_from_the_lowest_dev_wer(tmp_path):
     plan = load_preset("small", out_dir=str(tmp_path), data_dir=str(tmp_path / "data"))
     with pytest.raises(RuntimeError, match="not evaluated"):
@@ -101,6 +119,14 @@ def test_tuned_values_come_from_the_lowest_dev_wer(tmp_path):
         with open(os.path.join(path, "dev.json"), "w") as f:
             json.dump({"wer": wer}, f)
     assert plan.tuned_values("soft") == {"SHIFT": 2}
+    # A collapsed run (a few stock transcripts) loses to a listening one even at a lower WER...
+    _write_dev(plan.tuning_dir("soft", {"SHIFT": 2}), 45.0, distinct_hypotheses=3, utterances=100)
+    _write_dev(plan.tuning_dir("soft", {"SHIFT": 0}), 50.0, distinct_hypotheses=90, utterances=100)
+    assert plan.tuned_values("soft") == {"SHIFT": 0}
+    # ... and when every run collapsed, the lowest dev WER wins again.
+    _write_dev(plan.tuning_dir("soft", {"SHIFT": 0}), 50.0, distinct_hypotheses=4, utterances=100)
+    assert plan.tuned_values("soft") == {"SHIFT": 2}
+    _write_dev(plan.tuning_dir("soft", {"SHIFT": 2}), 45.0)
     jobs = {j.name: j for j in plan.jobs()}
     assert "--gin_bindings=SHIFT = 2" in jobs["student-teacher-good-soft-tuned-s2"].argv_lists()[0]
     assert plan.tuned_values("hard") == {}
@@ -162,6 +188,34 @@ def test_scheduler_orders_resumes_and_blocks_dependants_of_failures(tmp_path):
     assert mark.read_text().split().count("a") == 1
 
 
+def test_wall_clock_keeps_the_time_of_a_killed_invocation(tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(scheduler, "time", types.SimpleNamespace(time=lambda: now[0]))
+    path = str(tmp_path / "out" / "wall_time.json")
+    clock = scheduler.WallClock(path, every=30)
+    clock.start()
+    now[0] += 100
+    clock.stop()
+    assert json.load(open(path)) == {"seconds": 100.0}
+    # Killed (no stop): the last tick survives, and the next start counts up to it.
+    killed = scheduler.WallClock(path, every=30)
+    killed.start()
+    now[0] += 20
+    killed.tick()  # less than `every` since the last write: nothing written
+    assert json.load(open(path))["running"]["seen"] == 1100.0
+    now[0] += 20
+    killed.tick()
+    assert json.load(open(path))["running"] == {"started": 1100.0, "seen": 1140.0}
+    now[0] += 25  # 25 s after the last tick are lost
+    assert scheduler.WallClock(path).seconds() == pytest.approx(140.0)
+    resumed = scheduler.WallClock(path)
+    resumed.start()
+    now[0] += 10
+    assert resumed.seconds() == pytest.approx(150.0)
+    resumed.stop()
+    assert json.load(open(path)) == {"seconds": 150.0}
+
+
 def test_scheduler_checks_outputs_and_thread_budget(tmp_path):
     run = scheduler.Scheduler(str(tmp_path), parallel=2, cores=2, env={}, progress=False)
     assert run.job_env()["TF_NUM_INTRAOP_THREADS"] == "1"
@@ -212,6 +266,8 @@ def test_report_means_intervals_links_and_plot(tmp_path):
             os.makedirs(info["dir"], exist_ok=True)
             with open(os.path.join(info["dir"], "manifest.json"), "w") as f:
                 json.dump({"teacher_wer": 33.0, "label_wer": 33.0 + 100 * info["noise"]}, f)
+    with open(os.path.join(plan.out_dir, report.WALL_TIME_NOTE), "w") as f:
+        f.write("Teachers carried over\nfrom another run.\n")
     result = report.collect(plan, jobs, seconds=3600.0)
     assert result["baseline"]["test"]["mean"] == pytest.approx(52.0)
     cells = {(c["arm"], c["method"]): c for c in result["cells"]}
@@ -232,6 +288,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert loaded["command"] == "python tools/run_study.py" and loaded["measured_seconds"] == 3600
     assert loaded["jobs_done"] == 0 and loaded["jobs_total"] == len(jobs) - 3  # 3 data jobs
     md = open(paths[1]).read()
+    assert "(data preparation is not counted). Teachers carried over from another run.\n" in md
     assert "| **good** (3,000 steps) | [30.0 / 31.0](#runs-teacher-good) | 33.0 |" in md
     assert '<a id="runs-teacher-good"></a>' in md and "(../out/teachers/good) |" in md
     assert "[41.0 ± 2.5 / 42.0 ± 2.5](#runs-teacher-bad-hard)<br>+19.2%" in md
@@ -303,6 +360,9 @@ def test_librispeech_preset_documents_the_paper_scale_runs(tmp_path):
         "--gin_file=gin/fullsum_kd.gin"
     )
     assert "--gin_bindings=NUM_STEPS = 100000" in student
+    soft = jobs["student-teacher-medium-soft-SHIFT=0-s0"].argv_lists()[0]  # online at this scale
+    assert "--gin_file=gin/soft_kd.gin" in soft
+    assert f"--gin_bindings=TEACHER_DIR = '{plan.teacher_dir('medium')}'" in soft
 
 
 def test_results_name_the_command_that_runs_the_study_not_the_report():

@@ -15,12 +15,10 @@ RESULTS/study.md, study.json and study.png from what the runs wrote.
 """
 
 import argparse
-import json
 import os
 import shlex
 import signal
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -82,21 +80,6 @@ def _command_line(args) -> str:
     return " ".join(["python tools/run_study.py", *map(shlex.quote, parts)])
 
 
-def _wall_seconds(out_dir, add=0.0) -> float:
-    """Wall time of every invocation of this study (OUT/wall_time.json accumulates it)."""
-    path = os.path.join(out_dir, "wall_time.json")
-    total = 0.0
-    if os.path.exists(path):
-        with open(path) as f:
-            total = json.load(f)["seconds"]
-    if add:
-        total += add
-        os.makedirs(out_dir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"seconds": round(total, 1)}, f)
-    return total
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -119,17 +102,18 @@ def main(argv=None) -> int:
         print(f"{len(jobs)} jobs; study directory {plan.out_dir}")
         return 0
     status = {}
+    clock = scheduler.WallClock(os.path.join(plan.out_dir, "wall_time.json"))
     if not args.report_only:
-        start = time.time()
+        clock.start()
         runner = scheduler.Scheduler(plan.out_dir, repo=REPO, parallel=args.parallel)
         try:
-            status = runner.run(jobs)
+            status = runner.run(jobs, tick=clock.tick)
         except KeyboardInterrupt as stop:
             print(f"[study] stopped ({stop}); finished jobs are kept, rerun to resume")
             return 130
         finally:
-            _wall_seconds(plan.out_dir, time.time() - start)
-    result = report.collect(plan, jobs, seconds=_wall_seconds(plan.out_dir))
+            clock.stop()
+    result = report.collect(plan, jobs, seconds=clock.seconds())
     results_dir = os.path.abspath(args.results)
     paths = report.write(result, results_dir, _command_line(args))
     print("\n".join(f"[study] wrote {p}" for p in paths))

@@ -31,7 +31,10 @@ def sequence_mask(lengths, max_len, dtype):
 def zero_padded_frames(x, lengths):
     """Zeroes frames of ``x [B, T, ...]`` at and beyond ``lengths [B]``."""
     mask = sequence_mask(lengths, tf.shape(x)[1], x.dtype)
-    mask = tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([x.shape.rank - 2], tf.int32)], 0))
+    # expand_dims, not a reshape to a computed shape: keeps the static trailing dims of ``x``
+    # (TFLite's Conv2D needs a static channel count).
+    for _ in range(x.shape.rank - 2):
+        mask = tf.expand_dims(mask, -1)
     return x * mask
 
 
@@ -163,7 +166,7 @@ class ConvSubsampler(keras.layers.Layer):
     def call(self, x, lengths):
         """``x [B, T, F]``, ``lengths [B]`` -> ``([B, ceil(T/factor), units], lengths')``."""
         self._num_features = int(x.shape[-1])
-        x = tf.cast(x, self.compute_dtype)[..., None]
+        x = tf.expand_dims(tf.cast(x, self.compute_dtype), -1)
         for conv, s in zip(self.convs, self.strides, strict=True):
             x = zero_padded_frames(x, lengths)
             x = tf.pad(x, [[0, 0], [s - 1, 0], [1, 1], [0, 0]])
@@ -180,7 +183,7 @@ class ConvSubsampler(keras.layers.Layer):
 
     def stream_step(self, chunk, state):
         """``chunk [B, C, F]`` (``C % factor == 0``) -> ``([B, C/factor, units], new_state)``."""
-        x = tf.cast(chunk, self.compute_dtype)[..., None]
+        x = tf.expand_dims(tf.cast(chunk, self.compute_dtype), -1)
         new_state = {}
         for i, (conv, s) in enumerate(zip(self.convs, self.strides, strict=True)):
             x = tf.concat([state[f"cache{i}"], x], axis=1)
@@ -202,4 +205,6 @@ def _right_pad_stage(x, s):
     kernel ``2s-1`` and stride ``s`` yields exactly ``ceil(T/s)`` frames."""
     frames = tf.shape(x)[1] - (s - 1)
     pad = (-frames) % s
-    return tf.pad(x, [[0, 0], [0, pad], [0, 0], [0, 0]])
+    padded = tf.pad(x, [[0, 0], [0, pad], [0, 0], [0, 0]])
+    # A pad by a tensor forgets every static dim; TFLite's Conv2D needs the channel count back.
+    return tf.reshape(padded, [tf.shape(padded)[0], tf.shape(padded)[1], *x.shape[2:]])

@@ -17,7 +17,8 @@ the noise teacher's pseudo-labels corrupted at that word-piece error rate and re
 and `no-kd` (the baseline, trained on ground truth only).
 
 Hyper-parameters chosen on dev (`tuning`): for each tuned method, every value of its grid is
-trained on the `tuning_teacher` with the first seed; the value with the lowest dev WER is used by
+trained on the `tuning_teacher` with the first seed; the value with the lowest dev WER (among the
+runs that did not collapse to a few stock transcripts, `stats.collapsed`) is used by
 every other run of that method. The tuning run of the chosen value is also that method's
 first-seed run for the tuning teacher. Test WER is never read for a choice.
 """
@@ -31,7 +32,10 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 
+from tfkd.study import stats
+
 SPLITS = ("train-labeled", "train-unlabeled", "dev", "test")
+NEEDS = ("pseudo", "soft-targets", "online", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +45,9 @@ class Method:
     Attributes:
         name: column name in the tables.
         gin_files: the method's config (e.g. `gin/fullsum_kd.gin`), then the student's size.
-        needs: `"pseudo"` (offline N-best records), `"online"` (a teacher checkpoint), or
-            `"none"` (ground truth only: the baseline).
+        needs: `"pseudo"` (offline N-best records), `"soft-targets"` (offline 1-best records
+            with the teacher's collapsed lattice, `bin/pseudo_label --soft_targets`), `"online"`
+            (a teacher checkpoint), or `"none"` (ground truth only: the baseline).
         frame_rate_differs: the student's frame rate differs from the teachers'.
         note: shown in the tables, e.g. why a cell is n/a.
     """
@@ -226,8 +231,8 @@ class StudyPlan:
         elif methods[self.baseline_method].needs != "none":
             problems.append(f"baseline method {self.baseline_method!r} must need no teacher")
         for m in self.methods:
-            if m.needs not in ("pseudo", "online", "none"):
-                problems.append(f"method {m.name}: needs must be pseudo, online or none")
+            if m.needs not in NEEDS:
+                problems.append(f"method {m.name}: needs must be one of {', '.join(NEEDS)}")
         if not self.seeds:
             problems.append("no seeds")
         for key in list(self.tuning) + list(self.noise_methods):
@@ -257,8 +262,11 @@ class StudyPlan:
     def teacher_dir(self, teacher: str) -> str:
         return self.path("teachers", teacher)
 
-    def pseudo_dir(self, teacher: str, noise: float = 0.0) -> str:
-        return self.path("pseudo", teacher if not noise else f"{teacher}-noise{noise:g}")
+    def pseudo_dir(self, teacher: str, noise: float = 0.0, soft_targets: bool = False) -> str:
+        """OUT/pseudo/<teacher>[-noise<rate>][-soft]: N-best records, or with `soft_targets` the
+        1-best records with the teacher's collapsed lattice."""
+        name = teacher if not noise else f"{teacher}-noise{noise:g}"
+        return self.path("pseudo", name + ("-soft" if soft_targets else ""))
 
     def student_dir(self, arm: str, method: str, setting: str, seed: int) -> str:
         return self.path("students", arm, method, setting, f"s{seed}")
@@ -351,30 +359,44 @@ class StudyPlan:
 
     def pseudo_label_jobs(self) -> list[Job]:
         jobs = []
-        wanted = [(t.name, 0.0) for t in self.teachers]
-        wanted += [(self.noise_teacher, r) for r in self.noise_rates]
+        noise_arms = [(self.noise_teacher, r) for r in self.noise_rates]
+        wanted = [(t.name, 0.0, False) for t in self.teachers]
+        wanted += [(t, r, False) for t, r in noise_arms]
+        for m in self.methods:
+            if m.needs == "soft-targets":
+                arms = [(t.name, 0.0) for t in self.teachers]
+                arms += noise_arms if m.name in self.noise_methods else []
+                wanted += [(t, r, True) for t, r in arms if (t, r, True) not in wanted]
         inputs = os.path.join(self.data_dir, "records", self.pseudo_label_pattern)
-        for teacher, noise in wanted:
-            out = self.pseudo_dir(teacher, noise)
+        for teacher, noise, soft in wanted:
+            out = self.pseudo_dir(teacher, noise, soft)
             argv = self.tool(
                 "bin/pseudo_label",
                 f"--teacher_dir={self.teacher_dir(teacher)}",
                 f"--input_pattern={inputs}",
                 f"--output_dir={out}",
                 f"--beam_width={self.beam_width}",
-                f"--nbest={self.nbest}",
+                f"--nbest={1 if soft else self.nbest}",
                 f"--batch_size={self.decode_batch_size}",
                 f"--spm_model={self.spm_model}",
             )
             if noise:
                 argv += [f"--noise_rate={noise}", "--seed=0"]
+            if soft:
+                argv += ["--soft_targets"]
             jobs.append(
                 Job(
                     f"pseudo-{os.path.basename(out)}",
                     [argv],
                     deps=(f"teacher-{teacher}",),
                     outputs=(os.path.join(out, "manifest.json"),),
-                    info={"kind": "pseudo", "teacher": teacher, "noise": noise, "dir": out},
+                    info={
+                        "kind": "pseudo",
+                        "teacher": teacher,
+                        "noise": noise,
+                        "soft_targets": soft,
+                        "dir": out,
+                    },
                 )
             )
         return jobs
@@ -390,13 +412,18 @@ class StudyPlan:
             *[f"--gin_bindings={k} = {v!r}" for k, v in sorted(bindings.items())],
         )
 
+    def _method_pseudo_dir(self, method: Method, teacher: str, noise: float) -> str:
+        """The pseudo-label records `method` trains on (N-best, or 1-best with soft targets)."""
+        return self.pseudo_dir(teacher, noise, soft_targets=method.needs == "soft-targets")
+
     def _teacher_bindings(self, method: Method, teacher: str, noise: float) -> dict:
-        """Where a KD student finds its teacher: pseudo-label records (the N-best, or the 1-best
-        of soft KD) and, for an online teacher, its checkpoint."""
+        """Where a KD student finds its teacher: pseudo-label records (the N-best; the 1-best of
+        soft KD, with the soft targets offline) and, for an online teacher, its checkpoint."""
         if method.needs == "none":
             return {}
+        records = self._method_pseudo_dir(method, teacher, noise)
         bindings = {
-            "PSEUDO_LABEL_RECORDS": os.path.join(self.pseudo_dir(teacher, noise), "*.tfrecord"),
+            "PSEUDO_LABEL_RECORDS": os.path.join(records, "*.tfrecord"),
             # The study chooses on dev WER; it has no pseudo-labelled dev split.
             "PSEUDO_LABEL_DEV_RECORDS": self.path("no-dev-pseudo-labels", "*.tfrecord"),
         }
@@ -407,7 +434,7 @@ class StudyPlan:
     def _method_deps(self, method: Method, teacher: str, noise: float = 0.0) -> tuple[str, ...]:
         if method.needs == "none":
             return self._data_deps()
-        deps = (f"pseudo-{os.path.basename(self.pseudo_dir(teacher, noise))}",)
+        deps = (f"pseudo-{os.path.basename(self._method_pseudo_dir(method, teacher, noise))}",)
         if method.needs == "online":
             deps += (f"teacher-{teacher}",)
         return deps
@@ -446,7 +473,9 @@ class StudyPlan:
         )
 
     def tuned_values(self, method: str) -> dict:
-        """The chosen setting of a tuned method: the lowest dev WER among its tuning runs.
+        """The chosen setting of a tuned method: the lowest dev WER among its tuning runs that
+        did not collapse (`stats.collapsed`: a few stock transcripts can score a lower WER than a
+        model that listens); among all of them when every one collapsed.
 
         Raises:
             RuntimeError: a tuning run has no dev evaluation yet.
@@ -454,14 +483,15 @@ class StudyPlan:
         grid = self.tuning.get(method)
         if not grid:
             return {}
-        best, best_wer = None, None
+        candidates = []
         for values in grid_settings(grid):
             dev = read_json(os.path.join(self.tuning_dir(method, values), "eval", "dev.json"))
             if dev is None:
                 raise RuntimeError(f"tuning run {self.tuning_dir(method, values)} is not evaluated")
-            if best_wer is None or dev["wer"] < best_wer:
-                best, best_wer = values, dev["wer"]
-        return best
+            flat = stats.collapsed(dev.get("distinct_hypotheses"), dev.get("utterances"))
+            candidates.append((flat, dev["wer"], values))
+        listening = [c for c in candidates if not c[0]] or candidates
+        return min(listening, key=lambda c: c[1])[2]
 
     def student_jobs(self) -> list[Job]:
         jobs = []

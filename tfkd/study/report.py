@@ -16,9 +16,6 @@ from tfkd.study import stats
 from tfkd.study.plan import Job, StudyPlan, read_json, setting_name, stamp_path
 
 SPLITS = ("dev", "test")
-# A run whose distinct dev outputs are fewer than this fraction of the dev utterances has
-# collapsed to (nearly) one output for every input: its WER measures the references, not speech.
-COLLAPSED_BELOW = 0.05
 
 
 def _run_record(model_dir: str) -> dict | None:
@@ -39,8 +36,7 @@ def _run_record(model_dir: str) -> dict | None:
 
 def collapsed(run: Mapping) -> bool:
     """True when the run emits (nearly) the same words for every dev utterance."""
-    distinct, utterances = run.get("dev_distinct_hypotheses"), run.get("dev_utterances")
-    return distinct is not None and bool(utterances) and distinct < COLLAPSED_BELOW * utterances
+    return stats.collapsed(run.get("dev_distinct_hypotheses"), run.get("dev_utterances"))
 
 
 def _summary(runs: Sequence[dict]) -> dict:
@@ -51,6 +47,18 @@ def _summary(runs: Sequence[dict]) -> dict:
             mean, half = stats.mean_ci95(values)
             out[split] = {"mean": mean, "ci95": half, "values": values}
     return out
+
+
+# OUT/wall_time.note: what the measured times leave out or add by hand (e.g. jobs carried over
+# from another run of the same configuration), shown after the "Measured" line.
+WALL_TIME_NOTE = "wall_time.note"
+
+
+def _read_text(path: str) -> str | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return " ".join(f.read().split()) or None
 
 
 def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) -> dict:
@@ -111,6 +119,7 @@ def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) 
         "out_dir": plan.out_dir,
         "seeds": list(plan.seeds),
         "measured_seconds": seconds,
+        "measured_note": _read_text(os.path.join(plan.out_dir, WALL_TIME_NOTE)),
         **_job_progress(plan, jobs),
         "teachers": teachers,
         "baseline": {**baseline, "runs": sorted(baseline_runs, key=lambda r: r["seed"])},
@@ -185,7 +194,8 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
             f"Measured: {result['measured_seconds'] / 3600:.2f} h of wall time over every "
             f"invocation of the driver; {result['job_seconds'] / 3600:.2f} h of job time (the sum "
             f"of the jobs' own wall times); {result['jobs_done']} of {result['jobs_total']} "
-            "teacher, pseudo-label and student jobs done (data preparation is not counted).",
+            "teacher, pseudo-label and student jobs done (data preparation is not counted)."
+            + (f" {result['measured_note']}" if result.get("measured_note") else ""),
             "",
         ]
     lines += [
@@ -193,8 +203,8 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
         f"seeds {result['seeds']}; the second line of each cell is the "
         "relative test WER reduction against the no-KD baseline. Each number links to its runs. "
         f'"k of n collapsed": k seeds emit (nearly) one output for every utterance (distinct '
-        f"dev outputs fewer than {COLLAPSED_BELOW:.0%} of the utterances); near 90 % WER such "
-        "a constant guess scores like a student that learned a little, so those cells say "
+        f"dev outputs fewer than {stats.COLLAPSED_BELOW:.0%} of the utterances); near 90 % WER "
+        "such a constant guess scores like a student that learned a little, so those cells say "
         "nothing about the method.",
         "",
     ]
@@ -253,7 +263,8 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
                 for r in sorted(runs, key=lambda r: setting_name(r["values"]))
             )
             lines.append(
-                f"- **{m}**: {setting_name(c['values'] or {})} (lowest dev WER with teacher "
+                f"- **{m}**: {setting_name(c['values'] or {})} (lowest dev WER of the runs "
+                f"that did not collapse, with teacher "
                 f"{c['teacher']}, seed {c['seed']}; tried {tried or 'nothing yet'})"
             )
     lines += ["", "## Runs", ""]

@@ -39,6 +39,54 @@ def _load(path: str) -> dict | None:
         return json.load(f)
 
 
+class WallClock:
+    """The driver's wall time over every invocation, in `OUT/wall_time.json`, kept while it runs.
+
+    The file holds `{"seconds": S}`, the finished invocations' total, and while one runs also
+    `"running": {"started": t0, "seen": t}`, rewritten at most every `every` seconds by `tick`.
+    An invocation killed without clean-up (SIGKILL, power loss) leaves `running`; the next `start`
+    adds its `seen - started`, so at most `every` seconds of it are lost.
+    """
+
+    def __init__(self, path: str, every: float = 30.0):
+        self.path, self.every = path, float(every)
+        self.before = self.started = self.written = None  # `before`: earlier invocations
+
+    def seconds(self) -> float:
+        """Total so far, the current invocation included."""
+        if self.started is not None:
+            return self.before + time.time() - self.started
+        data = _load(self.path) or {}
+        running = data.get("running")
+        return float(data.get("seconds", 0.0)) + (
+            running["seen"] - running["started"] if running else 0.0
+        )
+
+    def start(self) -> None:
+        self.before = self.seconds()  # a killed invocation's time counts
+        self.started = time.time()
+        self._write(self.before, seen=self.started)
+
+    def tick(self) -> None:
+        now = time.time()
+        if self.started is not None and now - self.written >= self.every:
+            self._write(self.before, seen=now)
+
+    def stop(self) -> None:
+        if self.started is not None:
+            total = self.seconds()
+            self.started = None
+            self._write(total)
+
+    def _write(self, total: float, seen: float | None = None) -> None:
+        data = {"seconds": round(total, 1)}
+        if seen is not None:
+            data["running"] = {"started": self.started, "seen": seen}
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        _dump(self.path, data)
+        self.written = time.time()
+
+
 class Scheduler:
     """Runs `Job`s of one study directory.
 
@@ -84,8 +132,9 @@ class Scheduler:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def run(self, jobs: Sequence[Job]) -> dict[str, str]:
-        """Runs every job not done yet; returns `{job: "done"|"skipped"|"failed"|"blocked"}`."""
+    def run(self, jobs: Sequence[Job], tick=None) -> dict[str, str]:
+        """Runs every job not done yet; returns `{job: "done"|"skipped"|"failed"|"blocked"}`.
+        `tick()`, if given, is called about twice a second while jobs run (e.g. `WallClock`)."""
         names = [j.name for j in jobs]
         if len(set(names)) != len(names):
             raise ValueError("job names repeat")
@@ -131,6 +180,8 @@ class Scheduler:
                 if list(running) != shown:  # redraw on changes only: logs stay small
                     shown = list(running)
                     bar.set_postfix_str(", ".join(shown), refresh=True)
+                if tick is not None:
+                    tick()
                 if running:
                     time.sleep(0.5)
                 elif pending:  # nothing can start: a dependency cycle (a plan bug)

@@ -1,4 +1,4 @@
-"""Summary statistics of repeated runs: mean, 95 % confidence interval, relative reduction."""
+"""Summary statistics of runs: mean, 95 % confidence interval, relative reduction, collapse."""
 
 from __future__ import annotations
 
@@ -43,3 +43,15 @@ def relative_reduction(wer: float, baseline: float) -> float:
     if baseline <= 0:
         raise ValueError(f"baseline WER must be positive, got {baseline}")
     return (baseline - wer) / baseline
+
+
+# A model that gives fewer distinct transcripts than this fraction of the utterances has collapsed
+# to a few stock outputs (near 90 % WER such a guess scores like a model that learned a little).
+COLLAPSED_BELOW = 0.05
+
+
+def collapsed(distinct: int | None, utterances: int | None) -> bool:
+    """True when `distinct` transcripts for `utterances` utterances (`bin/evaluate`'s
+    `distinct_hypotheses`, `utterances`) are fewer than `COLLAPSED_BELOW` of them; False when
+    either is unknown."""
+    return distinct is not None and bool(utterances) and distinct < COLLAPSED_BELOW * utterances
