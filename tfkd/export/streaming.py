@@ -20,10 +20,11 @@ The state keeps the last H = W - S samples; a chunk of C samples (a multiple of 
 yields exactly C/S new frames, the same frames the whole utterance has. The stream starts
 with the state holding the first H samples of the audio (`StreamingSession` in
 `tfkd.export.tflite` does this buffering). The last chunk is zero padded and `valid_samples`
-says how many of its samples are real; frames and encoder frames past the end are masked as
-in the whole-utterance path, so the concatenated tokens equal whole-utterance decoding
-(exactly for frame-stacking front ends; a convolutional front end can differ on the final
-encoder frame, whose receptive field reaches past the end).
+says how many of its samples are real. The encoder zeroes the frames past the end at every
+reduction stage (`stream_step(..., valid_frames)`), as the whole-utterance path zeroes frames
+past a length, and encoder frames past the end are skipped: the concatenated tokens equal
+whole-utterance decoding, also on the final encoder frame, whose receptive field reaches past
+the end in a convolutional front end.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ class StreamingGraph:
         audio = tf.concat([state["audio"], audio_chunk], axis=1)
         feats, frame_count = self.frontend(audio, self.history + valid_samples)
         with _unrolled_lstms(self.model.encoder):
-            enc, enc_state = self.model.encoder.stream_step(feats, state["encoder"])
+            enc, enc_state = self.model.encoder.stream_step(feats, state["encoder"], frame_count)
         enc = stepping.encoder_side(self.model, enc)
         enc_valid = (frame_count + self.reduction - 1) // self.reduction
         pred_out, pred_state = state["prediction_out"], state["prediction"]

@@ -412,18 +412,20 @@ class ConformerEncoder(keras.layers.Layer):
             }
         return state
 
-    def stream_step(self, chunk, state):
+    def stream_step(self, chunk, state, valid_frames=None):
         """Encodes the next chunk of a causal stream.
 
         Args:
           chunk: ``[B, C, F]`` features, ``C`` a multiple of `chunk_multiple`.
           state: from `initial_state` or the previous step.
+          valid_frames: optional int ``[B]``, real frames at the start of the chunk (the last
+            chunk of a stream is padded); default: all ``C``.
 
         Returns:
           ``(enc [B, C / subsampling_factor, dim], new_state)``; concatenated over chunks this
           equals `call` on the whole stream (inference mode).
         """
-        x, frontend_state = self.frontend.stream_step(chunk, state["frontend"])
+        x, frontend_state = self.frontend.stream_step(chunk, state["frontend"], valid_frames)
         offset = state["offset"]
         q_pos = offset + tf.range(tf.shape(x)[1])
         k_pos = tf.concat([offset - self.left_context + tf.range(self.left_context), q_pos], 0)

@@ -141,21 +141,30 @@ class LstmEncoder(keras.layers.Layer):
         state["frontend"] = {} if self.frontend is None else self.frontend.initial_state(batch_size)
         return state
 
-    def stream_step(self, chunk, state):
+    def stream_step(self, chunk, state, valid_frames=None):
         """``chunk [B, C, F]`` (``C`` a multiple of `chunk_multiple`) -> ``(enc, new_state)``.
 
         Concatenated over chunks this equals `call` on the whole stream (inference mode).
+        ``valid_frames [B]``: real frames at the start of the chunk (default: all); frames past
+        them are zeroed before every reduction, as `call` zeroes frames past a length.
         """
         new_state = {}
         if self.frontend is None:
             x, new_state["frontend"] = tf.cast(chunk, self.compute_dtype), {}
         else:
-            x, new_state["frontend"] = self.frontend.stream_step(chunk, state["frontend"])
+            x, new_state["frontend"] = self.frontend.stream_step(
+                chunk, state["frontend"], valid_frames
+            )
+            if valid_frames is not None:
+                valid_frames = self.frontend.output_lengths(valid_frames)
         for i, (lstm, reduction) in enumerate(zip(self.lstms, self.layer_reductions, strict=True)):
             s = state[f"lstm{i}"]
             x, h, c = lstm(x, initial_state=[s["h"], s["c"]])
             new_state[f"lstm{i}"] = {"h": h, "c": c}
             if reduction > 1:
+                if valid_frames is not None:
+                    x = zero_padded_frames(x, valid_frames)
+                    valid_frames = subsampled_lengths(valid_frames, reduction)
                 x = stack_frames(x, reduction)
         return x, new_state
 

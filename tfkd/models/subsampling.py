@@ -93,9 +93,15 @@ class StackingSubsampler(keras.layers.Layer):
         del batch_size
         return {}
 
-    def stream_step(self, chunk, state):
-        """``chunk [B, C, F]`` (``C % factor == 0``) -> ``([B, C/factor, units], state)``."""
+    def stream_step(self, chunk, state, valid_frames=None):
+        """``chunk [B, C, F]`` (``C % factor == 0``) -> ``([B, C/factor, units], state)``.
+
+        ``valid_frames [B]``: real frames at the start of the chunk (default: all); the rest are
+        zeroed as `call` zeroes frames past a sequence's length.
+        """
         x = tf.cast(chunk, self.compute_dtype)
+        if valid_frames is not None:
+            x = zero_padded_frames(x, valid_frames)
         return self.proj(stack_frames(x, self.factor)), state
 
     def get_config(self):
@@ -181,11 +187,20 @@ class ConvSubsampler(keras.layers.Layer):
             for i, (n, f, c) in enumerate(self._stage_shapes())
         }
 
-    def stream_step(self, chunk, state):
-        """``chunk [B, C, F]`` (``C % factor == 0``) -> ``([B, C/factor, units], new_state)``."""
+    def stream_step(self, chunk, state, valid_frames=None):
+        """``chunk [B, C, F]`` (``C % factor == 0``) -> ``([B, C/factor, units], new_state)``.
+
+        ``valid_frames [B]``: real frames at the start of the chunk (default: all). As in `call`,
+        every stage's input is zeroed past them, so that the padding of a stream's last chunk
+        does not reach the last real output frame, whose receptive field extends past the end.
+        """
         x = tf.expand_dims(tf.cast(chunk, self.compute_dtype), -1)
         new_state = {}
         for i, (conv, s) in enumerate(zip(self.convs, self.strides, strict=True)):
+            if valid_frames is not None:
+                # Chunks start at multiples of the total stride, so stage lengths count alike.
+                x = zero_padded_frames(x, valid_frames)
+                valid_frames = subsampled_lengths(valid_frames, s)
             x = tf.concat([state[f"cache{i}"], x], axis=1)
             new_state[f"cache{i}"] = x[:, -(s - 1) :]
             x = conv(tf.pad(x, [[0, 0], [0, 0], [1, 1], [0, 0]]))
