@@ -38,10 +38,11 @@ def make_decode_fn(model, frontend, decoder="greedy", beam_width=4, max_symbols_
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
 
     @tf.function(
+        autograph=False,
         input_signature=[
             tf.TensorSpec([None, None], tf.float32),
             tf.TensorSpec([None], tf.int32),
-        ]
+        ],
     )
     def decode(waveform, num_samples):
         feats, lengths = frontend(waveform, num_samples)

@@ -89,7 +89,8 @@ def make_label_fn(model, frontend, settings: Settings):
     """
 
     @tf.function(
-        input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)]
+        autograph=False,
+        input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)],
     )
     def label(waveform, num_samples):
         feats, feat_lengths = frontend(waveform, num_samples)
@@ -120,7 +121,7 @@ def make_rescore_fn(model):
     """`tf.function` (enc [B, T, D], enc_lengths [B], hyps [B, N, U], lengths [B, N]) -> [B, N]
     full-sum teacher log-probs of given hypotheses, reusing the encoder output."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def rescore(enc, enc_lengths, hypotheses, lengths):
         return decoding.score_encoded(model, enc, enc_lengths, hypotheses, lengths)
 
@@ -132,7 +133,7 @@ def make_soft_target_fn(model):
     `[B, T, U+1, 3]` the teacher's collapsed lattice log-probs on `hyp` (`collapsed_lattice`),
     reusing the encoder output; what the online soft trainer computes from the same teacher."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def soft_targets(enc, enc_lengths, hyp, hyp_lengths):
         logits = model.joint(enc, model.predict_labels(hyp, training=False))
         return losses.collapsed_lattice(logits, hyp, hyp_lengths)

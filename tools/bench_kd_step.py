@@ -32,6 +32,8 @@ Usage:
   python tools/bench_kd_step.py --no_jit --label_bucket 16 --pseudo_labels '/tmp/pl/*.tfrecord'
   python tools/bench_kd_step.py --no_jit --label_bucket 16 --also_lattice   # + old lattice path
   python tools/bench_kd_step.py --quick          # small batch, 3 repeats
+  python tools/bench_kd_step.py --no_jit --label_bucket 16 --student study --seconds 3 \
+      --label_length 20 --threads 1 --mixed_precision mixed_bfloat16   # the study's student
 """
 
 import argparse
@@ -60,7 +62,15 @@ def _parse_args(argv):
     p.add_argument("--pseudo_labels", default=None, help="glob of pseudo-label records")
     p.add_argument("--record_audio", action="store_true", help="audio from --pseudo_labels too")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--student", choices=["lstm", "lstm_8x", "conformer_8x"], default="lstm")
+    p.add_argument(
+        "--student", choices=["lstm", "lstm_8x", "conformer_8x", "study"], default="lstm"
+    )
+    p.add_argument(
+        "--mixed_precision",
+        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+        default="float32",
+        help="Keras dtype policy of the student (as `train.mixed_precision`)",
+    )
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: TF default)")
@@ -101,6 +111,20 @@ def _student(kind, vocab):
 
     if kind == "conformer_8x":  # gin/models/conformer_student_8x.gin
         return presets.low_frame_rate_student(vocab, num_layers=4, dim=144)
+    if kind == "study":  # gin/study/student.gin
+        return presets.conformer_student(
+            vocab,
+            num_layers=2,
+            dim=96,
+            num_heads=4,
+            kernel_size=15,
+            subsampling_factor=8,
+            left_context=64,
+            prediction_units=128,
+            prediction_embed_dim=64,
+            joint_dim=128,
+            dropout=0.0,
+        )
     # gin/models/lstm_student.gin (and its 8x variant)
     return presets.lstm_student(
         vocab,
@@ -300,6 +324,8 @@ def main(argv=None):
     keras.utils.set_random_seed(0)
     batch, row_stats = _batch(args)
     print("prefix rows: " + json.dumps(row_stats), flush=True)
+    # As `train(mixed_precision=...)`: layers take the policy when built; losses stay float32.
+    keras.mixed_precision.set_dtype_policy(args.mixed_precision)
     student = _student(args.student, args.vocab_size)
     common = {
         "strategy": tf.distribute.get_strategy(),
@@ -335,6 +361,8 @@ def main(argv=None):
     trainers = {}
     for name, cls, kwargs in steps:
         optimizer = keras.optimizers.Adam(1e-4)
+        if args.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         trainer = cls(student, optimizer, **common, **kwargs)
         trainer.loss_terms(trainer.prepare_batch(batches.get(name, batch)), training=False)
         optimizer.build(trainer.trainable_variables)

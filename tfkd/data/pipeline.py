@@ -363,7 +363,8 @@ def compute_feature_stats(
     )
 
     @tf.function(
-        input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)]
+        autograph=False,
+        input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)],
     )
     def sums(waveform, num_samples):
         feats, lengths = log_mel(waveform, num_samples)

@@ -23,7 +23,8 @@ def keras_greedy(model, frontend, utterances, max_symbols_per_frame=3):
     """Token ids per utterance from the Keras student's greedy decoding (batch of one)."""
 
     @tf.function(
-        input_signature=[tf.TensorSpec([1, None], tf.float32), tf.TensorSpec([1], tf.int32)]
+        autograph=False,
+        input_signature=[tf.TensorSpec([1, None], tf.float32), tf.TensorSpec([1], tf.int32)],
     )
     def decode(wave, length):
         feats, lengths = frontend(wave, length)

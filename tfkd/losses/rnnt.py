@@ -458,7 +458,7 @@ def lattice_coefficients(lattice, log_prob, logit_lengths, label_lengths, ok, dy
     return dy * gamma_blank, (dy * label_scale) * gamma_label
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _forward_kernel(logits, labels, logit_lengths, label_lengths, blank, factors):
     frames, nodes_u, vocab = tf.shape(logits)[1], tf.shape(logits)[2], tf.shape(logits)[3]
     labels, logit_lengths, label_lengths, ok = sanitize_lengths(
@@ -473,7 +473,7 @@ def _forward_kernel(logits, labels, logit_lengths, label_lengths, blank, factors
     return log_prob, (lse, lattice)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _backward_kernel(
     logits, labels, logit_lengths, label_lengths, log_prob, residuals, dy, label_scale, blank
 ):

@@ -59,22 +59,22 @@ DEFAULT_CHUNK_BYTES = 32 * 2**20
 # XLA kernels (the dense ones run per chunk; the lattice ones on [B, T, U+1]).
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _chunk_stats_kernel(logits, next_ids, blank_ok, blank, factors):
     return dense_stats(logits, next_ids, blank, factors, blank_ok)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _chunk_grad_kernel(logits, lse, coef_blank, coef_label, next_ids, blank_ok, blank):
     return dense_grad(logits, lse, coef_blank, coef_label, next_ids, blank_ok, blank)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _lattice_forward_kernel(stats, logit_lengths, label_lengths, ok):
     return lattice_forward(*stats, logit_lengths, label_lengths, ok)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _lattice_backward_kernel(lattice, log_prob, logit_lengths, label_lengths, ok, dy, scale):
     return lattice_coefficients(lattice, log_prob, logit_lengths, label_lengths, ok, dy, scale)
 

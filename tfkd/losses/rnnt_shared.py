@@ -300,7 +300,7 @@ def _row_grad(row_logits, lse, coef_blank, coef_slots, slots, valid, blank, num_
 # XLA kernels: two for the plain path; the chunked path runs the pieces separately.
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _forward_kernel(row_logits, rows, labels, logit_lengths, lengths, blank, factors):
     _, frames, vocab = tf.unstack(tf.shape(row_logits))
     lattice_in, slots, valid = _setup(rows, labels, logit_lengths, lengths, frames, vocab, blank)
@@ -309,7 +309,7 @@ def _forward_kernel(row_logits, rows, labels, logit_lengths, lengths, blank, fac
     return tf.reshape(log_prob, tf.shape(lengths)), (stats[0], residuals)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _backward_kernel(
     row_logits, rows, labels, logit_lengths, lengths, residuals, dy, blank, num_static
 ):
@@ -322,22 +322,22 @@ def _backward_kernel(
     return _row_grad(row_logits, lse, row_blank, row_slots, slots, valid, blank, num_static)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _chunk_stats_kernel(row_logits, slots, valid, blank, factors):
     return _row_stats(row_logits, slots, blank, factors, valid)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _lattice_forward_kernel(stats, lattice_in):
     return _rows_forward(stats, lattice_in)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _lattice_backward_kernel(residuals, lattice_in, dy, num_rows_total, num):
     return _rows_coefficients(residuals, lattice_in, dy, num_rows_total, num)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _chunk_grad_kernel(row_logits, lse, coef_blank, coef_slots, slots, valid, blank, num_static):
     return _row_grad(row_logits, lse, coef_blank, coef_slots, slots, valid, blank, num_static)
 

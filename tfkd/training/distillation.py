@@ -157,7 +157,9 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
                     f"{model.vocab_size}; distillation needs the same word-pieces"
                 )
             teacher.trainable = False
-        self._teacher_pass = tf.function(self.add_teacher_outputs, jit_compile=teacher_jit_compile)
+        self._teacher_pass = tf.function(
+            self.add_teacher_outputs, jit_compile=teacher_jit_compile, autograph=False
+        )
 
     def _restore_teacher(self, teacher_fn, teacher_dir, checkpoint):
         if not teacher_dir and not checkpoint:
