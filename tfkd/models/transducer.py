@@ -15,7 +15,8 @@ class Transducer(keras.Model):
     The parts are reachable for the memory-lean loss and the decoders: `encode`,
     `predict_labels` and the `joint` layer (callable with ``(enc, pred)``, and exposing
     ``project_encoder`` / ``project_prediction`` / ``combine``). For a causal encoder the streaming
-    pieces are ``encoder.initial_state(batch)``, ``encoder.stream_step(chunk, state)``,
+    pieces are ``encoder.initial_state(batch)``, ``encoder.stream_step(chunk, state,
+    valid_frames=None)`` (``valid_frames [B]``: real frames of a padded last chunk),
     ``prediction.initial_state(batch)`` and ``prediction.step(label, state)``.
 
     Args:
