@@ -96,9 +96,17 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert "--gin_bindings=train.seed = 1" in noisy.argv_lists()[0]
     baseline = jobs["student-no-kd-no-kd-default-s2"].argv_lists()[0]
     assert not any("PSEUDO_LABEL" in a or "TEACHER_DIR" in a for a in baseline)
-    medium = jobs["teacher-medium"]
-    assert medium.deps == ("data-records", "teacher-bad")
-    assert "--gin_bindings=NUM_STEPS = 2000" in medium.argv_lists()[0]
+    # The teachers differ in labelled data, size and steps (the good one continues medium).
+    half = "--gin_bindings=TRAIN_RECORDS = '{}/records/train-labeled-0000[0-4]-*.tfrecord'"
+    half = half.format(plan.data_dir)
+    bad, medium, good = (jobs[f"teacher-{t}"] for t in ("bad", "medium", "good"))
+    assert bad.deps == medium.deps == ("data-records",)
+    assert good.deps == ("data-records", "teacher-medium")
+    bad_train, medium_train = bad.argv_lists()[0], medium.argv_lists()[0]
+    assert half in bad_train and "--gin_bindings=conformer_teacher.num_layers = 2" in bad_train
+    assert half in medium_train and "--gin_bindings=NUM_STEPS = 2000" in medium_train
+    assert not any("num_layers" in a for a in medium_train)
+    assert not any("TRAIN_RECORDS" in a and "0000[0-4]" in a for a in good.argv_lists()[0])
     pl = jobs["pseudo-good-noise0.4"].argv_lists()[0]
     assert "--noise_rate=0.4" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
 
@@ -289,7 +297,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert loaded["jobs_done"] == 0 and loaded["jobs_total"] == len(jobs) - 3  # 3 data jobs
     md = open(paths[1]).read()
     assert "(data preparation is not counted). Teachers carried over from another run.\n" in md
-    assert "| **good** (3,000 steps) | [30.0 / 31.0](#runs-teacher-good) | 33.0 |" in md
+    assert "| **good** (all data, 3 layers, 3k steps) | [30.0 / 31.0](#runs-teacher-good) | 33.0 |" in md
     assert '<a id="runs-teacher-good"></a>' in md and "(../out/teachers/good) |" in md
     assert "[41.0 ± 2.5 / 42.0 ± 2.5](#runs-teacher-bad-hard)<br>+19.2%" in md
     assert '<a id="runs-teacher-bad-hard"></a>' in md
