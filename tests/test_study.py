@@ -297,7 +297,8 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert loaded["jobs_done"] == 0 and loaded["jobs_total"] == len(jobs) - 3  # 3 data jobs
     md = open(paths[1]).read()
     assert "(data preparation is not counted). Teachers carried over from another run.\n" in md
-    assert "| **good** (all data, 3 layers, 3k steps) | [30.0 / 31.0](#runs-teacher-good) | 33.0 |" in md
+    row = "| **good** (all data, 3 layers, 3k steps) | [30.0 / 31.0](#runs-teacher-good) | 33.0 |"
+    assert row in md
     assert '<a id="runs-teacher-good"></a>' in md and "(../out/teachers/good) |" in md
     assert "[41.0 ± 2.5 / 42.0 ± 2.5](#runs-teacher-bad-hard)<br>+19.2%" in md
     assert '<a id="runs-teacher-bad-hard"></a>' in md
