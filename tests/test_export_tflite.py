@@ -102,10 +102,7 @@ def test_streaming_equals_whole_utterance_decoding(lstm_stream, push):
     meta = tflite.load_metadata(lstm_stream["paths"]["metadata"])
     assert meta["chunk_samples"] == 2560 and meta["history_samples"] == 240
     for wave, (want, score) in zip(waves(), lstm_stream["references"], strict=True):
-        session = tflite.StreamingSession(runner, meta)
-        for start in range(0, len(wave), push):
-            session.push(wave[start : start + push])
-        session.finish()
+        session = tflite.stream_waveform(runner, meta, wave, push_samples=push)
         assert session.tokens == want and len(want) > 0
         assert session.score == pytest.approx(score, rel=1e-4, abs=1e-3)
 
@@ -251,9 +248,6 @@ def test_conformer_student_streams_like_whole_utterance(tmp_path):
         want, score = reference(model, fe, wave)
         assert want  # not vacuous
         assert tflite.transcribe_whole(whole, wave) == want
-        session = tflite.StreamingSession(runner, meta)
-        for start in range(0, len(wave), 1234):
-            session.push(wave[start : start + 1234])
-        session.finish()
+        session = tflite.stream_waveform(runner, meta, wave, push_samples=1234)
         assert session.tokens == want
         assert session.score == pytest.approx(score, rel=1e-4, abs=1e-3)

@@ -111,20 +111,13 @@ def _student(kind, vocab):
 
     if kind == "conformer_8x":  # gin/models/conformer_student_8x.gin
         return presets.low_frame_rate_student(vocab, num_layers=4, dim=144)
-    if kind == "study":  # gin/study/student.gin
-        return presets.conformer_student(
-            vocab,
-            num_layers=2,
-            dim=96,
-            num_heads=4,
-            kernel_size=15,
-            subsampling_factor=8,
-            left_context=64,
-            prediction_units=128,
-            prediction_embed_dim=64,
-            joint_dim=128,
-            dropout=0.0,
-        )
+    if kind == "study":  # the student of gin/study/student.gin, read from the gin file itself
+        import gin
+
+        from tfkd import config
+
+        config.parse_gin(["gin/study/student.gin"], [f"VOCAB_SIZE = {vocab}"])
+        return gin.get_configurable("conformer_student")(vocab)
     # gin/models/lstm_student.gin (and its 8x variant)
     return presets.lstm_student(
         vocab,

@@ -264,14 +264,20 @@ class StreamingSession:
         ]
 
 
-def transcribe_streaming(runner, metadata, waveform, push_samples=None):
-    """Token ids of `waveform` [N] through a `StreamingSession` (pushes of `push_samples`)."""
+def stream_waveform(runner, metadata, waveform, push_samples=None):
+    """The finished `StreamingSession` (`tokens`, `score`) of `waveform` [N], pushed in pieces
+    of `push_samples` (default: all at once)."""
     session = StreamingSession(runner, metadata)
     step = push_samples or len(waveform) or 1
     for start in range(0, len(waveform), step):
         session.push(waveform[start : start + step])
     session.finish()
-    return session.tokens
+    return session
+
+
+def transcribe_streaming(runner, metadata, waveform, push_samples=None):
+    """Token ids of `waveform` [N] through a `StreamingSession` (pushes of `push_samples`)."""
+    return stream_waveform(runner, metadata, waveform, push_samples).tokens
 
 
 def load_metadata(path):
