@@ -25,7 +25,7 @@ from tfkd.models.conformer import apply_rotary, attention_mask
 F = 12  # feature width: small for speed; nothing depends on 80
 
 
-def conformer(causal, factor=4, chunk_size=1, left_context=None):
+def conformer(causal, factor=4, chunk_size=1, left_context=None, frontend="conv"):
     return ConformerEncoder(
         num_layers=2,
         dim=16,
@@ -38,6 +38,7 @@ def conformer(causal, factor=4, chunk_size=1, left_context=None):
         chunk_size=chunk_size,
         left_context=left_context,
         dropout=0.0,
+        frontend=frontend,
     )
 
 
@@ -61,13 +62,24 @@ ENCODERS = {
     "conformer8": (lambda: conformer(False, 8), 8, 16),
     "causal_conformer4": (lambda: conformer(True, 4, left_context=3), 4, 16),
     "causal_conformer8_chunk2": (lambda: conformer(True, 8, chunk_size=2), 8, 16),
+    "causal_conformer8_stack": (
+        lambda: conformer(True, 8, left_context=3, frontend="stack"),
+        8,
+        16,
+    ),
     "uni_lstm_stack4": (lambda: lstm(), 4, 8),
     "uni_lstm_conv6": (lambda: lstm(frontend="conv", factor=6), 6, 8),
     "uni_lstm_stack2_x2": (lambda: lstm(factor=2, reductions=(2, 1)), 4, 8),
     "bi_lstm_stack4": (lambda: lstm(bidirectional=True), 4, 16),
     "lstm_no_frontend": (lambda: lstm(frontend=None, factor=1), 1, 8),
 }
-CAUSAL = ["causal_conformer4", "causal_conformer8_chunk2", "uni_lstm_stack4", "uni_lstm_conv6"]
+CAUSAL = [
+    "causal_conformer4",
+    "causal_conformer8_chunk2",
+    "causal_conformer8_stack",
+    "uni_lstm_stack4",
+    "uni_lstm_conv6",
+]
 NON_CAUSAL = ["conformer4", "bi_lstm_stack4"]
 
 
@@ -94,6 +106,11 @@ def test_frontends_follow_length_rule(factor, frames):
 def test_conv_subsampler_rejects_unsupported_factor():
     with pytest.raises(ValueError, match="2\\^a"):
         ConvSubsampler(5)
+
+
+def test_conformer_rejects_unknown_front_end():
+    with pytest.raises(ValueError, match="front end 'mel'"):
+        ConformerEncoder(frontend="mel")
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))
@@ -300,10 +317,12 @@ def test_gradient_step_updates_every_variable():
     assert float(loss_fn()) < float(loss)
 
 
-def test_config_round_trip_gives_the_same_function():
-    model = tiny_student(chunk_size=2).build_by_calling(num_features=F)
+@pytest.mark.parametrize("frontend", ["conv", "stack"])
+def test_config_round_trip_gives_the_same_function(frontend):
+    model = tiny_student(chunk_size=2, frontend=frontend).build_by_calling(num_features=F)
     clone = Transducer.from_config(model.get_config()).build_by_calling(num_features=F)
     assert clone.encoder.chunk_size == 2 and clone.encoder.left_context == 8
+    assert clone.encoder.frontend_kind == frontend
     clone.set_weights(model.get_weights())
     np.testing.assert_allclose(clone(batch())["logits"], model(batch())["logits"], atol=1e-6)
 

@@ -44,6 +44,18 @@ ENCODERS = {
         left_context=3,
         dropout=0.0,
     ),
+    "conformer8_stack": lambda: ConformerEncoder(
+        num_layers=2,
+        dim=16,
+        num_heads=2,
+        ff_expansion=2,
+        kernel_size=3,
+        subsampling_factor=8,
+        causal=True,
+        left_context=4,
+        dropout=0.0,
+        frontend="stack",
+    ),
     "lstm_stack4_reduce2": lambda: LstmEncoder(
         num_layers=2, units=8, frontend_factor=4, frontend_units=8, layer_reductions=(2, 1)
     ),

@@ -62,8 +62,13 @@ def _parse_args(argv):
     p.add_argument("--pseudo_labels", default=None, help="glob of pseudo-label records")
     p.add_argument("--record_audio", action="store_true", help="audio from --pseudo_labels too")
     p.add_argument("--seed", type=int, default=0)
+    students = ["lstm", "lstm_8x", "conformer_8x", "study", "study_stack"]
+    p.add_argument("--student", choices=students, default="lstm")
     p.add_argument(
-        "--student", choices=["lstm", "lstm_8x", "conformer_8x", "study"], default="lstm"
+        "--compare_student",
+        choices=students,
+        default=None,
+        help="also time the hard and full-sum steps of this student; print its ratios to --student",
     )
     p.add_argument(
         "--mixed_precision",
@@ -111,12 +116,16 @@ def _student(kind, vocab):
 
     if kind == "conformer_8x":  # gin/models/conformer_student_8x.gin
         return presets.low_frame_rate_student(vocab, num_layers=4, dim=144)
-    if kind == "study":  # the student of gin/study/student.gin, read from the gin file itself
+    if kind in ("study", "study_stack"):  # the student of gin/study/student.gin, from the file
         import gin
 
         from tfkd import config
 
-        config.parse_gin(["gin/study/student.gin"], [f"VOCAB_SIZE = {vocab}"])
+        bindings = [f"VOCAB_SIZE = {vocab}"]
+        if kind == "study_stack":  # the same with the frame-stacking front end
+            bindings.append("conformer_student.frontend = 'stack'")
+        gin.clear_config()
+        config.parse_gin(["gin/study/student.gin"], bindings)
         return gin.get_configurable("conformer_student")(vocab)
     # gin/models/lstm_student.gin (and its 8x variant)
     return presets.lstm_student(
@@ -339,6 +348,12 @@ def main(argv=None):
     if args.also_lattice:
         for name, cls, kwargs in list(steps):
             steps.append((f"{name}_lattice", cls, {**kwargs, "share_prefixes": False}))
+    students = {}
+    if args.compare_student:
+        other = _student(args.compare_student, args.vocab_size)
+        for name, cls, kwargs in list(steps[:2]):
+            steps.append((f"{name}@{args.compare_student}", cls, kwargs))
+            students[f"{name}@{args.compare_student}"] = other
     batches = {}
     if args.soft_teacher_dir:
         from tfkd import trained_model
@@ -356,7 +371,7 @@ def main(argv=None):
         optimizer = keras.optimizers.Adam(1e-4)
         if args.mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        trainer = cls(student, optimizer, **common, **kwargs)
+        trainer = cls(students.get(name, student), optimizer, **common, **kwargs)
         trainer.loss_terms(trainer.prepare_batch(batches.get(name, batch)), training=False)
         optimizer.build(trainer.trainable_variables)
         trainers[name] = trainer
@@ -391,6 +406,15 @@ def main(argv=None):
             results["fullsum"]["median_s"]
             / min(results["hard"]["median_s"], results["hard_lattice"]["median_s"]),
             3,
+        )
+    if args.compare_student:
+        for name in ("hard", "fullsum"):
+            other = f"{name}@{args.compare_student}"
+            summary[f"ratio_{other}_over_{name}"] = round(
+                results[other]["median_s"] / results[name]["median_s"], 3
+            )
+        summary["compare_student_parameters"] = sum(
+            int(tf.size(v)) for v in students[f"hard@{args.compare_student}"].trainable_variables
         )
     if args.soft_teacher_dir:
         summary["ratio_soft_online_over_offline"] = round(

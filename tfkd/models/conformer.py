@@ -20,7 +20,12 @@ import math
 import keras
 import tensorflow as tf
 
-from tfkd.models.subsampling import ConvSubsampler, sequence_mask, zero_padded_frames
+from tfkd.models.subsampling import (
+    ConvSubsampler,
+    StackingSubsampler,
+    sequence_mask,
+    zero_padded_frames,
+)
 
 # Large finite negative: a fully masked row then softmaxes to a uniform row, never NaN.
 _MASKED = -1e9
@@ -283,7 +288,7 @@ class ConformerBlock(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfkd")
 class ConformerEncoder(keras.layers.Layer):
-    """Conv subsampling + Conformer blocks. ``call(features, lengths) -> (enc, enc_lengths)``.
+    """Subsampling front end + Conformer blocks. ``call(features, lengths) -> (enc, enc_lengths)``.
 
     Args:
       num_layers: Conformer blocks.
@@ -291,8 +296,10 @@ class ConformerEncoder(keras.layers.Layer):
       num_heads: attention heads (``dim / num_heads`` must be even for the rotation).
       ff_expansion: inner width of the feed-forward modules, as a multiple of ``dim``.
       kernel_size: depthwise conv kernel (odd when non-causal).
-      subsampling_factor: time reduction of the conv front end (e.g. 4, 6, 8).
-      subsampling_filters: channels of the front-end convolutions.
+      subsampling_factor: time reduction of the front end (e.g. 4, 6, 8).
+      subsampling_filters: channels of the front-end convolutions (``frontend="conv"``).
+      frontend: "conv" (`ConvSubsampler`, 2-D convolutions) or "stack" (`StackingSubsampler`:
+        ``subsampling_factor`` frames concatenated and projected, far cheaper per frame).
       causal: no look-ahead beyond the attention chunk, left-padded convolutions.
       chunk_size: causal attention chunk in encoder frames (right context ``chunk_size - 1``).
       left_context: encoder frames of past context in attention (None = all; required finite
@@ -313,6 +320,7 @@ class ConformerEncoder(keras.layers.Layer):
         chunk_size=1,
         left_context=None,
         dropout=0.1,
+        frontend="conv",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -325,9 +333,17 @@ class ConformerEncoder(keras.layers.Layer):
         self.causal, self.chunk_size = bool(causal), int(chunk_size)
         self.left_context = None if left_context is None else int(left_context)
         self.dropout_rate = float(dropout)
-        self.frontend = ConvSubsampler(
-            self.subsampling_factor, self.subsampling_filters, self.dim, name="subsampling"
-        )
+        self.frontend_kind = frontend
+        if frontend == "conv":
+            self.frontend = ConvSubsampler(
+                self.subsampling_factor, self.subsampling_filters, self.dim, name="subsampling"
+            )
+        elif frontend == "stack":
+            self.frontend = StackingSubsampler(
+                self.subsampling_factor, self.dim, name="subsampling"
+            )
+        else:
+            raise ValueError(f"unknown Conformer front end {frontend!r}; use 'conv' or 'stack'")
         self.input_dropout = keras.layers.Dropout(self.dropout_rate)
         # One attribute per sublayer, not a list: Keras 3 tracks lists in a way that
         # tf.train.Checkpoint does not follow, and their weights would never be saved.
@@ -453,4 +469,5 @@ class ConformerEncoder(keras.layers.Layer):
             "chunk_size": self.chunk_size,
             "left_context": self.left_context,
             "dropout": self.dropout_rate,
+            "frontend": self.frontend_kind,
         }
