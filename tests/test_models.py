@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tfkd.models import (
     ConformerEncoder,
+    Conv1DSubsampler,
     ConvSubsampler,
     Joint,
     LstmEncoder,
@@ -62,6 +63,11 @@ ENCODERS = {
     "conformer8": (lambda: conformer(False, 8), 8, 16),
     "causal_conformer4": (lambda: conformer(True, 4, left_context=3), 4, 16),
     "causal_conformer8_chunk2": (lambda: conformer(True, 8, chunk_size=2), 8, 16),
+    "causal_conformer6_conv1d": (
+        lambda: conformer(True, 6, left_context=3, frontend="conv1d"),
+        6,
+        16,
+    ),
     "causal_conformer8_stack": (
         lambda: conformer(True, 8, left_context=3, frontend="stack"),
         8,
@@ -76,6 +82,7 @@ ENCODERS = {
 CAUSAL = [
     "causal_conformer4",
     "causal_conformer8_chunk2",
+    "causal_conformer6_conv1d",
     "causal_conformer8_stack",
     "uni_lstm_stack4",
     "uni_lstm_conv6",
@@ -96,7 +103,11 @@ def test_subsampled_lengths_is_ceil_division():
 @pytest.mark.parametrize("factor,frames", [(4, 13), (6, 13), (8, 17), (2, 5)])
 def test_frontends_follow_length_rule(factor, frames):
     x, lengths = features(2, frames), tf.constant([frames, 3])
-    for layer in (ConvSubsampler(factor, 4, 8), StackingSubsampler(factor, 8)):
+    for layer in (
+        ConvSubsampler(factor, 4, 8),
+        Conv1DSubsampler(factor, 4, 8),
+        StackingSubsampler(factor, 8),
+    ):
         y, y_lengths = layer(x, lengths)
         expected = -(-frames // factor)
         assert tuple(y.shape) == (2, expected, 8)
@@ -317,7 +328,7 @@ def test_gradient_step_updates_every_variable():
     assert float(loss_fn()) < float(loss)
 
 
-@pytest.mark.parametrize("frontend", ["conv", "stack"])
+@pytest.mark.parametrize("frontend", ["conv", "conv1d", "stack"])
 def test_config_round_trip_gives_the_same_function(frontend):
     model = tiny_student(chunk_size=2, frontend=frontend).build_by_calling(num_features=F)
     clone = Transducer.from_config(model.get_config()).build_by_calling(num_features=F)

@@ -11,12 +11,18 @@ from tfkd.models.presets import (
     lstm_student,
     prediction_network,
 )
-from tfkd.models.subsampling import ConvSubsampler, StackingSubsampler, subsampled_lengths
+from tfkd.models.subsampling import (
+    Conv1DSubsampler,
+    ConvSubsampler,
+    StackingSubsampler,
+    subsampled_lengths,
+)
 from tfkd.models.transducer import Transducer
 
 __all__ = [
     "BLANK",
     "ConformerEncoder",
+    "Conv1DSubsampler",
     "ConvSubsampler",
     "Joint",
     "LstmEncoder",

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from tfkd.models.subsampling import (
+    Conv1DSubsampler,
     ConvSubsampler,
     StackingSubsampler,
     sequence_mask,
@@ -297,9 +298,10 @@ class ConformerEncoder(keras.layers.Layer):
       ff_expansion: inner width of the feed-forward modules, as a multiple of ``dim``.
       kernel_size: depthwise conv kernel (odd when non-causal).
       subsampling_factor: time reduction of the front end (e.g. 4, 6, 8).
-      subsampling_filters: channels of the front-end convolutions (``frontend="conv"``).
-      frontend: "conv" (`ConvSubsampler`, 2-D convolutions) or "stack" (`StackingSubsampler`:
-        ``subsampling_factor`` frames concatenated and projected, far cheaper per frame).
+      subsampling_filters: channels of the front-end convolutions ("conv" and "conv1d").
+      frontend: "conv" (`ConvSubsampler`, 2-D convolutions over time and frequency), "conv1d"
+        (`Conv1DSubsampler`, over time, mel bins as channels: about a tenth of the cost) or
+        "stack" (`StackingSubsampler`: ``subsampling_factor`` frames concatenated and projected).
       causal: no look-ahead beyond the attention chunk, left-padded convolutions.
       chunk_size: causal attention chunk in encoder frames (right context ``chunk_size - 1``).
       left_context: encoder frames of past context in attention (None = all; required finite
@@ -338,12 +340,18 @@ class ConformerEncoder(keras.layers.Layer):
             self.frontend = ConvSubsampler(
                 self.subsampling_factor, self.subsampling_filters, self.dim, name="subsampling"
             )
+        elif frontend == "conv1d":
+            self.frontend = Conv1DSubsampler(
+                self.subsampling_factor, self.subsampling_filters, self.dim, name="subsampling"
+            )
         elif frontend == "stack":
             self.frontend = StackingSubsampler(
                 self.subsampling_factor, self.dim, name="subsampling"
             )
         else:
-            raise ValueError(f"unknown Conformer front end {frontend!r}; use 'conv' or 'stack'")
+            raise ValueError(
+                f"unknown Conformer front end {frontend!r}; use 'conv', 'conv1d' or 'stack'"
+            )
         self.input_dropout = keras.layers.Dropout(self.dropout_rate)
         # One attribute per sublayer, not a list: Keras 3 tracks lists in a way that
         # tf.train.Checkpoint does not follow, and their weights would never be saved.
@@ -447,6 +455,11 @@ class ConformerEncoder(keras.layers.Layer):
         k_pos = tf.concat([offset - self.left_context + tf.range(self.left_context), q_pos], 0)
         # Cache slots before the start of the stream are empty.
         key_valid = tf.broadcast_to(k_pos >= 0, [tf.shape(x)[0], tf.shape(k_pos)[0]])
+        if valid_frames is not None:
+            # Frames of a padded last chunk past the stream's end are not keys: with
+            # chunk_size > 1 the last real frame would attend to them (`call` masks them too).
+            end = offset + self.frontend.output_lengths(valid_frames)
+            key_valid = tf.logical_and(key_valid, k_pos[tf.newaxis, :] < end[:, tf.newaxis])
         attn_mask = attention_mask(
             q_pos, k_pos, key_valid, self.causal, self.chunk_size, self.left_context
         )
