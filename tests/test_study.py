@@ -111,6 +111,43 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert "--noise_rate=0.4" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
 
 
+def test_lean_front_ends_reach_every_training_and_build_the_named_layers(tmp_path):
+    lean = "gin/study/lean_frontends.gin"
+    plan = load_preset(
+        "small",
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(tmp_path / "data"),
+        extra_gin=(lean,),
+    )
+    # (tuned runs make their commands when they start, from the tuning runs' dev WER)
+    jobs = [j for j in plan.jobs() if j.info.get("setting") != "tuned"]
+    trainings = [j.argv_lists()[0] for j in jobs if j.info.get("kind") in ("teacher", "student")]
+    assert sum("--gin_file=gin/teacher.gin" in t for t in trainings) == 3
+    assert len(trainings) > 50
+    for argv in trainings:  # after the method and model files, so that its bindings win
+        files = [a for a in argv if a.startswith("--gin_file=")]
+        assert files[-1] == f"--gin_file={lean}", argv
+
+    from tfkd.models import Conv1DSubsampler, StackingSubsampler
+    from tfkd.models.subsampling import ConvSubsampler
+
+    def built(files, builder):
+        gin.clear_config()
+        try:
+            config.parse_gin(files, ["VOCAB_SIZE = 16"])
+            return gin.get_configurable(builder)(16).encoder.frontend
+        finally:
+            gin.clear_config()
+
+    teacher_gin, student_gin = "gin/models/conformer_teacher_cpu.gin", "gin/study/student.gin"
+    assert isinstance(built([teacher_gin], "conformer_teacher"), ConvSubsampler)
+    assert isinstance(built([teacher_gin, lean], "conformer_teacher"), StackingSubsampler)
+    student = built([student_gin, lean], "conformer_student")
+    assert isinstance(student, Conv1DSubsampler) and student.filters == 256
+    other_rate = built([student_gin, "gin/study/student_other_rate.gin", lean], "conformer_student")
+    assert isinstance(other_rate, Conv1DSubsampler) and other_rate.factor == 12
+
+
 def _write_dev(model_dir, wer, **fields):
     os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
     with open(os.path.join(model_dir, "eval", "dev.json"), "w") as f:

@@ -62,7 +62,7 @@ def _parse_args(argv):
     p.add_argument("--pseudo_labels", default=None, help="glob of pseudo-label records")
     p.add_argument("--record_audio", action="store_true", help="audio from --pseudo_labels too")
     p.add_argument("--seed", type=int, default=0)
-    students = ["lstm", "lstm_8x", "conformer_8x", "study", "study_stack"]
+    students = ["lstm", "lstm_8x", "conformer_8x", "study", "study_stack", "study_conv1d"]
     p.add_argument("--student", choices=students, default="lstm")
     p.add_argument(
         "--compare_student",
@@ -116,7 +116,7 @@ def _student(kind, vocab):
 
     if kind == "conformer_8x":  # gin/models/conformer_student_8x.gin
         return presets.low_frame_rate_student(vocab, num_layers=4, dim=144)
-    if kind in ("study", "study_stack"):  # the student of gin/study/student.gin, from the file
+    if kind.startswith("study"):  # the student of gin/study/student.gin, from the file
         import gin
 
         from tfkd import config
@@ -124,6 +124,11 @@ def _student(kind, vocab):
         bindings = [f"VOCAB_SIZE = {vocab}"]
         if kind == "study_stack":  # the same with the frame-stacking front end
             bindings.append("conformer_student.frontend = 'stack'")
+        if kind == "study_conv1d":  # the same with the 1-D convolution front end
+            bindings += [
+                "conformer_student.frontend = 'conv1d'",
+                "conformer_student.subsampling_filters = 256",
+            ]
         gin.clear_config()
         config.parse_gin(["gin/study/student.gin"], bindings)
         return gin.get_configurable("conformer_student")(vocab)
