@@ -18,57 +18,32 @@ def features(frames, batch=2, seed=0):
     return tf.constant(np.random.default_rng(seed).normal(size=(batch, frames, F)), tf.float32)
 
 
+def causal_conformer(**overrides):
+    """A small causal `ConformerEncoder`; ``overrides`` change its arguments."""
+    args = dict(
+        num_layers=2,
+        dim=16,
+        num_heads=2,
+        ff_expansion=2,
+        kernel_size=3,
+        subsampling_filters=4,
+        causal=True,
+        dropout=0.0,
+    )
+    return ConformerEncoder(**{**args, **overrides})
+
+
 ENCODERS = {
-    "conformer4": lambda: ConformerEncoder(
-        num_layers=2,
-        dim=16,
-        num_heads=2,
-        ff_expansion=2,
-        kernel_size=3,
-        subsampling_factor=4,
-        subsampling_filters=4,
-        causal=True,
-        left_context=5,
-        dropout=0.0,
+    "conformer4": lambda: causal_conformer(subsampling_factor=4, left_context=5),
+    "conformer8_chunk2": lambda: causal_conformer(
+        kernel_size=4, subsampling_factor=8, chunk_size=2, left_context=3
     ),
-    "conformer8_chunk2": lambda: ConformerEncoder(
-        num_layers=2,
-        dim=16,
-        num_heads=2,
-        ff_expansion=2,
-        kernel_size=4,
-        subsampling_factor=8,
-        subsampling_filters=4,
-        causal=True,
-        chunk_size=2,
-        left_context=3,
-        dropout=0.0,
+    # factor 6 with chunks of 2 frames: the last chunk of an odd-length stream is half padding
+    "conformer6_conv1d_chunk2": lambda: causal_conformer(
+        subsampling_factor=6, subsampling_filters=5, chunk_size=2, left_context=4, frontend="conv1d"
     ),
-    "conformer6_conv1d_chunk2": lambda: ConformerEncoder(
-        num_layers=2,
-        dim=16,
-        num_heads=2,
-        ff_expansion=2,
-        kernel_size=3,
-        subsampling_factor=6,
-        subsampling_filters=5,
-        causal=True,
-        chunk_size=2,
-        left_context=4,
-        dropout=0.0,
-        frontend="conv1d",
-    ),
-    "conformer8_stack": lambda: ConformerEncoder(
-        num_layers=2,
-        dim=16,
-        num_heads=2,
-        ff_expansion=2,
-        kernel_size=3,
-        subsampling_factor=8,
-        causal=True,
-        left_context=4,
-        dropout=0.0,
-        frontend="stack",
+    "conformer8_stack": lambda: causal_conformer(
+        subsampling_factor=8, left_context=4, frontend="stack"
     ),
     "lstm_stack4_reduce2": lambda: LstmEncoder(
         num_layers=2, units=8, frontend_factor=4, frontend_units=8, layer_reductions=(2, 1)

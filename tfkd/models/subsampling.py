@@ -108,18 +108,19 @@ class StackingSubsampler(keras.layers.Layer):
         return {**super().get_config(), "factor": self.factor, "units": self.units}
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
-class ConvSubsampler(keras.layers.Layer):
-    """2-D convolution subsampling (time x frequency), then a projection to ``units``.
+class _StridedConvSubsampler(keras.layers.Layer):
+    """Stages of strided convolutions over time, then a projection to ``units``.
 
-    Each stage with time stride ``s`` uses a ``(2s-1) x 3`` kernel, frequency stride 2 (one zero
-    bin padded on each side, so ``F -> ceil(F/2)``) and ReLU.
-    In time, it pads ``s-1`` zero frames on the left (the only context it reads from the past)
-    and pads on the right to a multiple of ``s``, so the stage maps ``T -> ceil(T/s)`` and the
-    stack maps ``T -> ceil(T/factor)``. Frames beyond a sequence's length are zeroed before every
-    stage, which makes outputs on valid frames independent of how much padding follows.
+    Each stage with time stride ``s`` has a time kernel of ``2s-1`` and ReLU. In time, it pads
+    ``s-1`` zero frames on the left (the only context it reads from the past) and pads on the
+    right to a multiple of ``s``, so the stage maps ``T -> ceil(T/s)`` and the stack maps
+    ``T -> ceil(T/factor)``. Frames beyond a sequence's length are zeroed before every stage,
+    which makes outputs on valid frames independent of how much padding follows. Streaming keeps
+    the last ``s-1`` input frames of each stage as state.
 
-    Streaming keeps the last ``s-1`` input frames of each stage as state.
+    Subclasses say what a stage convolves: `_new_conv`, `_to_conv_layout` (``[B, T, F]`` to the
+    convolutions' layout), `_feature_padding` (padding of the axes after time), `_cache_shape`
+    and `_flatten` (back to ``[B, T', D]``).
     """
 
     def __init__(self, factor=4, filters=64, units=256, **kwargs):
@@ -131,15 +132,7 @@ class ConvSubsampler(keras.layers.Layer):
         # One attribute per sublayer, not a list: Keras 3 tracks lists in a way that
         # tf.train.Checkpoint does not follow, and their weights would never be saved.
         for i, s in enumerate(self.strides):
-            conv = keras.layers.Conv2D(
-                self.filters,
-                kernel_size=(2 * s - 1, 3),
-                strides=(s, 2),
-                padding="valid",
-                activation="relu",
-                name=f"conv{i}",
-            )
-            setattr(self, f"conv{i}", conv)
+            setattr(self, f"conv{i}", self._new_conv(s, name=f"conv{i}"))
         self.proj = keras.layers.Dense(self.units, name="proj")
         self._num_features = None
 
@@ -155,36 +148,24 @@ class ConvSubsampler(keras.layers.Layer):
     def output_lengths(self, lengths):
         return subsampled_lengths(lengths, self.factor)
 
-    def _stage_shapes(self):
-        """(frames cached, frequency bins, channels) of each stage's input."""
-        if self._num_features is None:
-            raise ValueError("call the layer once before streaming (feature size unknown)")
-        shapes, freq, channels = [], self._num_features, 1
-        for s in self.strides:
-            shapes.append((s - 1, freq, channels))
-            freq, channels = (freq + 1) // 2, self.filters
-        return shapes
-
-    def _flatten(self, x):
-        x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
-        return self.proj(x)
-
     def call(self, x, lengths):
         """``x [B, T, F]``, ``lengths [B]`` -> ``([B, ceil(T/factor), units], lengths')``."""
         self._num_features = int(x.shape[-1])
-        x = tf.expand_dims(tf.cast(x, self.compute_dtype), -1)
+        x = self._to_conv_layout(tf.cast(x, self.compute_dtype))
         for conv, s in zip(self.convs, self.strides, strict=True):
             x = zero_padded_frames(x, lengths)
-            x = tf.pad(x, [[0, 0], [s - 1, 0], [1, 1], [0, 0]])
+            x = tf.pad(x, [[0, 0], [s - 1, 0]] + self._feature_padding(x))
             x = conv(_right_pad_stage(x, s))
             lengths = subsampled_lengths(lengths, s)
-        return self._flatten(x), lengths
+        return self.proj(self._flatten(x)), lengths
 
     def initial_state(self, batch_size):
         """Zero caches (the left padding of the full-utterance path), one per stage."""
+        if self._num_features is None:
+            raise ValueError("call the layer once before streaming (feature size unknown)")
         return {
-            f"cache{i}": tf.zeros([batch_size, n, f, c], self.compute_dtype)
-            for i, (n, f, c) in enumerate(self._stage_shapes())
+            f"cache{i}": tf.zeros([batch_size, s - 1, *self._cache_shape(i)], self.compute_dtype)
+            for i, s in enumerate(self.strides)
         }
 
     def stream_step(self, chunk, state, valid_frames=None):
@@ -194,7 +175,7 @@ class ConvSubsampler(keras.layers.Layer):
         every stage's input is zeroed past them, so that the padding of a stream's last chunk
         does not reach the last real output frame, whose receptive field extends past the end.
         """
-        x = tf.expand_dims(tf.cast(chunk, self.compute_dtype), -1)
+        x = self._to_conv_layout(tf.cast(chunk, self.compute_dtype))
         new_state = {}
         for i, (conv, s) in enumerate(zip(self.convs, self.strides, strict=True)):
             if valid_frames is not None:
@@ -203,8 +184,8 @@ class ConvSubsampler(keras.layers.Layer):
                 valid_frames = subsampled_lengths(valid_frames, s)
             x = tf.concat([state[f"cache{i}"], x], axis=1)
             new_state[f"cache{i}"] = x[:, -(s - 1) :]
-            x = conv(tf.pad(x, [[0, 0], [0, 0], [1, 1], [0, 0]]))
-        return self._flatten(x), new_state
+            x = conv(tf.pad(x, [[0, 0], [0, 0]] + self._feature_padding(x)))
+        return self.proj(self._flatten(x)), new_state
 
     def get_config(self):
         return {
@@ -216,94 +197,78 @@ class ConvSubsampler(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
-class Conv1DSubsampler(keras.layers.Layer):
-    """1-D convolution subsampling over time (frequency bins as channels), then a projection.
+class ConvSubsampler(_StridedConvSubsampler):
+    """2-D convolution subsampling (time x frequency), then a projection to ``units``.
 
-    The time rules of `ConvSubsampler` (kernel ``2s-1``, ``s-1`` frames of left padding, stages
-    of stride 2 then 3, ``T -> ceil(T/factor)``, frames past a sequence's length zeroed before
-    every stage) without its frequency axis: a stage costs ``(2s-1) * C_in * filters``
-    multiply-adds per output frame, about a tenth of the 2-D front end's at 80 mel bins and 64
-    filters.
+    A stage with time stride ``s`` uses a ``(2s-1) x 3`` kernel and frequency stride 2 (one zero
+    bin padded on each side, so ``F -> ceil(F/2)``); the time rules are those of
+    `_StridedConvSubsampler`.
+    """
 
-    Streaming keeps the last ``s-1`` input frames of each stage as state.
+    def _new_conv(self, s, name):
+        return keras.layers.Conv2D(
+            self.filters,
+            kernel_size=(2 * s - 1, 3),
+            strides=(s, 2),
+            padding="valid",
+            activation="relu",
+            name=name,
+        )
+
+    def _to_conv_layout(self, x):
+        return tf.expand_dims(x, -1)  # [B, T, F, 1]
+
+    def _feature_padding(self, x):
+        del x
+        return [[1, 1], [0, 0]]
+
+    def _cache_shape(self, stage):
+        """(frequency bins, channels) of a stage's input."""
+        freq = self._num_features
+        for _ in range(stage):
+            freq = (freq + 1) // 2
+        return (freq, 1 if stage == 0 else self.filters)
+
+    def _flatten(self, x):
+        return tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
+
+
+@keras.saving.register_keras_serializable(package="tfkd")
+class Conv1DSubsampler(_StridedConvSubsampler):
+    """1-D convolution subsampling over time (mel bins as channels), then a projection.
+
+    A stage with time stride ``s`` has a kernel of ``2s-1`` frames (the time rules of
+    `_StridedConvSubsampler`) and costs ``(2s-1) * C_in * filters`` multiply-adds per output
+    frame: at 80 mel bins and 8x, 256 filters cost about 100k per input frame, against about
+    240k for `ConvSubsampler` with 64.
     """
 
     def __init__(self, factor=4, filters=128, units=256, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = int(factor)
-        self.filters = int(filters)
-        self.units = int(units)
-        self.strides = split_factor(self.factor)
-        # One attribute per sublayer, not a list (see `ConvSubsampler`).
-        for i, s in enumerate(self.strides):
-            conv = keras.layers.Conv1D(
-                self.filters,
-                kernel_size=2 * s - 1,
-                strides=s,
-                padding="valid",
-                activation="relu",
-                name=f"conv{i}",
-            )
-            setattr(self, f"conv{i}", conv)
-        self.proj = keras.layers.Dense(self.units, name="proj")
-        self._num_features = None
+        super().__init__(factor, filters, units, **kwargs)
 
-    def build(self, input_shape):
-        # Sublayers build on the first real call (see `ConvSubsampler.build`).
-        del input_shape
+    def _new_conv(self, s, name):
+        return keras.layers.Conv1D(
+            self.filters,
+            kernel_size=2 * s - 1,
+            strides=s,
+            padding="valid",
+            activation="relu",
+            name=name,
+        )
 
-    @property
-    def convs(self):
-        return [getattr(self, f"conv{i}") for i in range(len(self.strides))]
+    def _to_conv_layout(self, x):
+        return x  # [B, T, F]: bins as channels
 
-    def output_lengths(self, lengths):
-        return subsampled_lengths(lengths, self.factor)
+    def _feature_padding(self, x):
+        del x
+        return [[0, 0]]
 
-    def call(self, x, lengths):
-        """``x [B, T, F]``, ``lengths [B]`` -> ``([B, ceil(T/factor), units], lengths')``."""
-        self._num_features = int(x.shape[-1])
-        x = tf.cast(x, self.compute_dtype)
-        for conv, s in zip(self.convs, self.strides, strict=True):
-            x = zero_padded_frames(x, lengths)
-            x = tf.pad(x, [[0, 0], [s - 1, 0], [0, 0]])
-            x = conv(_right_pad_stage(x, s))
-            lengths = subsampled_lengths(lengths, s)
-        return self.proj(x), lengths
+    def _cache_shape(self, stage):
+        """(channels,) of a stage's input."""
+        return (self._num_features if stage == 0 else self.filters,)
 
-    def initial_state(self, batch_size):
-        """Zero caches (the left padding of the full-utterance path), one per stage."""
-        if self._num_features is None:
-            raise ValueError("call the layer once before streaming (feature size unknown)")
-        state, channels = {}, self._num_features
-        for i, s in enumerate(self.strides):
-            state[f"cache{i}"] = tf.zeros([batch_size, s - 1, channels], self.compute_dtype)
-            channels = self.filters
-        return state
-
-    def stream_step(self, chunk, state, valid_frames=None):
-        """``chunk [B, C, F]`` (``C % factor == 0``) -> ``([B, C/factor, units], new_state)``.
-
-        ``valid_frames [B]``: real frames at the start of the chunk (default: all); every stage's
-        input is zeroed past them, as in `call`.
-        """
-        x = tf.cast(chunk, self.compute_dtype)
-        new_state = {}
-        for i, (conv, s) in enumerate(zip(self.convs, self.strides, strict=True)):
-            if valid_frames is not None:
-                x = zero_padded_frames(x, valid_frames)
-                valid_frames = subsampled_lengths(valid_frames, s)
-            x = tf.concat([state[f"cache{i}"], x], axis=1)
-            new_state[f"cache{i}"] = x[:, -(s - 1) :]
-            x = conv(x)
-        return self.proj(x), new_state
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "factor": self.factor,
-            "filters": self.filters,
-            "units": self.units,
-        }
+    def _flatten(self, x):
+        return x
 
 
 def _right_pad_stage(x, s):
