@@ -211,7 +211,8 @@ def test_quantised_models_convert_builtin_and_stay_close(tmp_path, quantization)
 
 
 @pytest.mark.slow
-def test_conformer_student_streams_like_whole_utterance(tmp_path):
+@pytest.mark.parametrize("frontend_kind", ["conv", "conv1d"])
+def test_conformer_student_streams_like_whole_utterance(tmp_path, frontend_kind):
     keras.utils.set_random_seed(4)
     model = conformer_student(
         VOCAB,
@@ -226,6 +227,7 @@ def test_conformer_student_streams_like_whole_utterance(tmp_path):
         prediction_embed_dim=8,
         joint_dim=16,
         dropout=0.0,
+        frontend=frontend_kind,
     ).build_by_calling(num_features=80)
     # Trained front-end biases are not zero; fresh zero ones would hide padding that leaks
     # into the last encoder frame of a stream.
@@ -237,7 +239,7 @@ def test_conformer_student_streams_like_whole_utterance(tmp_path):
         model, fe, str(tmp_path), "float32", chunk_ms=160, kinds=("whole", "streaming")
     )
     # The whole-utterance graph's convolutional front end needs static channel counts: a
-    # regression here fails the conversion with "TF Select ops: Conv2D".
+    # regression here fails the conversion with "TF Select ops: Conv2D" (or Conv1D's ops).
     whole = tflite.TFLiteRunner(paths["whole"])
     runner = tflite.TFLiteRunner(paths["streaming"])
     meta = tflite.load_metadata(paths["metadata"])
