@@ -124,6 +124,14 @@ def test_conformer_rejects_unknown_front_end():
         ConformerEncoder(frontend="mel")
 
 
+def test_lstm_encoder_front_ends_and_their_errors():
+    assert isinstance(lstm(frontend="conv1d", factor=6).frontend, Conv1DSubsampler)
+    with pytest.raises(ValueError, match="front end 'mel'; use one of conv, conv1d, stack"):
+        lstm(frontend="mel")
+    with pytest.raises(ValueError, match="frontend=None needs frontend_factor 1, got 4"):
+        lstm(frontend=None, factor=4)
+
+
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_encoder_shapes_and_lengths(name):
     build, factor, width = ENCODERS[name]

@@ -4,8 +4,7 @@ import keras
 import tensorflow as tf
 
 from tfkd.models.subsampling import (
-    ConvSubsampler,
-    StackingSubsampler,
+    make_subsampler,
     sequence_mask,
     stack_frames,
     subsampled_lengths,
@@ -21,7 +20,8 @@ class LstmEncoder(keras.layers.Layer):
       num_layers: LSTM layers.
       units: cells per direction.
       bidirectional: concatenate a backward LSTM (not streamable).
-      frontend: "stack", "conv" or None (no front end; ``frontend_factor`` must be 1).
+      frontend: "stack", "conv", "conv1d" (`tfkd.models.subsampling.make_subsampler`) or None
+        (no front end; ``frontend_factor`` must be 1).
       frontend_factor: time reduction of the front end.
       frontend_units: output width of the front end.
       layer_reductions: per-layer time reduction applied after that layer by stacking frames
@@ -53,18 +53,14 @@ class LstmEncoder(keras.layers.Layer):
         if len(self.layer_reductions) != self.num_layers:
             raise ValueError("layer_reductions needs one entry per layer")
         self.dropout_rate = float(dropout)
-        if frontend == "stack":
-            self.frontend = StackingSubsampler(
-                self.frontend_factor, self.frontend_units, name="frontend"
-            )
-        elif frontend == "conv":
-            self.frontend = ConvSubsampler(
-                self.frontend_factor, units=self.frontend_units, name="frontend"
-            )
-        elif frontend is None and self.frontend_factor == 1:
+        if frontend is None:
+            if self.frontend_factor != 1:
+                raise ValueError(f"frontend=None needs frontend_factor 1, got {frontend_factor}")
             self.frontend = None
         else:
-            raise ValueError(f"unknown front end {frontend!r} with factor {frontend_factor}")
+            self.frontend = make_subsampler(
+                frontend, self.frontend_factor, self.frontend_units, name="frontend"
+            )
         # One attribute per sublayer, not a list: Keras 3 tracks lists in a way that
         # tf.train.Checkpoint does not follow, and their weights would never be saved.
         for i in range(self.num_layers):

@@ -63,6 +63,22 @@ def split_factor(factor):
     return tuple(strides)
 
 
+FRONTENDS = ("conv", "conv1d", "stack")
+
+
+def make_subsampler(kind, factor, units, filters=64, name="subsampling"):
+    """The front end named ``kind``: "conv" (`ConvSubsampler`), "conv1d" (`Conv1DSubsampler`)
+    or "stack" (`StackingSubsampler`, which has no ``filters``), ``[B, T, F] -> [B, T', units]``.
+    """
+    if kind == "conv":
+        return ConvSubsampler(factor, filters, units, name=name)
+    if kind == "conv1d":
+        return Conv1DSubsampler(factor, filters, units, name=name)
+    if kind == "stack":
+        return StackingSubsampler(factor, units, name=name)
+    raise ValueError(f"unknown front end {kind!r}; use one of {', '.join(FRONTENDS)}")
+
+
 @keras.saving.register_keras_serializable(package="tfkd")
 class StackingSubsampler(keras.layers.Layer):
     """Stacks ``factor`` consecutive frames and projects them to ``units``.
@@ -119,7 +135,7 @@ class _StridedConvSubsampler(keras.layers.Layer):
     the last ``s-1`` input frames of each stage as state.
 
     Subclasses say what a stage convolves: `_new_conv`, `_to_conv_layout` (``[B, T, F]`` to the
-    convolutions' layout), `_feature_padding` (padding of the axes after time), `_cache_shape`
+    convolutions' layout), `_FEATURE_PADDING` (padding of the axes after time), `_cache_shape`
     and `_flatten` (back to ``[B, T', D]``).
     """
 
@@ -154,7 +170,7 @@ class _StridedConvSubsampler(keras.layers.Layer):
         x = self._to_conv_layout(tf.cast(x, self.compute_dtype))
         for conv, s in zip(self.convs, self.strides, strict=True):
             x = zero_padded_frames(x, lengths)
-            x = tf.pad(x, [[0, 0], [s - 1, 0]] + self._feature_padding(x))
+            x = tf.pad(x, [[0, 0], [s - 1, 0], *self._FEATURE_PADDING])
             x = conv(_right_pad_stage(x, s))
             lengths = subsampled_lengths(lengths, s)
         return self.proj(self._flatten(x)), lengths
@@ -184,7 +200,7 @@ class _StridedConvSubsampler(keras.layers.Layer):
                 valid_frames = subsampled_lengths(valid_frames, s)
             x = tf.concat([state[f"cache{i}"], x], axis=1)
             new_state[f"cache{i}"] = x[:, -(s - 1) :]
-            x = conv(tf.pad(x, [[0, 0], [0, 0]] + self._feature_padding(x)))
+            x = conv(tf.pad(x, [[0, 0], [0, 0], *self._FEATURE_PADDING]))
         return self.proj(self._flatten(x)), new_state
 
     def get_config(self):
@@ -215,12 +231,10 @@ class ConvSubsampler(_StridedConvSubsampler):
             name=name,
         )
 
+    _FEATURE_PADDING = ([1, 1], [0, 0])  # one zero bin each side of frequency; not channels
+
     def _to_conv_layout(self, x):
         return tf.expand_dims(x, -1)  # [B, T, F, 1]
-
-    def _feature_padding(self, x):
-        del x
-        return [[1, 1], [0, 0]]
 
     def _cache_shape(self, stage):
         """(frequency bins, channels) of a stage's input."""
@@ -256,12 +270,10 @@ class Conv1DSubsampler(_StridedConvSubsampler):
             name=name,
         )
 
+    _FEATURE_PADDING = ([0, 0],)  # channels
+
     def _to_conv_layout(self, x):
         return x  # [B, T, F]: bins as channels
-
-    def _feature_padding(self, x):
-        del x
-        return [[0, 0]]
 
     def _cache_shape(self, stage):
         """(channels,) of a stage's input."""
