@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkd import features
-from tfkd.data import reading, records
+from tfkd.data import reading, records, speed_perturb
 
 # Log-score for padding hypotheses: finite (no NaN in gradients), far below any real one.
 NBEST_PAD_SCORE = -1e30
@@ -184,6 +184,7 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     repeat: bool | int = False,
     cycle_length: int = 4,
+    speed_factors: Sequence[float] | None = None,
 ) -> tf.data.Dataset:
     """Builds the batched dataset of one input pipeline (runs on the host).
 
@@ -213,6 +214,9 @@ def make_dataset(
             input pipeline when there are enough of them, else records.
         repeat: `True` repeats forever, an int that many epochs, `False` once.
         cycle_length: files read in parallel.
+        speed_factors: speed perturbation (`tfkd.data.speed_perturb`): each utterance is played
+            at a speed drawn uniformly from these factors, e.g. `(0.9, 1.0, 1.1)`, before the
+            duration filter and bucketing; reproducible with `seed`. Supervised data only.
 
     Returns:
         A `tf.data.Dataset` of dict batches (see the module docstring).
@@ -240,6 +244,13 @@ def make_dataset(
         )
 
     files = reading.list_files(file_pattern)
+    if speed_factors is not None:
+        speed_factors = speed_perturb.check_factors(speed_factors)
+        if with_nbest:
+            raise ValueError(
+                "speed_factors with with_nbest: the stored teacher scores and soft targets "
+                "describe the unperturbed audio; perturb supervised data only"
+            )
     if soft_targets and not with_nbest:
         raise ValueError("soft_targets needs with_nbest (the targets follow hypothesis 0)")
     with_soft = bool(with_nbest and files) and (
@@ -277,6 +288,8 @@ def make_dataset(
     )
     if not shard_files:
         ds = ds.shard(num_pipelines, pipeline_id)
+    if speed_factors is not None:
+        ds = speed_perturb.perturb_dataset(ds, speed_factors, seed)
     if static_shapes and with_nbest:
         ds = ds.map(_truncate_nbest(nbest_size))
     ds = ds.filter(_keep_fn(max_samples, max_label_length, with_nbest))
