@@ -258,3 +258,41 @@ def test_assign_sentences_keeps_splits_disjoint_even_when_reusing(pool_size):
     assert (len(distinct["train-labeled"]), len(distinct["train-unlabeled"])) == expected
     with pytest.raises(ValueError, match="13 sentences"):
         synthetic_corpus.assign_sentences(pool[:13], TINY, np.random.default_rng(0))
+
+
+def test_respoken_plan_speaks_the_labeled_sentences_again_by_new_speakers():
+    plan = synthetic_corpus.plan_corpus("tiny", TINY_SEED)
+    respoken = synthetic_corpus.plan_respoken(plan, "tiny", TINY_SEED, 2)
+    labeled = sorted(t for c in plan if c.speaker.split == "train-labeled" for t in c.texts)
+    assert sorted(t for c in respoken for t in c.texts) == sorted(labeled * 2)
+    speakers = {c.speaker.speaker_id: c.speaker for c in respoken}
+    assert len(speakers) == 2 * TINY.speakers["train-labeled"]
+    assert {s.split for s in speakers.values()} == {synthetic_corpus.RESPOKEN}
+    assert not set(speakers) & {c.speaker.speaker_id for c in plan}
+    assert not {c.chapter_id for c in respoken} & {c.chapter_id for c in plan}
+    # Its own generators: the plan of the other splits is that of a corpus without it.
+    assert synthetic_corpus.plan_respoken(plan, "tiny", TINY_SEED, 2) == respoken
+
+
+def test_respoken_split_leaves_the_other_splits_byte_identical(tiny_corpus, tmp_path):
+    for split in synthetic_corpus.SPLITS:  # copy the fixture, then add the split
+        shutil.copytree(tiny_corpus / split, tmp_path / split)
+    manifest = synthetic_corpus.build_corpus(
+        str(tmp_path), "tiny", seed=TINY_SEED, jobs=1, progress=False, respoken=1
+    )
+    respoken = manifest["splits"][synthetic_corpus.RESPOKEN]
+    assert respoken["utterances"] == TINY.utterances["train-labeled"]
+    assert respoken["speakers"] == TINY.speakers["train-labeled"]
+    before = json.loads((tiny_corpus / "manifest.json").read_text())
+    for split in synthetic_corpus.SPLITS:
+        assert manifest["splits"][split] == before["splits"][split]
+    assert _transcripts(tmp_path) == _transcripts(tiny_corpus)
+    audio = _audio(tmp_path)
+    for key, samples in _audio(tiny_corpus).items():
+        np.testing.assert_array_equal(audio[key], samples)
+    assert sum(k.startswith(synthetic_corpus.RESPOKEN) for k in audio) == respoken["utterances"]
+
+
+def test_negative_respoken_raises(tmp_path):
+    with pytest.raises(ValueError, match="respoken must be >= 0, got -1"):
+        synthetic_corpus.build_corpus(str(tmp_path), "tiny", respoken=-1, progress=False)

@@ -2,7 +2,10 @@
 
 Usage:
   python tools/make_corpus.py --size {tiny,small,medium} [--seed S] [--jobs J]
-      [--vocab_limit K] OUT_DIR
+      [--vocab_limit K] [--respoken R] OUT_DIR
+
+--respoken R adds the split train-respoken: train-labeled's sentences spoken R more times by new
+speakers (more training audio; the other splits stay byte-identical).
 
 Missing Debian packages are installed by tools/install_system_deps.sh when run as root;
 otherwise it prints the apt-get line. Re-running on the same OUT_DIR keeps finished chapters.
@@ -28,6 +31,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--vocab_limit", type=int, default=None, help="K most frequent words; 0 = no limit"
     )
+    parser.add_argument(
+        "--respoken", type=int, default=0, help="renditions of train-labeled by new speakers"
+    )
     args = parser.parse_args(argv)
     try:
         tts.check_engines(synthetic_corpus.ENGINE_SHARE)
@@ -38,7 +44,12 @@ def main(argv=None) -> int:
             return 1
     start = time.time()
     manifest = synthetic_corpus.build_corpus(
-        args.out_dir, args.size, seed=args.seed, jobs=args.jobs, vocab_limit=args.vocab_limit
+        args.out_dir,
+        args.size,
+        seed=args.seed,
+        jobs=args.jobs,
+        vocab_limit=args.vocab_limit,
+        respoken=args.respoken,
     )
     for split, info in manifest["splits"].items():
         print(

@@ -24,6 +24,12 @@ SPLITS = ("train-labeled", "train-unlabeled", "dev", "test")
 ENGINE_SHARE = {"flite": 0.45, "festival": 0.35, "espeak-ng": 0.20}
 FIRST_SPEAKER_ID = 1000
 FIRST_CHAPTER_ID = 10000
+# `--respoken K`: train-labeled's sentences spoken again by new speakers (more training audio).
+RESPOKEN = "train-respoken"
+RESPOKEN_STREAM = 7919  # generator stream of the respoken split, apart from the corpus plan
+RESPOKEN_FIRST_SPEAKER_ID = 100000
+RESPOKEN_FIRST_CHAPTER_ID = 1000000
+RESPOKEN_ID_STRIDE = 10000  # ids of rendition k start at FIRST + k * STRIDE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +116,17 @@ def _sample_voice(engine: str, base: str, rng: np.random.Generator) -> tts.Voice
 
 def plan_speakers(preset: Preset, rng: np.random.Generator) -> list[Speaker]:
     """Draws every split's speakers, with each engine's voices used in turn across splits."""
+    bases = _shuffled_voices(rng)
+    used = dict.fromkeys(bases, 0)
+    speakers = []
+    for split in SPLITS:
+        first = FIRST_SPEAKER_ID + len(speakers)
+        speakers += _draw_speakers(split, preset.speakers[split], first, bases, used, rng)
+    return speakers
+
+
+def _shuffled_voices(rng: np.random.Generator) -> dict:
+    """Each engine's base voices in a random order (drawn from `rng`)."""
     bases = {
         "flite": list(tts.FLITE_VOICES),
         "festival": list(tts.FESTIVAL_VOICES),
@@ -117,17 +134,20 @@ def plan_speakers(preset: Preset, rng: np.random.Generator) -> list[Speaker]:
     }
     for names in bases.values():
         rng.shuffle(names)
-    used = dict.fromkeys(bases, 0)
+    return bases
+
+
+def _draw_speakers(split, count, first_id, bases, used, rng) -> list[Speaker]:
+    """`count` speakers of one split, engines by `ENGINE_SHARE`, each engine's `bases` in turn
+    (`used` counts the voices taken so far and is updated)."""
     speakers = []
-    for split in SPLITS:
-        for engine, n in _largest_remainder(preset.speakers[split], ENGINE_SHARE).items():
-            for _ in range(n):
-                base = bases[engine][used[engine] % len(bases[engine])]
-                used[engine] += 1
-                voice = _sample_voice(engine, base, rng)
-                channel = augment.sample_channel(rng)
-                speaker_id = FIRST_SPEAKER_ID + len(speakers)
-                speakers.append(Speaker(speaker_id, split, voice, channel))
+    for engine, n in _largest_remainder(count, ENGINE_SHARE).items():
+        for _ in range(n):
+            base = bases[engine][used[engine] % len(bases[engine])]
+            used[engine] += 1
+            voice = _sample_voice(engine, base, rng)
+            channel = augment.sample_channel(rng)
+            speakers.append(Speaker(first_id + len(speakers), split, voice, channel))
     return speakers
 
 
@@ -184,23 +204,59 @@ def plan_corpus(
     chapters = []
     for split in SPLITS:
         group = [s for s in speakers if s.split == split]
-        texts = sentences[split]
-        per = _largest_remainder(len(texts), {s.speaker_id: 1 / len(group) for s in group})
-        start = 0
-        for spk in group:
-            mine = texts[start : start + per[spk.speaker_id]]
-            start += len(mine)
-            for c in range(0, len(mine), preset.chapter_size):
-                part = mine[c : c + preset.chapter_size]
-                chapters.append(
-                    Chapter(
-                        spk,
-                        FIRST_CHAPTER_ID + len(chapters),
-                        tuple(s.text for s in part),
-                        tuple(s.source for s in part),
-                    )
-                )
+        first = FIRST_CHAPTER_ID + len(chapters)
+        chapters += _deal_chapters(group, sentences[split], preset.chapter_size, first)
     return chapters
+
+
+def _deal_chapters(group, texts, chapter_size, first_chapter_id) -> list[Chapter]:
+    """Deals `texts` (Sentences, in order) to the speakers of `group` in equal shares, in
+    chapters of `chapter_size` numbered from `first_chapter_id`."""
+    chapters = []
+    per = _largest_remainder(len(texts), {s.speaker_id: 1 / len(group) for s in group})
+    start = 0
+    for spk in group:
+        mine = texts[start : start + per[spk.speaker_id]]
+        start += len(mine)
+        for c in range(0, len(mine), chapter_size):
+            part = mine[c : c + chapter_size]
+            chapters.append(
+                Chapter(
+                    spk,
+                    first_chapter_id + len(chapters),
+                    tuple(s.text for s in part),
+                    tuple(s.source for s in part),
+                )
+            )
+    return chapters
+
+
+def plan_respoken(chapters: list[Chapter], size: str, seed: int, renditions: int) -> list[Chapter]:
+    """The `train-respoken` split: `train-labeled`'s sentences spoken again, `renditions` times.
+
+    Each rendition has as many new speakers as `train-labeled` (fresh voices, rates, pitches and
+    channels from the same engines) and deals them the labelled sentences in a new random order.
+    Drawn from their own generators (`[seed, RESPOKEN_STREAM, k]`), so the other splits, their
+    speakers and their audio are exactly those of the corpus without it.
+    """
+    preset = PRESETS[size]
+    labeled = [
+        text_pool.Sentence(text, source)
+        for c in chapters
+        if c.speaker.split == "train-labeled"
+        for text, source in zip(c.texts, c.sources, strict=True)
+    ]
+    out = []
+    for k in range(renditions):
+        rng = np.random.default_rng([seed, RESPOKEN_STREAM, k])
+        bases = _shuffled_voices(rng)
+        count = preset.speakers["train-labeled"]
+        first = RESPOKEN_FIRST_SPEAKER_ID + k * RESPOKEN_ID_STRIDE
+        group = _draw_speakers(RESPOKEN, count, first, bases, dict.fromkeys(bases, 0), rng)
+        texts = [labeled[i] for i in rng.permutation(len(labeled))]
+        first_chapter = RESPOKEN_FIRST_CHAPTER_ID + k * RESPOKEN_ID_STRIDE
+        out += _deal_chapters(group, texts, preset.chapter_size, first_chapter)
+    return out
 
 
 def _utterance_rng(seed: int, chapter: Chapter, index: int) -> np.random.Generator:
@@ -273,7 +329,8 @@ def write_manifest(out_dir: str, size: str, seed: int, chapters: list, records: 
     """
     speakers = {c.speaker.speaker_id: c.speaker for c in chapters}
     by_split = {}
-    for split in SPLITS:
+    respoken = any(c.speaker.split == RESPOKEN for c in chapters)
+    for split in SPLITS + ((RESPOKEN,) if respoken else ()):
         recs = [r for r in records if r["split"] == split]
         spk = [s for s in speakers.values() if s.split == split]
         by_split[split] = {
@@ -325,6 +382,7 @@ def build_corpus(
     vocab_limit: int | None = None,
     progress: bool = True,
     pool: list | None = None,
+    respoken: int = 0,
 ) -> dict:
     """Builds (or completes) the corpus in `out_dir`.
 
@@ -336,6 +394,8 @@ def build_corpus(
       vocab_limit: overrides the preset's vocabulary limit; 0 means no limit.
       progress: show a tqdm bar on stderr.
       pool: optional pre-built sentence pool (tests); defaults to WordNet + KJV.
+      respoken: renditions of `train-labeled` in the extra `train-respoken` split
+        (`plan_respoken`); the other splits do not change.
 
     Returns:
       The manifest (also written to out_dir/manifest.json).
@@ -346,7 +406,10 @@ def build_corpus(
     if size not in PRESETS:
         raise ValueError(f"Unknown size {size!r}; use one of {sorted(PRESETS)}")
     tts.check_engines(ENGINE_SHARE)
+    if respoken < 0:
+        raise ValueError(f"respoken must be >= 0, got {respoken}")
     chapters = plan_corpus(size, seed, vocab_limit, pool)
+    chapters += plan_respoken(chapters, size, seed, respoken)
     os.makedirs(out_dir, exist_ok=True)
     tasks = [(out_dir, seed, c) for c in chapters]
     total = sum(len(c.texts) for c in chapters)
