@@ -115,3 +115,66 @@ def test_gin_evaluator_reads_pseudo_labelled_dev_through_dev_data(clean_gin, dev
     terms = trainer.loss_terms(trainer.prepare_batch(whole), training=False)
     np.testing.assert_allclose(out["dev/fullsum"], terms["fullsum"].numpy().mean(), rtol=1e-5)
     assert set(out) == {"dev/wer", "dev/fullsum", "dev/rnnt_gt", "dev/loss"}
+
+
+def test_eval_suite_merges_its_evaluators_and_names_a_duplicate(dev):
+    plain, _, spm = dev
+    suite = periodic_eval.EvalSuite([lambda t: {"dev/wer": 1.0}, lambda t: {"train/wer": 2.0}])
+    assert suite(None) == {"dev/wer": 1.0, "train/wer": 2.0}
+    clash = periodic_eval.EvalSuite([lambda t: {"dev/wer": 1.0}, lambda t: {"dev/wer": 2.0}])
+    with pytest.raises(ValueError, match="report 'dev/wer'"):
+        clash(None)
+    # Two WerEvaluators of one split are refused when the suite is built, before any training.
+    twins = [periodic_eval.WerEvaluator(dev_data(plain), spm) for _ in range(2)]
+    with pytest.raises(ValueError, match="split 'dev'"):
+        periodic_eval.EvalSuite(twins)
+    with pytest.raises(ValueError, match="at least one evaluator"):
+        periodic_eval.EvalSuite([])
+
+
+def _labels(dataset):
+    return sorted(
+        tuple(ids[:n])
+        for batch in dataset
+        for ids, n in zip(
+            batch["token_ids"].numpy().tolist(), batch["label_length"].numpy(), strict=True
+        )
+    )
+
+
+def test_train_subset_gin_adds_train_wer_beside_dev_on_top_of_teacher_gin(clean_gin, dev, tmp_path):
+    plain, _, spm = dev
+    train = write_tiny_records(str(tmp_path), "train", num_files=2, per_file=5, seed=9)
+    bindings = [f"SPM_MODEL = '{spm}'", f"DEV_RECORDS = '{plain}'", f"TRAIN_RECORDS = '{train}'"]
+    config.parse_gin(["gin/teacher.gin", "gin/eval/train_subset.gin"], bindings)
+    suite = gin.query_parameter("train.eval_fn").scoped_configurable_fn()
+    assert isinstance(suite, periodic_eval.EvalSuite)
+    dev_eval, train_eval = suite.evaluators
+    assert (dev_eval.split, dev_eval.max_batches, dev_eval.with_loss) == ("dev", 8, True)
+    assert (train_eval.split, train_eval.max_batches, train_eval.with_loss) == ("train", 16, False)
+    assert train_eval.nbest_file_pattern is None and train_eval.decoder == "greedy"
+    # The training records, once (finite), unshuffled: the same utterances at every evaluation.
+    subset = train_eval.dataset_fn()
+    want = _labels(pipeline.make_dataset(train, global_batch_size=16))
+    assert len(want) == 10 and _labels(subset) == want == _labels(train_eval.dataset_fn())
+    assert _labels(dev_eval.dataset_fn()) == _labels(
+        pipeline.make_dataset(plain, global_batch_size=16)
+    )
+
+
+def test_train_subset_gin_reports_train_wer_beside_the_kd_dev_terms(clean_gin, dev, trainer):
+    plain, pseudo, spm = dev
+    bindings = [
+        f"SPM_MODEL = '{spm}'",
+        f"DEV_RECORDS = '{plain}'",
+        f"PSEUDO_LABEL_DEV_RECORDS = '{pseudo}'",
+        f"TRAIN_RECORDS = '{plain}'",
+        "BATCH_SIZE = 4",
+    ]
+    config.parse_gin(["gin/fullsum_kd.gin", "gin/eval/train_subset.gin"], bindings)
+    suite = gin.query_parameter("train.eval_fn").scoped_configurable_fn()
+    assert suite.evaluators[0].nbest_file_pattern == pseudo  # the dev evaluator's, unscoped
+    out = suite(trainer)
+    assert set(out) == {"dev/wer", "dev/fullsum", "dev/rnnt_gt", "dev/loss", "train/wer"}
+    # Both read the same audio here: the same greedy WER.
+    assert out["train/wer"] == out["dev/wer"]

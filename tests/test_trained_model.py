@@ -183,6 +183,33 @@ dev_data/make_dataset.file_pattern = '{data}/dev-*.tfrecord'
     assert other.record_pattern("test") == "/elsewhere/test-*.tfrecord"
 
 
+def test_records_and_sentencepiece_from_the_dev_evaluator_of_an_eval_suite(tmp_path, clean_gin):
+    spm = train_sentencepiece(["the cat sat", "a dog ran home"] * 5, str(tmp_path / "sp"), 20)
+    # gin/eval/train_subset.gin's suite, patterns inlined: the first evaluator is the dev one.
+    _save_run(
+        str(tmp_path / "run"),
+        TINY_STUDENT
+        + f"""
+train.train_dataset_fn = @train_data/make_dataset
+train_data/make_dataset.file_pattern = '/data/train-*.tfrecord'
+train.eval_fn = @EvalSuite()
+EvalSuite.evaluators = [@WerEvaluator(), @train_subset/WerEvaluator()]
+WerEvaluator.dataset_fn = @dev_data/make_dataset
+WerEvaluator.spm_model = '{spm}'
+dev_data/make_dataset.file_pattern = '/data/dev-*.tfrecord'
+train_subset/WerEvaluator.dataset_fn = @train_subset_data/make_dataset
+train_subset/WerEvaluator.split = 'train'
+train_subset_data/make_dataset.file_pattern = '/data/train-*.tfrecord'
+""",
+    )
+    restored = trained_model.load_trained_model(str(tmp_path / "run"))
+    assert restored.spm_model == spm
+    assert restored.record_patterns == {
+        "dev": "/data/dev-*.tfrecord",
+        "train": "/data/train-*.tfrecord",
+    }
+
+
 def test_clear_errors(tmp_path, clean_gin):
     run = str(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="(?s)operative_config.gin.*bin/train"):

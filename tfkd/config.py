@@ -1,7 +1,7 @@
 """gin: the explicit list of configurable roots and symbols, and strict parsing.
 
 Only what a run configuration names is registered: the `train` root, trainers, model presets,
-the dataset builder, the front end, the LR schedule, one optimizer, the periodic evaluator and
+the dataset builder, the front end, the LR schedule, one optimizer, the periodic evaluators and
 the study's `StudyPlan` (the root of `tools/run_study.py`).
 Library modules never import gin; registration wraps them here, so calling the plain functions
 from Python (tests) ignores any global bindings.
@@ -44,6 +44,7 @@ gin.external_configurable(pipeline.make_dataset, name="make_dataset")
 gin.external_configurable(features.LogMel, name="LogMel")
 gin.external_configurable(features.SpecAugment, name="SpecAugment")
 gin.external_configurable(periodic_eval.WerEvaluator, name="WerEvaluator")
+gin.external_configurable(periodic_eval.EvalSuite, name="EvalSuite")
 gin.external_configurable(study_plan.StudyPlan, name="StudyPlan")
 for _builder in (
     presets.conformer_teacher,

@@ -136,7 +136,7 @@ def load_trained_model(
             raise ValueError(f"the gin configuration ({', '.join(files)}) binds no train.model_fn")
         trainer = _selector(train.get("trainer_fn")) or "SupervisedTrainer"
         frontend = _resolve(_bindings(trainer).get("frontend"))
-        evaluator = _bindings(_selector(train.get("eval_fn")))
+        evaluator = _evaluator_bindings(train.get("eval_fn"))
         spm_model = spm_model or _string(_macro("SPM_MODEL")) or _string(evaluator.get("spm_model"))
         patterns = _record_patterns(text, train, evaluator)
         batch_size = _resolve(train.get("global_batch_size"))
@@ -168,6 +168,15 @@ def _bindings(selector):
     if not selector:
         return {}
     return gin.get_bindings(selector, resolve_references=False)
+
+
+def _evaluator_bindings(reference):
+    """The bindings of the run's evaluator; of an `EvalSuite`, those of its first (dev) one."""
+    bindings = _bindings(_selector(reference))
+    members = bindings.get("evaluators")
+    if isinstance(members, list | tuple) and members:
+        return _bindings(_selector(members[0]))
+    return bindings
 
 
 def _selector(reference):

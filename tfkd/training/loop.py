@@ -10,6 +10,10 @@ Preemption safety: a checkpoint becomes visible only when `CheckpointManager` re
 at any moment therefore leaves the previous checkpoint as the latest one. Half-written files of the
 interrupted save (`ckpt-N_temp/`, `ckpt-N.*` not listed in the state file) are removed on restart.
 The step counter is a checkpointed variable, so a resumed run continues from the checkpoint's step.
+
+Learning curve: every periodic evaluation also appends a line to `eval/history.jsonl` (step,
+training seconds and CPU seconds without evaluation, the training terms, the evaluation values;
+`tfkd.training.history`), continued across resumes.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import tensorflow as tf
 import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from tfkd.training import history, trainers
 from tfkd.training import strategy as strategy_lib
-from tfkd.training import trainers
 
 
 class EmptyDatasetError(RuntimeError):
@@ -80,7 +84,8 @@ def train(
         checkpoint_every, summary_every, eval_every: intervals in steps (0 disables evaluation).
         keep_checkpoints: how many recent checkpoints the manager keeps.
         eval_fn: `fn(trainer) -> {name: value}` on the host, e.g. `{"dev/wer": 23.1}`; written to
-            the `eval/` TensorBoard run at `eval_every` and at the end.
+            the `eval/` TensorBoard run and to `eval/history.jsonl` at `eval_every` and at the
+            end. Names must differ from the training terms (`loss`, ...) in the history record.
         mixed_precision: `None`/`"float32"`, `"mixed_bfloat16"` or `"mixed_float16"` (compute
             dtype; variables and losses stay float32; float16 adds dynamic loss scaling).
         seed: base seed for weights and data order.
@@ -155,6 +160,8 @@ def train(
 
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train")) if chief else None
     eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval")) if chief else None
+    # Records after the resumed step describe lost weights; the kept ones carry the time counts.
+    past = history.resume_history(model_dir, resume_step) if chief else []
     bar = tqdm.tqdm(
         total=num_steps,
         initial=int(step.numpy()),
@@ -167,6 +174,7 @@ def train(
     n_accum = 0
     config_written = False
     t0, step0 = time.time(), int(step.numpy())
+    clock = history.TrainingClock.continuing(past)
     # Log lines go through tqdm.write, so they do not tear the progress bar.
     with logging_redirect_tqdm():
         while int(step.numpy()) < num_steps:
@@ -197,9 +205,13 @@ def train(
                 and eval_every
                 and (current % eval_every == 0 or current == num_steps)
             ):
-                results = dict(eval_fn(trainer))
-                _write_scalars(eval_writer, results, current)
-                log.info("eval at step %d: %s", current, _fmt(results))
+                with clock.paused() as times:
+                    results = dict(eval_fn(trainer))
+                    _write_scalars(eval_writer, results, current)
+                    log.info("eval at step %d: %s", current, _fmt(results))
+                    if chief:
+                        record = history.make_record(current, times, last, results)
+                        history.append_record(model_dir, record)
     bar.close()
     if not chief:
         shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -1,9 +1,13 @@
-"""Periodic evaluation during training: dev WER and dev loss terms, for `train(eval_fn=...)`."""
+"""Periodic evaluation during training: dev WER and dev loss terms, for `train(eval_fn=...)`.
+
+`EvalSuite` runs several evaluators as one `eval_fn`, e.g. dev WER beside the WER on a fixed
+subset of the training data (`gin/eval/train_subset.gin`).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -109,4 +113,37 @@ class WerEvaluator:
             dist = trainer.strategy.experimental_distribute_dataset(dataset)
             for name, value in trainer.evaluate(dist, self.max_batches).items():
                 out[f"{self.split}/{name}"] = value
+        return out
+
+
+class EvalSuite:
+    """Host: several evaluators as one `eval_fn`; their results merged into one dict.
+
+    Args:
+        evaluators: `fn(trainer) -> {name: value}` each, called in order at every evaluation.
+
+    Raises:
+        ValueError: no evaluator; two evaluators with the same `split`, or (when called) two
+            reporting the same name. The message names the duplicate.
+    """
+
+    def __init__(self, evaluators: Sequence[Callable[..., Mapping[str, float]]]):
+        self.evaluators = list(evaluators)
+        if not self.evaluators:
+            raise ValueError("EvalSuite needs at least one evaluator")
+        # Caught at start-up, not at the first evaluation: WerEvaluator names values by split.
+        splits = [e.split for e in self.evaluators if hasattr(e, "split")]
+        for split in splits:
+            if splits.count(split) > 1:
+                raise ValueError(
+                    f"two evaluators of the EvalSuite have split {split!r}; give each its own"
+                )
+
+    def __call__(self, trainer) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for evaluator in self.evaluators:
+            for name, value in evaluator(trainer).items():
+                if name in out:
+                    raise ValueError(f"two evaluators of the EvalSuite report {name!r}")
+                out[name] = value
         return out
