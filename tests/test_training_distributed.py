@@ -27,7 +27,7 @@ def tiny_model():
 
 _MIRRORED = (
     """
-import json
+import json, sys
 import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -38,6 +38,7 @@ from tfkd.training import trainers
     + _TINY_MODEL
     + """
 B = 4
+CTC_WEIGHT = float(sys.argv[1])
 rng = np.random.default_rng(0)
 batch = {"waveform": rng.normal(size=(B, 8000)).astype("float32") * 0.1,
          "num_samples": np.array([8000, 7000, 6000, 8000], np.int32),
@@ -50,7 +51,8 @@ def run(strategy):
         model = tiny_model()
         optimizer = keras.optimizers.Adam(1e-2)
         trainer = trainers.SupervisedTrainer(model, optimizer, strategy=strategy,
-                                             global_batch_size=B, clip_norm=1.0, jit_compile=True)
+                                             global_batch_size=B, clip_norm=1.0, jit_compile=True,
+                                             ctc_weight=CTC_WEIGHT)
     def dataset_fn(ctx):
         # One input pipeline per worker: consecutive per-replica batches make the global batch.
         per_replica = ctx.get_per_replica_batch_size(B)
@@ -60,17 +62,18 @@ def run(strategy):
     with strategy.scope():
         trainer.loss_terms(first, training=False)
         optimizer.build(trainer.trainable_variables)
-    initial = [v.numpy() for v in model.trainable_variables]
+    initial = [v.numpy() for v in trainer.trainable_variables]  # with the CTC head, if any
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     logs = [{k: float(v) for k, v in trainer.train_step(iterator).items()} for _ in range(3)]
-    final = [v.numpy() for v in model.trainable_variables]
-    return logs, initial, final
+    final = [v.numpy() for v in trainer.trainable_variables]
+    return logs, initial, final, len(model.trainable_variables)
 
-one_logs, one_init, one_final = run(tf.distribute.get_strategy())
+one_logs, one_init, one_final, num_model = run(tf.distribute.get_strategy())
 two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-two_logs, two_init, two_final = run(two)
+two_logs, two_init, two_final, _ = run(two)
 print(json.dumps({
     "replicas": two.num_replicas_in_sync,
+    "extra_variables": len(one_final) - num_model,
     "one": one_logs, "two": two_logs,
     "init_diff": max(float(np.abs(a - b).max()) for a, b in zip(one_init, two_init)),
     "final_diff": max(float(np.abs(a - b).max()) for a, b in zip(one_final, two_final)),
@@ -80,9 +83,9 @@ print(json.dumps({
 )
 
 
-def _run(script, timeout=300, env=None):
+def _run(script, timeout=300, env=None, args=()):
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
+        [sys.executable, "-c", textwrap.dedent(script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -93,14 +96,21 @@ def _run(script, timeout=300, env=None):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_two_replica_mirrored_update_equals_one_device():
-    out = _run(_MIRRORED)
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.5])
+def test_two_replica_mirrored_update_equals_one_device(ctc_weight):
+    out = _run(_MIRRORED, args=[str(ctc_weight)])
     assert out["replicas"] == 2
     assert out["init_diff"] == 0.0
+    names = ("rnnt", "loss", "grad_norm") + (("ctc",) if ctc_weight else ())
+    assert out["extra_variables"] == (2 if ctc_weight else 0)  # the CTC head's kernel and bias
     # Same logged true means (not per-replica fractions) ...
     for one, two in zip(out["one"], out["two"], strict=True):
-        for name in ("rnnt", "loss", "grad_norm"):
+        assert set(names) <= set(one) and ("ctc" in one) == bool(ctc_weight)
+        for name in names:
             assert two[name] == pytest.approx(one[name], rel=1e-4), name
+        if ctc_weight:
+            want = one["rnnt"] + ctc_weight * one["ctc"]
+            assert two["loss"] == pytest.approx(want, rel=1e-5)
     # ... and the same clipped Adam updates, which moved the weights by far more than the error.
     assert out["one"][0]["grad_norm"] > 1.0  # clip_norm=1.0 was active
     assert out["moved"] > 1e-2

@@ -1,5 +1,6 @@
 """Losses: pure TensorFlow functions returning per-utterance values (no gin, no models)."""
 
+from tfkd.losses.ctc import check_ctc_inputs, ctc_feasible, ctc_loss
 from tfkd.losses.prefix_rows import PrefixRows, nbest_prefix_rows
 from tfkd.losses.rnnt import check_rnnt_inputs, rnnt_log_prob, rnnt_loss
 from tfkd.losses.rnnt_chunked import rnnt_log_prob_from_joint, rnnt_loss_from_joint
@@ -7,7 +8,10 @@ from tfkd.losses.rnnt_shared import rnnt_nbest_log_prob, rnnt_nbest_log_prob_fro
 
 __all__ = [
     "PrefixRows",
+    "check_ctc_inputs",
     "check_rnnt_inputs",
+    "ctc_feasible",
+    "ctc_loss",
     "nbest_prefix_rows",
     "rnnt_log_prob",
     "rnnt_log_prob_from_joint",

@@ -26,6 +26,11 @@ it must not leak into training). `"all"` treats every example as labelled, `"non
 Its weight is `loss_weights["rnnt_gt"]` (λ). `mixed_label_dataset` makes such batches: labelled
 rows carry no hypotheses (`nbest_count = 0`), and every distillation term is 0 on them (hard and
 soft are masked by `has_hypotheses`; full-sum and disc ignore hypotheses beyond `nbest_count`).
+
+CTC (term `ctc`, `ctc_weight > 0`; see `tfkd.training.trainers`): a training-only head on the
+student's raw encoder output (the same encoder pass as the other terms), trained towards the
+ground truth on the examples `ground_truth` counts as labelled and towards the teacher's 1-best
+on the others that have hypotheses; 0 on rows with neither (`ctc_targets`).
 """
 
 from __future__ import annotations
@@ -177,8 +182,9 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
 
     @property
     def trainable_variables(self) -> list:
-        """The student's only: the teacher is not part of `self.model`."""
-        return self.model.trainable_variables
+        """The student's and its training-only heads' (`ctc_head`); never the teacher's, which
+        is not part of `self.model`."""
+        return self.model.trainable_variables + self.head_variables
 
     # ---- teacher (per replica, no gradient) -------------------------------------------------
 
@@ -272,6 +278,42 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
         count = None if self.ground_truth == "all" else tf.cast(batch[LABELED], tf.int32)
         return [(batch["token_ids"][:, None], batch["label_length"][:, None], count)]
 
+    def labeled_rows(self, batch):
+        """Per replica: `[B]` bool, the examples `ground_truth` counts as labelled; None when no
+        example is (`"none"`, or `"flag"` without a `labeled` field)."""
+        if self.ground_truth == "none" or (self.ground_truth == "flag" and LABELED not in batch):
+            return None
+        if self.ground_truth == "all":
+            return tf.ones_like(has_hypotheses(batch))
+        return tf.cast(batch[LABELED], tf.bool)
+
+    def ctc_targets(self, batch):
+        """Per replica: CTC targets `(labels [B, U] int32, lengths [B] int32, mask [B] bool)`:
+        the ground truth on `labeled_rows`, the teacher's 1-best on the others that have
+        hypotheses; `mask` is False on rows with neither. Transcripts are not read when
+        `labeled_rows` is None."""
+        hyp, hyp_lengths = first_best(batch)
+        has_hyp = has_hypotheses(batch)
+        labeled = self.labeled_rows(batch)
+        if labeled is None:
+            return hyp, hyp_lengths, has_hyp
+        truth = tf.cast(batch["token_ids"], tf.int32)
+        truth_lengths = tf.cast(batch["label_length"], tf.int32)
+        truth, hyp = _same_width(truth, hyp)
+        return (
+            tf.where(labeled[:, None], truth, hyp),
+            tf.where(labeled, truth_lengths, hyp_lengths),
+            labeled | has_hyp,
+        )
+
+    def ctc_term(self, batch, enc, enc_lengths):
+        """Per replica: `{"ctc": [B]}` of the student's raw encoder output `enc [B, T, D]`
+        against `ctc_targets`, or `{}` when `ctc_weight` is 0."""
+        if self.ctc_head is None:
+            return {}
+        labels, lengths, mask = self.ctc_targets(batch)
+        return self.encoder_terms(enc, enc_lengths, labels, lengths, mask)
+
     def ground_truth_term(self, batch, enc_side, enc_lengths, training):
         """Per replica: `rnnt_gt [B]`, `−log P_S(y*|x)` on labelled examples, 0 elsewhere."""
         size = tf.shape(enc_side)[0]
@@ -303,13 +345,14 @@ class HardDistillationTrainer(DistillationTrainer):
 
     def loss_terms(self, batch, training):
         batch = self.add_teacher_outputs(batch)
-        enc_side, enc_lengths = self.encode_student(batch, training)
+        enc, enc_side, enc_lengths = self.encode_student_outputs(batch, training)
         hyp, hyp_lengths = first_best(batch)
         has_hyp = has_hypotheses(batch)
         hard = -self.student_scores(enc_side, enc_lengths, hyp, hyp_lengths, training, has_hyp)
         return {
             "hard": tf.where(has_hyp, hard, 0.0),
             "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
+            **self.ctc_term(batch, enc, enc_lengths),
         }
 
 
@@ -387,7 +430,7 @@ class SoftDistillationTrainer(DistillationTrainer):
 
     def loss_terms(self, batch, training):
         batch = self.add_teacher_outputs(batch)
-        enc_side, enc_lengths = self.encode_student(batch, training)
+        enc, enc_side, enc_lengths = self.encode_student_outputs(batch, training)
         hyp, hyp_lengths = first_best(batch)
         logits = self.student_logits(enc_side, hyp, training)
         has_hyp = has_hypotheses(batch)
@@ -422,6 +465,7 @@ class SoftDistillationTrainer(DistillationTrainer):
             "hard": tf.where(has_hyp, hard, 0.0),
             "soft": tf.where(has_hyp, soft, 0.0),
             "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
+            **self.ctc_term(batch, enc, enc_lengths),
         }
 
 
@@ -454,9 +498,10 @@ class FullSumDistillationTrainer(DistillationTrainer):
         return [nbest, *super().row_label_sets(batch)]
 
     def sequence_scores(self, batch, training):
-        """Per replica: `(batch with teacher outputs, s_S [B, N], enc_side, enc_lengths)`."""
+        """Per replica, one encoder pass: `(batch with teacher outputs, s_S [B, N], enc [B, T, D],
+        enc_side [B, T, J], enc_lengths [B])`."""
         batch = self.add_teacher_outputs(batch)
-        enc_side, enc_lengths = self.encode_student(batch, training)
+        enc, enc_side, enc_lengths = self.encode_student_outputs(batch, training)
         scores = self.student_nbest_scores(
             enc_side,
             enc_lengths,
@@ -465,10 +510,10 @@ class FullSumDistillationTrainer(DistillationTrainer):
             training,
             nbest_count=batch["nbest_count"],
         )
-        return batch, scores, enc_side, enc_lengths
+        return batch, scores, enc, enc_side, enc_lengths
 
     def loss_terms(self, batch, training):
-        batch, scores, enc_side, enc_lengths = self.sequence_scores(batch, training)
+        batch, scores, enc, enc_side, enc_lengths = self.sequence_scores(batch, training)
         return {
             "fullsum": losses.fullsum_distillation_loss(
                 batch["teacher_scores"],
@@ -479,6 +524,7 @@ class FullSumDistillationTrainer(DistillationTrainer):
                 length_norm=self.length_norm,
             ),
             "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
+            **self.ctc_term(batch, enc, enc_lengths),
         }
 
 
@@ -507,7 +553,7 @@ class DiscriminativeFullSumTrainer(FullSumDistillationTrainer):
         self.temperature = float(temperature)
 
     def loss_terms(self, batch, training):
-        batch, scores, enc_side, enc_lengths = self.sequence_scores(batch, training)
+        batch, scores, enc, enc_side, enc_lengths = self.sequence_scores(batch, training)
         terms = {
             "fullsum": losses.fullsum_distillation_loss(
                 batch["teacher_scores"],
@@ -525,4 +571,15 @@ class DiscriminativeFullSumTrainer(FullSumDistillationTrainer):
             ),
         }
         terms["rnnt_gt"] = self.ground_truth_term(batch, enc_side, enc_lengths, training)
+        terms.update(self.ctc_term(batch, enc, enc_lengths))
         return terms
+
+
+def _same_width(a, b):
+    """Zero-pads two `[B, U_a]`, `[B, U_b]` label tensors to the wider one's width (static when
+    both widths are: `trim_labels` cuts the transcripts and the N-best to different widths)."""
+    if a.shape[1] is not None and b.shape[1] is not None:
+        width = max(a.shape[1], b.shape[1])
+        return tuple(tf.pad(x, [[0, 0], [0, width - x.shape[1]]]) for x in (a, b))
+    width = tf.maximum(tf.shape(a)[1], tf.shape(b)[1])
+    return tuple(tf.pad(x, [[0, 0], [0, width - tf.shape(x)[1]]]) for x in (a, b))

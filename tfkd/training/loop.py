@@ -127,7 +127,9 @@ def train(
         # Layers are built; later code (evaluation, other runs in this process) sees float32.
         keras.mixed_precision.set_dtype_policy("float32")
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, step=step, **trainer.checkpoint_objects()
+    )
     ckpt_dir = model_dir if chief else _worker_temp_dir(model_dir, strat)
     manager = tf.train.CheckpointManager(
         checkpoint, ckpt_dir, max_to_keep=keep_checkpoints, checkpoint_name=CHECKPOINT_PREFIX

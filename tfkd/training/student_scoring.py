@@ -56,9 +56,15 @@ class StudentScoring:
 
     def encode_student(self, batch, training):
         """Per replica: `(enc_side [B, T, J], enc_lengths [B])`: encoder output, projected once."""
+        _, enc_side, enc_lengths = self.encode_student_outputs(batch, training)
+        return enc_side, enc_lengths
+
+    def encode_student_outputs(self, batch, training):
+        """Per replica, one encoder pass: `(enc [B, T, D], enc_side [B, T, J], enc_lengths [B])`,
+        the raw encoder output (for encoder-side terms such as CTC) and its joint projection."""
         feats, lengths = self.features(batch, training)
         enc, enc_lengths = self.model.encode(feats, lengths, training=training)
-        return self.model.joint.project_encoder(enc), tf.cast(enc_lengths, tf.int32)
+        return enc, self.model.joint.project_encoder(enc), tf.cast(enc_lengths, tf.int32)
 
     def student_logits(self, enc_side, labels, training):
         """Per replica: the student's lattice `[B, T, U+1, V]` over `labels [B, U]`."""

@@ -5,6 +5,12 @@ training; `{"hard": [B], "fullsum": [B], "rnnt_gt": [B], ...}` for distillation)
 a total, and applies one optimizer update. The outer loop (`tfkd.training.loop`) owns checkpoints,
 summaries and intervals; trainers own only the step.
 
+CTC auxiliary term (`ctc_weight > 0`, every trainer): `ctc = −log P_CTC(y|x)` from a training-only
+head on the model's raw encoder output (`ctc_head`, a Dense layer to the vocabulary, blank 0
+shared with the transducer), `tfkd.losses.ctc_loss`; 0 on rows where no CTC path fits. The head is
+trained and checkpointed (`checkpoint_objects`) but is not part of the model, so evaluation and
+export see the same model as without it.
+
 Terminology: *per replica* code runs inside `strategy.run` on one replica's share of the global
 batch; *host* code runs in the cross-replica context and sees reduced values.
 """
@@ -52,6 +58,12 @@ class LossTermsTrainer(abc.ABC):
             lattice row `[B, T, V]` in the joint. XLA then compiles at most
             `max_label_length / label_bucket` shapes per audio bucket. `None` keeps the static
             shapes (TPU).
+        ctc_weight: weight of the CTC auxiliary term `ctc` (see module docstring); 0 (default)
+            disables it: no head, no term, the same terms and step as before it existed.
+
+    Raises:
+        ValueError: unknown `loss_weights` names (`ctc` is weighted by `ctc_weight`), a
+            non-positive batch size or `label_bucket`, a negative `ctc_weight`.
     """
 
     #: The names `loss_terms` returns, in logging order. Subclasses set this.
@@ -71,7 +83,10 @@ class LossTermsTrainer(abc.ABC):
         spec_augment: keras.layers.Layer | None = None,
         augment_seed: int = 0,
         label_bucket: int | None = None,
+        ctc_weight: float = 0.0,
     ):
+        if "ctc" in (loss_weights or {}):
+            raise ValueError("weight the CTC term with ctc_weight, not loss_weights['ctc']")
         unknown = set(loss_weights or {}) - set(self.term_names)
         if unknown:
             raise ValueError(
@@ -82,6 +97,8 @@ class LossTermsTrainer(abc.ABC):
             raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
         if label_bucket is not None and label_bucket < 1:
             raise ValueError(f"label_bucket must be a positive int or None, got {label_bucket}")
+        if ctc_weight < 0:
+            raise ValueError(f"ctc_weight must be >= 0, got {ctc_weight}")
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -94,6 +111,16 @@ class LossTermsTrainer(abc.ABC):
         self.spec_augment = spec_augment
         self.augment_seed = augment_seed
         self.label_bucket = label_bucket
+        self.ctc_weight = float(ctc_weight)
+        self.ctc_head = None
+        if self.ctc_weight > 0:
+            self.term_names = (*type(self).term_names, "ctc")
+            self.loss_weights["ctc"] = self.ctc_weight
+            # Variables are created at the first call (`build`, inside the strategy scope). The
+            # model's policy: under mixed precision the head computes like the joint does.
+            self.ctc_head = keras.layers.Dense(
+                model.vocab_size, dtype=model.dtype_policy, name="ctc_head"
+            )
         # No autograph in training, decoding or the losses: tfkd has no tensor-dependent Python
         # control flow (its loops are tf.while_loop), and converting the model, loss and
         # optimizer code costs a third of the first step's tracing (the study's student: 22 s
@@ -117,8 +144,17 @@ class LossTermsTrainer(abc.ABC):
 
     @property
     def trainable_variables(self) -> list:
-        """The variables the optimizer updates."""
-        return self.model.trainable_variables
+        """The variables the optimizer updates: the model's and the training-only heads'."""
+        return self.model.trainable_variables + self.head_variables
+
+    @property
+    def head_variables(self) -> list:
+        """Trainable variables of the training-only heads (`ctc_head`), not part of the model."""
+        return list(self.ctc_head.trainable_variables) if self.ctc_head is not None else []
+
+    def checkpoint_objects(self) -> dict:
+        """What the training checkpoint saves besides model, optimizer and step (the heads)."""
+        return {"ctc_head": self.ctc_head} if self.ctc_head is not None else {}
 
     def prepare_batch(self, batch: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
         """Per replica, before the gradient tape and outside XLA: trims padded labels
@@ -152,6 +188,28 @@ class LossTermsTrainer(abc.ABC):
             seed = tf.stack([self.augment_seed + step, replica])
             feats = self.spec_augment(feats, lengths, training=True, seed=seed)
         return feats, lengths
+
+    def encoder_terms(self, enc, enc_lengths, labels, label_lengths, mask=None) -> dict:
+        """Per replica: the encoder-side auxiliary terms, `{"ctc": float32 [B]}`, or `{}` when
+        `ctc_weight` is 0.
+
+        Args:
+            enc: `[B, T, D]` the model's raw encoder output (before the joint's projection).
+            enc_lengths: `[B]` valid encoder frames.
+            labels: `[B, U]` CTC targets (blank excluded, padded); label_lengths: `[B]`.
+            mask: optional bool `[B]`: rows that have a target; the others get 0 and no
+                gradient, and their labels are not read.
+        """
+        if self.ctc_head is None:
+            return {}
+        label_lengths = tf.cast(label_lengths, tf.int32)
+        if mask is not None:
+            label_lengths = tf.where(mask, label_lengths, 0)
+        logits = tf.cast(self.ctc_head(enc), tf.float32)
+        ctc = losses.ctc_loss(logits, labels, enc_lengths, label_lengths)
+        if mask is not None:
+            ctc = tf.where(mask, ctc, 0.0)
+        return {"ctc": ctc}
 
     def weighted_total(self, terms: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Per replica: `sum_k w_k * terms[k]`, float32 [B_replica]."""
@@ -315,7 +373,8 @@ def _true_means(sums: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 class SupervisedTrainer(LossTermsTrainer):
-    """RNN-T training on ground-truth transcripts: one term, `rnnt` = −log P(y* | x).
+    """RNN-T training on ground-truth transcripts: `rnnt` = −log P(y* | x), plus `ctc` on the
+    same transcripts when `ctc_weight > 0` (one encoder pass for both).
 
     Args:
         fastemit_lambda: FastEmit regulariser weight passed to the loss.
@@ -336,17 +395,19 @@ class SupervisedTrainer(LossTermsTrainer):
 
     def loss_terms(self, batch, training):
         features, lengths = self.features(batch, training)
-        loss = rnnt_per_example(
+        enc, enc_lengths = self.model.encode(features, lengths, training=training)
+        labels, label_lengths = batch["token_ids"], batch["label_length"]
+        loss = rnnt_from_encoder(
             self.model,
-            features,
-            lengths,
-            batch["token_ids"],
-            batch["label_length"],
+            enc,
+            enc_lengths,
+            labels,
+            label_lengths,
             training=training,
             fastemit_lambda=self.fastemit_lambda,
             joint_time_chunk=self.joint_time_chunk,
         )
-        return {"rnnt": loss}
+        return {"rnnt": loss, **self.encoder_terms(enc, enc_lengths, labels, label_lengths)}
 
 
 def rnnt_per_example(
@@ -365,15 +426,49 @@ def rnnt_per_example(
     Args:
         features: float [B, T, F]; feature_lengths: int [B].
         labels: int32 [B, U] (blank excluded, zero padded); label_lengths: int [B].
+        training, fastemit_lambda, joint_time_chunk: see `rnnt_from_encoder`.
+    """
+    enc, enc_lengths = model.encode(features, feature_lengths, training=training)
+    return rnnt_from_encoder(
+        model,
+        enc,
+        enc_lengths,
+        labels,
+        label_lengths,
+        training=training,
+        fastemit_lambda=fastemit_lambda,
+        joint_time_chunk=joint_time_chunk,
+    )
 
-    Logits are cast to float32 before the loss so that mixed-precision models keep a float32 loss.
+
+def rnnt_from_encoder(
+    model,
+    enc,
+    enc_lengths,
+    labels,
+    label_lengths,
+    *,
+    training,
+    fastemit_lambda=0.0,
+    joint_time_chunk=None,
+) -> tf.Tensor:
+    """Per replica: float32 [B] RNN-T loss from the encoder output `model.encode` gave.
+
+    Args:
+        enc: [B, T, D] raw encoder output; enc_lengths: int [B].
+        labels: int32 [B, U] (blank excluded, zero padded); label_lengths: int [B].
+        training: passed to the prediction network and joint.
+        fastemit_lambda: FastEmit weight (plain path only).
+        joint_time_chunk: when set, the memory-lean path (`rnnt_loss_from_joint`).
+
+    The plain path's logits `model.joint(enc, model.predict_labels(labels))` are those of
+    `model(...)`, cast to float32 so that mixed-precision models keep a float32 loss.
     """
     label_lengths = tf.cast(label_lengths, tf.int32)
+    pred = model.predict_labels(labels, training=training)
     if joint_time_chunk:
         if not hasattr(losses, "rnnt_loss_from_joint"):
             raise NotImplementedError("joint_time_chunk needs tfkd.losses.rnnt_loss_from_joint")
-        enc, enc_lengths = model.encode(features, feature_lengths, training=training)
-        pred = model.predict_labels(labels, training=training)
         return losses.rnnt_loss_from_joint(
             enc,
             pred,
@@ -383,14 +478,11 @@ def rnnt_per_example(
             label_lengths,
             time_chunk=joint_time_chunk,
         )
-    out = model(
-        {"features": features, "feature_lengths": feature_lengths, "labels": labels},
-        training=training,
-    )
+    logits = model.joint(enc, pred, training=training)
     return losses.rnnt_loss(
-        tf.cast(out["logits"], tf.float32),
+        tf.cast(logits, tf.float32),
         labels,
-        out["logit_lengths"],
+        enc_lengths,
         label_lengths,
         fastemit_lambda=fastemit_lambda,
     )
