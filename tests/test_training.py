@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from training_records import write_tiny_records
 
-from tfkd import config
+from tfkd import config, features
 from tfkd.data import pipeline, tokenizer
 from tfkd.models import presets
 from tfkd.training import loop, periodic_eval, schedules, trainers
@@ -384,3 +384,18 @@ def test_bin_train_stops_on_a_gin_typo_with_a_message(tmp_path):
     assert proc.returncode != 0
     assert "gin configuration error" in proc.stderr and "num_stepz" in proc.stderr
     assert not os.listdir(tmp_path)  # nothing was started
+
+
+def test_spec_augment_starts_at_its_step():
+    augment = features.SpecAugment(num_freq_masks=2, max_freq_mask_width=20, max_time_masks=4)
+    trainer, batch, _ = make_trainer(spec_augment=augment, spec_augment_start=3)
+    plain, lengths = trainer.features(batch, training=False)
+    for step, masked in ((0, False), (2, False), (3, True), (7, True)):
+        trainer.optimizer.iterations.assign(step)
+        feats, _ = trainer.features(batch, training=True)
+        seed = tf.constant([step, 0], tf.int64)  # augment_seed 0 + step, replica 0
+        want = augment(plain, lengths, training=True, seed=seed) if masked else plain
+        np.testing.assert_array_equal(feats.numpy(), want.numpy())
+        assert masked == bool(np.any(feats.numpy() != plain.numpy()))
+    with pytest.raises(ValueError, match="spec_augment_start must be >= 0, got -1"):
+        make_trainer(spec_augment=augment, spec_augment_start=-1)

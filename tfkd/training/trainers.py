@@ -52,6 +52,8 @@ class LossTermsTrainer(abc.ABC):
             (features [B, T, F], lengths [B])`; default `tfkd.features.LogMel()`.
         spec_augment: optional `tfkd.features.SpecAugment`, applied in training steps only.
         augment_seed: base of the per-step, per-replica stateless SpecAugment seeds.
+        spec_augment_start: the first step (0-based optimizer iteration) that SpecAugment masks;
+            before it the features pass unmasked, so a model can fit its data first.
         label_bucket: before each step (outside its XLA cluster), cut padded label axes to the
             batch's longest sequence rounded up to a multiple of this (`trim_labels`): a static
             pipeline pads labels to `max_label_length`, and every padded label row costs a
@@ -82,6 +84,7 @@ class LossTermsTrainer(abc.ABC):
         frontend: keras.layers.Layer | None = None,
         spec_augment: keras.layers.Layer | None = None,
         augment_seed: int = 0,
+        spec_augment_start: int = 0,
         label_bucket: int | None = None,
         ctc_weight: float = 0.0,
     ):
@@ -97,6 +100,8 @@ class LossTermsTrainer(abc.ABC):
             raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
         if label_bucket is not None and label_bucket < 1:
             raise ValueError(f"label_bucket must be a positive int or None, got {label_bucket}")
+        if spec_augment_start < 0:
+            raise ValueError(f"spec_augment_start must be >= 0, got {spec_augment_start}")
         if ctc_weight < 0:
             raise ValueError(f"ctc_weight must be >= 0, got {ctc_weight}")
         self.model = model
@@ -110,6 +115,7 @@ class LossTermsTrainer(abc.ABC):
         self.frontend = frontend if frontend is not None else features_lib.LogMel()
         self.spec_augment = spec_augment
         self.augment_seed = augment_seed
+        self.spec_augment_start = int(spec_augment_start)
         self.label_bucket = label_bucket
         self.ctc_weight = float(ctc_weight)
         self.ctc_head = None
@@ -186,7 +192,10 @@ class LossTermsTrainer(abc.ABC):
             replica = tf.cast(ctx.replica_id_in_sync_group if ctx else 0, tf.int64)
             step = tf.cast(self.optimizer.iterations, tf.int64)
             seed = tf.stack([self.augment_seed + step, replica])
-            feats = self.spec_augment(feats, lengths, training=True, seed=seed)
+            masked = self.spec_augment(feats, lengths, training=True, seed=seed)
+            if self.spec_augment_start > 0:
+                masked = tf.where(step >= self.spec_augment_start, masked, feats)
+            feats = masked
         return feats, lengths
 
     def encoder_terms(self, enc, enc_lengths, labels, label_lengths, mask=None) -> dict:
