@@ -156,6 +156,9 @@ def test_demo_commands_point_at_out_and_data(tmp_path):
     assert kd.index("--gin_file=/x/tiny.gin") > kd.index("--gin_file=gin/demo/fullsum_kd.gin")
     (base,) = stages["baseline"].commands(ctx)
     assert not any("PSEUDO_LABEL_RECORDS" in a for a in base)
+    # Every shard of train-unlabeled, whatever their number.
+    (pseudo,) = stages["pseudo_labels"].commands(ctx)
+    assert f"--input_pattern={data}/records/train-unlabeled-*.tfrecord" in pseudo
     export = stages["export"].commands(ctx)
     assert export[0][1].endswith("bin/export") and "--output=/o/export/saved_model/1" in export[0]
     assert [c for c in export[3] if c.startswith("--tflite=")] == [
@@ -168,6 +171,60 @@ def test_demo_commands_point_at_out_and_data(tmp_path):
         gin_files = [a.split("=", 1)[1] for a in stages[name].commands(ctx)[0] if "gin_file" in a]
         for path in gin_files[:-1]:
             assert os.path.exists(os.path.join(REPO, path)), path
+
+
+def _gin_settings(argv, *keys):
+    """What each key (a parameter or %MACRO) resolves to, macros followed, after parsing argv's
+    gin flags strictly (as bin/train does)."""
+    import gin
+
+    from tfkd import config
+
+    def resolve(value):
+        while isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
+            value = gin.query_parameter("%" + value.scoped_selector.split("/")[0])
+        return value
+
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_file=")]
+    bindings = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_bindings=")]
+    gin.clear_config()
+    try:
+        config.parse_gin(files, bindings)
+        return [resolve(gin.query_parameter(k)) for k in keys]
+    finally:
+        gin.clear_config()
+
+
+def test_kd_students_mix_labelled_ground_truth_into_pseudo_labels(tmp_path):
+    """The paper's regime: KD students see train-labeled's ground truth and the teacher's labels
+    of train-unlabeled, each in proportion to its size (small corpus: 5,000 and 4,000); the
+    no-KD student sees the ground truth alone."""
+    data = tmp_path / "d"
+    (data / "spm").mkdir(parents=True)
+    (data / "spm" / "spm.vocab").write_text("".join(f"p{i}\t0\n" for i in range(37)))
+    ctx = run_demo.Context(out="/o", data=str(data))
+    stages = {s.name: s for s in run_demo.demo_stages()}
+    labelled = f"{data}/records/train-labeled-*.tfrecord"
+    for name, nbest in (("fullsum_kd", 4), ("hard_kd", 1)):
+        (argv,) = stages[name].commands(ctx)
+        dataset_fn, *values = _gin_settings(
+            argv,
+            "train.train_dataset_fn",
+            "mixed_label_dataset.labeled_file_pattern",
+            "mixed_label_dataset.file_pattern",
+            "mixed_label_dataset.labeled_share",
+            "%GT_WEIGHT",
+            "train_data/make_dataset.nbest_size",
+        )
+        assert dataset_fn.selector == "mixed_label_dataset", name
+        share = values.pop(2)
+        assert values == [labelled, "/o/pseudo/*.tfrecord", 1.0, nbest], name
+        assert share == pytest.approx(5000 / 9000, abs=1e-4), name
+    (argv,) = stages["baseline"].commands(ctx)
+    dataset_fn, pattern = _gin_settings(
+        argv, "train.train_dataset_fn", "train_data/make_dataset.file_pattern"
+    )
+    assert dataset_fn.scoped_selector == "train_data/make_dataset" and pattern == labelled
 
 
 def _write(path, obj):
@@ -183,6 +240,19 @@ def test_summary_table_and_json(tmp_path, capsys):
         _write(ctx.path(name, "eval", "dev.json"), {"wer": dev, "step": 7, "utterances": 64})
         _write(ctx.path(name, "eval", "test.json"), {"wer": test, "step": 7, "utterances": 32})
     _write(ctx.path("pseudo", "manifest.json"), {"teacher_wer": 41.5, "utterances": 20, "nbest": 4})
+    _write(
+        os.path.join(ctx.data, "records", "train-labeled.manifest.json"), {"num_utterances": 5000}
+    )
+    datasets = {
+        "teacher": "train_data/make_dataset",
+        "fullsum_kd": "mixed_label_dataset",
+        "baseline": "train_data/make_dataset",
+    }
+    for name, dataset in datasets.items():
+        with open(ctx.path(name, "operative_config.gin"), "w") as f:
+            f.write(
+                f"BATCH_SIZE = 16\n\n# Parameters for train:\ntrain.train_dataset_fn = @{dataset}\n"
+            )
     row = {
         "model": "student_whole_float32.tflite",
         "kind": "whole",
@@ -206,12 +276,56 @@ def test_summary_table_and_json(tmp_path, capsys):
     assert "test_rel_wer_reduction_vs_baseline" not in by["teacher"]
     assert list(summary["stage_seconds"].items()) == [("corpus", 5.0), ("teacher", 60.0)]
     assert summary["pseudo_labels"]["teacher_wer"] == 41.5
+    assert [r["model"] for r in summary["wer"]] == ["teacher", "fullsum_kd", "baseline"]
+    assert by["teacher"]["trained_on"] == by["baseline"]["trained_on"] == "5,000 labelled"
+    assert by["fullsum_kd"]["trained_on"] == "5,000 labelled + 20 pseudo-labelled"
+    assert by["fullsum_kd"]["training_utterances"] == {"labelled": 5000, "pseudo_labelled": 20}
     printed = capsys.readouterr().out
-    assert "| student: full-sum KD | 7 | 50.00 | 45.00 | +25.0% |" in printed
+    lines = printed.splitlines()
+    header = (
+        "| model | trained on | step | dev WER % | test WER % | rel. WER red. vs no-KD (test) |"
+    )
+    assert (
+        lines[lines.index(header) + 2]
+        == "| teacher (Conformer) | 5,000 labelled | 7 | 40.00 | 42.00 | – |"
+    )
+    assert (
+        "| student: full-sum KD | 5,000 labelled + 20 pseudo-labelled "
+        "| 7 | 50.00 | 45.00 | +25.0% |" in lines
+    )
+    assert "| student: no KD (ground truth) | 5,000 labelled | 7 | 60.00 | 60.00 | – |" in lines
+    assert (
+        "Trained on: labelled = the ground truth of train-labeled; pseudo-labelled = the "
+        "teacher's hypotheses on train-unlabeled, whose transcripts no model trains on."
+    ) in lines
     assert "| student_whole_float32.tflite | 45.00 | 45.00 | +0.00 | 0.0100 | 2.00 |" in printed
     assert "WER over the first 64 dev and 32 test utterances." in printed
     assert "teacher 1-best WER 41.50% on 20 train-unlabeled utterances" in printed
     assert open(tmp_path / "summary.md").read().strip() == printed.strip()
+
+
+def _num_records(pattern):
+    import tensorflow as tf
+
+    files = sorted(tf.io.gfile.glob(str(pattern)))
+    assert files, pattern
+    return sum(1 for _ in tf.data.TFRecordDataset(files))
+
+
+def _operative_config(model_dir):
+    """`{parameter or macro: value text}` of a run's operative_config.gin, macros resolved."""
+    settings = {}
+    # gin wraps a long value onto the next line after ` \`.
+    text = (model_dir / "operative_config.gin").read_text().replace(" \\\n    ", " ")
+    for line in text.splitlines():
+        if " = " in line and not line.startswith(("#", " ")):
+            key, value = line.split(" = ", 1)
+            settings[key] = value
+    for key, value in settings.items():
+        while value.startswith("%"):
+            value = settings[value[1:]]
+        settings[key] = value
+    return settings
 
 
 @pytest.mark.slow
@@ -226,7 +340,37 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert {r["model"] for r in summary["wer"]} == {"teacher", "fullsum_kd", "hard_kd", "baseline"}
     for row in summary["wer"]:
         assert row["step"] == 4 and 0 <= row["dev_wer"] and 0 <= row["test_wer"]
-    assert summary["pseudo_labels"]["utterances"] > 0
+    # Pseudo-labels cover every utterance of train-unlabeled (tiny: 8, in fewer shards than 8).
+    unlabeled = json.load(open(data / "records" / "train-unlabeled.manifest.json"))
+    assert unlabeled["num_utterances"] == _num_records(
+        data / "records" / "train-unlabeled-*.tfrecord"
+    )
+    assert _num_records(out / "pseudo" / "*.tfrecord") == unlabeled["num_utterances"] == 8
+    assert summary["pseudo_labels"]["utterances"] == 8
+    # KD students mix train-labeled's ground truth into the pseudo-labels; the no-KD one does not.
+    labelled = json.load(open(data / "records" / "train-labeled.manifest.json"))["num_utterances"]
+    for name in ("fullsum_kd", "hard_kd"):
+        operative = _operative_config(out / name)
+        assert operative["train.train_dataset_fn"] == "@mixed_label_dataset", name
+        pattern = operative["mixed_label_dataset.labeled_file_pattern"]
+        assert pattern == repr(str(data / "records" / "train-labeled-*.tfrecord")), name
+        assert operative["mixed_label_dataset.file_pattern"] == repr(
+            str(out / "pseudo" / "*.tfrecord")
+        )
+    operative = _operative_config(out / "baseline")
+    assert operative["train.train_dataset_fn"] == "@train_data/make_dataset"
+    assert operative["train_data/make_dataset.file_pattern"] == repr(
+        str(data / "records" / "train-labeled-*.tfrecord")
+    )
+    assert not any(k.startswith(("mixed_label_dataset.", "PSEUDO_LABEL")) for k in operative)
+    by = {r["model"]: r for r in summary["wer"]}
+    assert summary["wer"][0]["model"] == "teacher"
+    assert by["teacher"]["trained_on"] == f"{labelled} labelled"
+    assert by["baseline"]["trained_on"] == f"{labelled} labelled"
+    for name in ("fullsum_kd", "hard_kd"):
+        assert by[name]["trained_on"] == f"{labelled} labelled + 8 pseudo-labelled"
+    table = (out / "summary.md").read_text()
+    assert f"| student: hard KD | {labelled} labelled + 8 pseudo-labelled | 4 |" in table
     kinds = sorted((t["model"], t["kind"]) for t in summary["tflite"])
     assert [k for _, k in kinds] == ["streaming", "streaming", "whole", "whole"]
     assert len(summary["saved_model"]) == 1

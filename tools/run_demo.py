@@ -11,9 +11,10 @@ OUT/logs/<stage>.log):
     records       tools/prepare_librispeech.py per split       -> DATA/records/<split>-*.tfrecord
     teacher       bin/train gin/teacher.gin + gin/demo/teacher.gin
     teacher_eval  bin/evaluate dev, test
-    pseudo_labels bin/pseudo_label: N-best + full-sum teacher scores on train-unlabeled shards
-    fullsum_kd    bin/train gin/fullsum_kd.gin + gin/demo/student.gin (the main job)
-    hard_kd       bin/train gin/hard_kd.gin + gin/demo/student.gin
+    pseudo_labels bin/pseudo_label: N-best + full-sum teacher scores on all of train-unlabeled
+    fullsum_kd    bin/train gin/fullsum_kd.gin + gin/demo/student.gin (the main job): pseudo-labels
+                  mixed with train-labeled's ground truth (gin/demo/fullsum_kd.gin)
+    hard_kd       bin/train gin/hard_kd.gin + gin/demo/student.gin, the same mixture
     baseline      bin/train gin/student_baseline.gin + gin/demo/student.gin (ground truth, no KD)
     student_eval  bin/evaluate dev, test for each student
     export        bin/export (SavedModel), bin/convert_tflite (float32, dynamic int8),
@@ -33,6 +34,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,8 +53,8 @@ STUDENTS = {
 }
 # Demo sizes that are flags of the CLIs rather than gin (gin sizes live in gin/demo/*.gin).
 # Decoding loops step frame by frame in graph mode: per-op overhead dominates on CPU, so big batches
-# and subsets keep decoding inside the demo's budget.
-PSEUDO_LABEL_SHARDS = "[0-3]"  # train-unlabeled shards 0-3 of 8: 2,000 utterances
+# (and a test subset for TFLite) keep decoding inside the demo's budget.
+PSEUDO_LABEL_SPLIT = "train-unlabeled"  # every shard: 4,000 utterances of the small corpus
 BEAM_WIDTH = 4
 NBEST = 4
 DECODE_BATCH = 64
@@ -377,10 +379,7 @@ def demo_stages() -> list[Stage]:
                 ctx.tool(
                     "bin/pseudo_label",
                     f"--teacher_dir={ctx.path('teacher')}",
-                    "--input_pattern="
-                    + os.path.join(
-                        ctx.data, "records", f"train-unlabeled-0000{PSEUDO_LABEL_SHARDS}-*.tfrecord"
-                    ),
+                    f"--input_pattern={ctx.records(PSEUDO_LABEL_SPLIT)}",
                     f"--output_dir={ctx.path('pseudo')}",
                     f"--beam_width={BEAM_WIDTH}",
                     f"--nbest={NBEST}",
@@ -437,8 +436,50 @@ def _stage_seconds(ctx):
     return out
 
 
+# What a run's `train.train_dataset_fn` reads: (labelled records, pseudo-label records).
+_TRAINING_DATA = {
+    "train_data/make_dataset": (True, False),
+    "pseudo_label_dataset": (False, True),
+    "mixed_label_dataset": (True, True),
+}
+
+
+def _trained_on(ctx, name):
+    """`(text, {"labelled": n, "pseudo_labelled": n})` of what OUT/<name> trained on.
+
+    Read from the run's operative_config.gin (so a student trained before a change of regime says
+    what it really used); the counts are those of DATA's `train-labeled` records and OUT's
+    pseudo-labels. `(None, {})` when the run has no operative config or an unknown dataset.
+    """
+    path = ctx.path(name, "operative_config.gin")
+    if not os.path.exists(path):
+        return None, {}
+    with open(path) as f:
+        match = re.search(r"^train\.train_dataset_fn = @(\S+)$", f.read(), re.MULTILINE)
+    if match is None or match.group(1) not in _TRAINING_DATA:
+        return None, {}
+    labelled, pseudo = _TRAINING_DATA[match.group(1)]
+    records = _load(os.path.join(ctx.data, "records", "train-labeled.manifest.json")) or {}
+    counts = {}
+    parts = []
+    if labelled:
+        counts["labelled"] = records.get("num_utterances")
+        parts.append(f"{_count(counts['labelled'])} labelled")
+    if pseudo:
+        counts["pseudo_labelled"] = (_load(ctx.path("pseudo", "manifest.json")) or {}).get(
+            "utterances"
+        )
+        parts.append(f"{_count(counts['pseudo_labelled'])} pseudo-labelled")
+    return " + ".join(parts), counts
+
+
+def _count(n):
+    return "?" if n is None else f"{n:,}"
+
+
 def collect_summary(ctx: Context) -> dict:
-    """Teacher and student WERs, pseudo-label quality, TFLite rows and stage times from OUT."""
+    """Teacher and student WERs, training data, pseudo-label quality, TFLite rows and stage times
+    from OUT."""
     rows = []
     for name, label in [("teacher", "teacher (Conformer)")] + [
         (n, STUDENTS[n][1]) for n in STUDENTS
@@ -447,10 +488,13 @@ def collect_summary(ctx: Context) -> dict:
         test = _load(ctx.path(name, "eval", "test.json"))
         if dev is None and test is None:
             continue
+        trained_on, counts = _trained_on(ctx, name)
         rows.append(
             {
                 "model": name,
                 "label": label,
+                "trained_on": trained_on,
+                "training_utterances": counts,
                 "dev_wer": dev and dev["wer"],
                 "test_wer": test and test["wer"],
                 "step": (dev or test)["step"],
@@ -503,19 +547,27 @@ def _pct(x):
 
 def format_summary(summary: dict) -> str:
     """The final markdown tables."""
-    lines = ["| model | step | dev WER % | test WER % | rel. WER red. vs no-KD (test) |"]
-    lines.append("|---|---:|---:|---:|---:|")
+    lines = [
+        "| model | trained on | step | dev WER % | test WER % | rel. WER red. vs no-KD (test) |"
+    ]
+    lines.append("|---|---|---:|---:|---:|---:|")
     for r in summary["wer"]:
         rel = r.get("test_rel_wer_reduction_vs_baseline")
         rel = "–" if rel is None else f"{rel:+.1%}"
         lines.append(
-            f"| {r['label']} | {r['step']} | {_pct(r['dev_wer'])} | {_pct(r['test_wer'])} | {rel} |"
+            f"| {r['label']} | {r.get('trained_on') or '?'} | {r['step']} | {_pct(r['dev_wer'])} "
+            f"| {_pct(r['test_wer'])} | {rel} |"
         )
     if summary["wer"]:
         r = summary["wer"][0]
         lines.append(
             f"\nGreedy decoding; WER over the first {r['dev_utterances']} dev and "
             f"{r['test_utterances']} test utterances."
+        )
+    if any("pseudo-labelled" in (r.get("trained_on") or "") for r in summary["wer"]):
+        lines.append(
+            "Trained on: labelled = the ground truth of train-labeled; pseudo-labelled = the "
+            "teacher's hypotheses on train-unlabeled, whose transcripts no model trains on."
         )
     p = summary["pseudo_labels"]
     if p.get("teacher_wer") is not None:
