@@ -30,8 +30,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-TEACHER = ("gin/teacher.gin", "gin/demo/teacher.gin")
-STUDENT = ("gin/student_baseline.gin", "gin/demo/student.gin", "gin/demo/baseline.gin")
+# The starting points, frozen copies of `make demo`'s teacher and no-KD student before the search.
+TEACHER = ("gin/teacher.gin", "gin/recipe/teacher_base.gin")
+STUDENT = ("gin/student_baseline.gin", "gin/recipe/student_base.gin")
 EVAL_EVERY = "train.eval_every = 500"
 
 
@@ -63,6 +64,10 @@ LEAN_STUDENT = (
 STACK = ("conformer_teacher.frontend = 'stack'", "NUM_STEPS = 6000", EVAL_EVERY)
 CTC = ("SupervisedTrainer.ctc_weight = 0.3",)
 SPEED = ("train_data/make_dataset.speed_factors = (0.9, 1.0, 1.1)",)
+LATE_SPECAUG = (
+    "SupervisedTrainer.spec_augment = @SpecAugment()",
+    "SupervisedTrainer.spec_augment_start = 2000",
+)
 # train-labeled plus its two extra renditions (tools/make_corpus.py --respoken 2; prepared like the
 # other splits): three times the labelled audio, the same sentences. TRAIN_RECORDS (and so the
 # train-subset WER) stays train-labeled.
@@ -77,7 +82,7 @@ PROBES = {
         _teacher(
             "teacher_demo_old",
             None,
-            "make demo's teacher as of fbeb1ff (2-D conv front end, 1,500 steps)",
+            "make demo's teacher before the search (2-D conv front end, 1,500 steps)",
             "train.eval_every = 250",
         ),
         _teacher("teacher_stack", "teacher_demo_old", "stacking front end, 6,000 steps", *STACK),
@@ -92,10 +97,27 @@ PROBES = {
         ),
         _teacher("teacher_stack_speed", "teacher_stack", "speed perturbation", *STACK, *SPEED),
         _teacher("teacher_stack_respoken", "teacher_stack", "3x labelled audio", *STACK, *RESPOKEN),
+        _teacher(
+            "teacher_stack_respoken_speed",
+            "teacher_stack_respoken",
+            "speed perturbation 0.9/1.0/1.1",
+            *STACK,
+            *RESPOKEN,
+            *SPEED,
+        ),
+        _teacher(
+            "teacher_stack_respoken_speed_specaug",
+            "teacher_stack_respoken_speed",
+            "SpecAugment from step 2,000 (once train WER is well below dev)",
+            *STACK,
+            *RESPOKEN,
+            *SPEED,
+            *LATE_SPECAUG,
+        ),
         _student(
             "student_demo_old",
             None,
-            "make demo's no-KD student as of fbeb1ff (1,000 steps)",
+            "make demo's no-KD student before the search (1,000 steps)",
             "train.eval_every = 250",
         ),
         _student(
@@ -105,6 +127,14 @@ PROBES = {
             *LEAN_STUDENT,
         ),
         _student("student_lean_ctc", "student_lean", "CTC weight 0.3", *LEAN_STUDENT, *CTC),
+        _student(
+            "student_lean_respoken_speed",
+            "student_lean",
+            "3x labelled audio, speed perturbation",
+            *LEAN_STUDENT,
+            *RESPOKEN,
+            *SPEED,
+        ),
     )
 }
 
