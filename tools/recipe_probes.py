@@ -2,6 +2,7 @@
 """The recipe search of docs/recipe.md: every probe one rerunnable command.
 
     python tools/recipe_probes.py --list
+    python tools/recipe_probes.py --report      # markdown table of the finished probes
     python tools/recipe_probes.py teacher_stack [teacher_stack_ctc ...] [--out runs/recipe]
         [--data data] [--results results/recipe] [--steps N]
 
@@ -230,6 +231,31 @@ def run_probe(probe: Probe, out: str, data: str, results: str, steps: int | None
     return summary
 
 
+def report(results: str) -> str:
+    """A markdown table of the finished probes in `results` (RESULTS/NAME.json), in PROBES order."""
+    rows = [
+        "| probe | parent | change | steps | train min | CPU min | dev WER | test WER "
+        "| last train-subset / dev-subset WER |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in PROBES:
+        path = os.path.join(results, name + ".json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            s = json.load(f)
+        last = s["curve"][-1] if s["curve"] else {}
+        subset = (
+            f"{last.get('train/wer', float('nan')):.1f} / {last.get('dev/wer', float('nan')):.1f}"
+        )
+        rows.append(
+            f"| `{name}` | {s['parent'] or '–'} | {s['change']} | {s['final']['test']['step']} "
+            f"| {s['train_minutes']:.1f} | {s['cpu_minutes']:.1f} "
+            f"| {s['final']['dev']['wer']:.1f} | {s['final']['test']['wer']:.1f} | {subset} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("probes", nargs="*", help="probe names (see --list)")
@@ -239,7 +265,11 @@ def main(argv=None) -> int:
     p.add_argument("--results", default="results/recipe")
     p.add_argument("--steps", type=int, default=None, help="override NUM_STEPS")
     p.add_argument("--redo", action="store_true", help="rerun finished probes")
+    p.add_argument("--report", action="store_true", help="print the table of finished probes")
     args = p.parse_args(argv)
+    if args.report:
+        print(report(args.results))
+        return 0
     if args.list or not args.probes:
         for probe in PROBES.values():
             print(f"{probe.name:28s} <- {probe.parent or '-':24s} {probe.change}")
