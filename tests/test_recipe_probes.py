@@ -1,5 +1,6 @@
 """tools/recipe_probes.py: probes parse strictly, name real parents and report their results."""
 
+import inspect
 import json
 import pathlib
 import runpy
@@ -8,6 +9,9 @@ import gin
 import pytest
 
 from tfkd import config
+from tfkd.data import pipeline
+from tfkd.models import presets
+from tfkd.training import trainers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = runpy.run_path(str(ROOT / "tools" / "recipe_probes.py"))
@@ -59,3 +63,75 @@ def test_report_tabulates_finished_probes_only(tmp_path):
 def test_unknown_probe_is_an_error_naming_it():
     with pytest.raises(SystemExit, match=r"unknown probes \['teacher_typo'\]; see --list"):
         TOOL["main"](["teacher_typo"])
+
+
+TEACHER_KEYS = [f"conformer_teacher.{k}" for k in ("frontend", "num_layers", "dim", "dropout")]
+STUDENT_KEYS = [f"conformer_student.{k}" for k in ("frontend", "num_layers", "dim", "dropout")]
+SHARED_KEYS = [
+    "%NUM_STEPS",
+    "%PEAK_LR",
+    "%WARMUP_STEPS",
+    "%BATCH_SIZE",
+    "WarmupDecay.decay",
+    "SupervisedTrainer.ctc_weight",
+    "SupervisedTrainer.spec_augment",
+    "train_data/make_dataset.file_pattern",
+    "train_data/make_dataset.speed_factors",
+]
+
+
+# Where an unbound key's default comes from.
+DEFAULTS_OF = {
+    "SupervisedTrainer": trainers.LossTermsTrainer.__init__,
+    "conformer_teacher": presets.conformer_teacher,
+    "conformer_student": presets.conformer_student,
+    "train_data/make_dataset": pipeline.make_dataset,
+}
+
+
+def _settings(files, bindings, keys):
+    """Each key's value after strict parsing, macros followed; the code's default if unbound."""
+
+    def resolve(value):
+        while isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
+            value = gin.query_parameter("%" + value.scoped_selector.split("/")[0])
+        if isinstance(value, list | tuple):
+            return [resolve(v) for v in value]
+        return value
+
+    gin.clear_config()
+    config.parse_gin(files, bindings)
+    out = {}
+    for key in keys:
+        try:
+            out[key] = resolve(gin.query_parameter(key))
+        except ValueError:
+            owner, name = key.rsplit(".", 1)
+            out[key] = inspect.signature(DEFAULTS_OF[owner]).parameters[name].default
+    gin.clear_config()
+    return out
+
+
+@pytest.mark.parametrize(
+    "probe, demo_files, keys",
+    [
+        ("teacher_demo_new", ["gin/teacher.gin", "gin/demo/teacher.gin"], TEACHER_KEYS),
+        (
+            "student_demo_new",
+            ["gin/student_baseline.gin", "gin/demo/student.gin", "gin/demo/baseline.gin"],
+            STUDENT_KEYS,
+        ),
+    ],
+)
+def test_demo_models_are_the_probes_that_measured_them(probe, demo_files, keys, clean_gin):
+    argv = TOOL["train_command"](PROBES[probe], "runs/x", "data", None)
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_file=")][:-1]
+    bindings = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_bindings=")]
+    data = [*bindings[:3], "RESPOKEN_RECORDS = 'data/records/train-respoken-*.tfrecord'"]
+    measured = _settings(files, bindings, keys + SHARED_KEYS)
+    demo = _settings(demo_files, data, keys + SHARED_KEYS)
+    assert demo == measured
+    assert demo["train_data/make_dataset.file_pattern"] == [
+        "data/records/train-labeled-*.tfrecord",
+        "data/records/train-respoken-*.tfrecord",
+    ]

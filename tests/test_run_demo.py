@@ -136,6 +136,7 @@ def test_demo_commands_point_at_out_and_data(tmp_path):
         "corpus",
         "spm",
         "records",
+        "respoken",
         "teacher",
         "teacher_eval",
         "pseudo_labels",
@@ -183,6 +184,8 @@ def _gin_settings(argv, *keys):
     def resolve(value):
         while isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
             value = gin.query_parameter("%" + value.scoped_selector.split("/")[0])
+        if isinstance(value, list | tuple):
+            return [resolve(v) for v in value]
         return value
 
     files = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_file=")]
@@ -196,15 +199,18 @@ def _gin_settings(argv, *keys):
 
 
 def test_kd_students_mix_labelled_ground_truth_into_pseudo_labels(tmp_path):
-    """The paper's regime: KD students see train-labeled's ground truth and the teacher's labels
-    of train-unlabeled, each in proportion to its size (small corpus: 5,000 and 4,000); the
-    no-KD student sees the ground truth alone."""
+    """The paper's regime: KD students see the ground truth of train-labeled and its respoken
+    renditions and the teacher's labels of train-unlabeled, each in proportion to its sentences
+    (small corpus: 5,000 and 4,000); the no-KD student sees the ground truth alone."""
     data = tmp_path / "d"
     (data / "spm").mkdir(parents=True)
     (data / "spm" / "spm.vocab").write_text("".join(f"p{i}\t0\n" for i in range(37)))
     ctx = run_demo.Context(out="/o", data=str(data))
     stages = {s.name: s for s in run_demo.demo_stages()}
-    labelled = f"{data}/records/train-labeled-*.tfrecord"
+    labelled = [
+        f"{data}/records/train-labeled-*.tfrecord",
+        f"{data}/records/train-respoken-*.tfrecord",
+    ]
     for name, nbest in (("fullsum_kd", 4), ("hard_kd", 1)):
         (argv,) = stages[name].commands(ctx)
         dataset_fn, *values = _gin_settings(
@@ -248,10 +254,16 @@ def test_summary_table_and_json(tmp_path, capsys):
         "fullsum_kd": "mixed_label_dataset",
         "baseline": "train_data/make_dataset",
     }
+    _write(
+        os.path.join(ctx.data, "records", "train-respoken.manifest.json"), {"num_utterances": 10000}
+    )
     for name, dataset in datasets.items():
+        # The teacher read the respoken renditions too: their utterances count as labelled.
+        respoken = "train_data/make_dataset.file_pattern = ['r/train-respoken-*.tfrecord']\n"
         with open(ctx.path(name, "operative_config.gin"), "w") as f:
             f.write(
                 f"BATCH_SIZE = 16\n\n# Parameters for train:\ntrain.train_dataset_fn = @{dataset}\n"
+                + (respoken if name == "teacher" else "")
             )
     row = {
         "model": "student_whole_float32.tflite",
@@ -277,7 +289,9 @@ def test_summary_table_and_json(tmp_path, capsys):
     assert list(summary["stage_seconds"].items()) == [("corpus", 5.0), ("teacher", 60.0)]
     assert summary["pseudo_labels"]["teacher_wer"] == 41.5
     assert [r["model"] for r in summary["wer"]] == ["teacher", "fullsum_kd", "baseline"]
-    assert by["teacher"]["trained_on"] == by["baseline"]["trained_on"] == "5,000 labelled"
+    assert by["teacher"]["trained_on"] == "15,000 labelled"
+    assert by["teacher"]["training_utterances"] == {"labelled": 15000}
+    assert by["baseline"]["trained_on"] == "5,000 labelled"
     assert by["fullsum_kd"]["trained_on"] == "5,000 labelled + 20 pseudo-labelled"
     assert by["fullsum_kd"]["training_utterances"] == {"labelled": 5000, "pseudo_labelled": 20}
     printed = capsys.readouterr().out
@@ -287,7 +301,7 @@ def test_summary_table_and_json(tmp_path, capsys):
     )
     assert (
         lines[lines.index(header) + 2]
-        == "| teacher (Conformer) | 5,000 labelled | 7 | 40.00 | 42.00 | – |"
+        == "| teacher (Conformer) | 15,000 labelled | 7 | 40.00 | 42.00 | – |"
     )
     assert (
         "| student: full-sum KD | 5,000 labelled + 20 pseudo-labelled "
@@ -295,7 +309,8 @@ def test_summary_table_and_json(tmp_path, capsys):
     )
     assert "| student: no KD (ground truth) | 5,000 labelled | 7 | 60.00 | 60.00 | – |" in lines
     assert (
-        "Trained on: labelled = the ground truth of train-labeled; pseudo-labelled = the "
+        "Trained on: labelled = the ground truth of train-labeled (and of its respoken "
+        "renditions, where the run read them); pseudo-labelled = the "
         "teacher's hypotheses on train-unlabeled, whose transcripts no model trains on."
     ) in lines
     assert "| student_whole_float32.tflite | 45.00 | 45.00 | +0.00 | 0.0100 | 2.00 |" in printed
@@ -347,21 +362,29 @@ def test_tiny_demo_end_to_end(tmp_path):
     )
     assert _num_records(out / "pseudo" / "*.tfrecord") == unlabeled["num_utterances"] == 8
     assert summary["pseudo_labels"]["utterances"] == 8
-    # KD students mix train-labeled's ground truth into the pseudo-labels; the no-KD one does not.
-    labelled = json.load(open(data / "records" / "train-labeled.manifest.json"))["num_utterances"]
+    # KD students mix the labelled ground truth (train-labeled and its respoken renditions) into
+    # the pseudo-labels; the no-KD one learns from the same labelled audio alone.
+    records = data / "records"
+    labelled = sum(
+        json.load(open(records / f"{split}.manifest.json"))["num_utterances"]
+        for split in ("train-labeled", "train-respoken")
+    )
+    assert labelled == 16 * 3  # tiny: 16 labelled sentences in three voices
+    both = "[%TRAIN_RECORDS, %RESPOKEN_RECORDS]"
+    for name in ("fullsum_kd", "hard_kd", "baseline"):
+        operative = _operative_config(out / name)
+        assert operative["TRAIN_RECORDS"] == repr(str(records / "train-labeled-*.tfrecord"))
+        assert operative["RESPOKEN_RECORDS"] == repr(str(records / "train-respoken-*.tfrecord"))
     for name in ("fullsum_kd", "hard_kd"):
         operative = _operative_config(out / name)
         assert operative["train.train_dataset_fn"] == "@mixed_label_dataset", name
-        pattern = operative["mixed_label_dataset.labeled_file_pattern"]
-        assert pattern == repr(str(data / "records" / "train-labeled-*.tfrecord")), name
+        assert operative["mixed_label_dataset.labeled_file_pattern"] == both, name
         assert operative["mixed_label_dataset.file_pattern"] == repr(
             str(out / "pseudo" / "*.tfrecord")
         )
     operative = _operative_config(out / "baseline")
     assert operative["train.train_dataset_fn"] == "@train_data/make_dataset"
-    assert operative["train_data/make_dataset.file_pattern"] == repr(
-        str(data / "records" / "train-labeled-*.tfrecord")
-    )
+    assert operative["train_data/make_dataset.file_pattern"] == both
     assert not any(k.startswith(("mixed_label_dataset.", "PSEUDO_LABEL")) for k in operative)
     by = {r["model"]: r for r in summary["wer"]}
     assert summary["wer"][0]["model"] == "teacher"

@@ -118,11 +118,9 @@ PROBES = {
         _teacher(
             "teacher_demo_new",
             "teacher_stack_respoken",
-            "make demo's new teacher: + CTC 0.3, 8,000 steps (gin/demo/teacher.gin)",
-            "conformer_teacher.frontend = 'stack'",
-            "NUM_STEPS = 8000",
+            "CTC weight 0.3: make demo's new teacher (gin/demo/teacher.gin)",
+            *STACK,
             "train.checkpoint_every = 500",
-            EVAL_EVERY,
             *RESPOKEN,
             *CTC,
         ),

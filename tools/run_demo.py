@@ -55,6 +55,9 @@ STUDENTS = {
 # Decoding loops step frame by frame in graph mode: per-op overhead dominates on CPU, so big batches
 # (and a test subset for TFLite) keep decoding inside the demo's budget.
 PSEUDO_LABEL_SPLIT = "train-unlabeled"  # every shard: 4,000 utterances of the small corpus
+# train-labeled's sentences spoken twice more by new speakers (tools/make_corpus.py --respoken):
+# labelled audio for the teacher and every student (docs/recipe.md).
+RESPOKEN = 2
 BEAM_WIDTH = 4
 NBEST = 4
 DECODE_BATCH = 64
@@ -100,6 +103,7 @@ class Context:
         """Extra gin files, then the data paths and vocabulary of DATA (read when run)."""
         return [f"--gin_file={g}" for g in self.extra_gin] + [
             f"--gin_bindings=TRAIN_RECORDS = '{self.records('train-labeled')}'",
+            f"--gin_bindings=RESPOKEN_RECORDS = '{self.records('train-respoken')}'",
             f"--gin_bindings=DEV_RECORDS = '{self.records('dev')}'",
             f"--gin_bindings=SPM_MODEL = '{self.spm_model}'",
             # Tiny corpora can give SentencePiece fewer pieces than the gin files' 256.
@@ -255,8 +259,9 @@ def run_stages(
 
 
 def _data_steps(ctx):
-    """Corpus, SentencePiece (vocabulary 256) and records: the same commands as the study's."""
-    return builtin_data_steps(ctx.tool, ctx.data, ctx.size, 256)
+    """Corpus, SentencePiece (vocabulary 256), records and the respoken split: the same commands
+    as the study's."""
+    return builtin_data_steps(ctx.tool, ctx.data, ctx.size, 256, respoken=RESPOKEN)
 
 
 def _student_train(name):
@@ -353,7 +358,7 @@ def demo_stages() -> list[Stage]:
             outputs=lambda ctx, i=i: list(_data_steps(ctx)[i][2]),
             stamped=False,
         )
-        for i, name in enumerate(("corpus", "spm", "records"))
+        for i, name in enumerate(("corpus", "spm", "records", "respoken"))
     ]
     stages += [
         Stage(
@@ -448,22 +453,26 @@ def _trained_on(ctx, name):
     """`(text, {"labelled": n, "pseudo_labelled": n})` of what OUT/<name> trained on.
 
     Read from the run's operative_config.gin (so a student trained before a change of regime says
-    what it really used); the counts are those of DATA's `train-labeled` records and OUT's
-    pseudo-labels. `(None, {})` when the run has no operative config or an unknown dataset.
+    what it really used); the counts are those of DATA's `train-labeled` records (plus
+    `train-respoken`'s when the run read them) and OUT's pseudo-labels. `(None, {})` when the
+    run has no operative config or an unknown dataset.
     """
     path = ctx.path(name, "operative_config.gin")
     if not os.path.exists(path):
         return None, {}
     with open(path) as f:
-        match = re.search(r"^train\.train_dataset_fn = @(\S+)$", f.read(), re.MULTILINE)
+        config = f.read()
+    match = re.search(r"^train\.train_dataset_fn = @(\S+)$", config, re.MULTILINE)
     if match is None or match.group(1) not in _TRAINING_DATA:
         return None, {}
     labelled, pseudo = _TRAINING_DATA[match.group(1)]
-    records = _load(os.path.join(ctx.data, "records", "train-labeled.manifest.json")) or {}
     counts = {}
     parts = []
     if labelled:
-        counts["labelled"] = records.get("num_utterances")
+        splits = ["train-labeled"] + (["train-respoken"] if "train-respoken" in config else [])
+        found = [_load(os.path.join(ctx.data, "records", f"{s}.manifest.json")) for s in splits]
+        n = [m.get("num_utterances") if m else None for m in found]
+        counts["labelled"] = None if None in n else sum(n)
         parts.append(f"{_count(counts['labelled'])} labelled")
     if pseudo:
         counts["pseudo_labelled"] = (_load(ctx.path("pseudo", "manifest.json")) or {}).get(
@@ -566,8 +575,9 @@ def format_summary(summary: dict) -> str:
         )
     if any("pseudo-labelled" in (r.get("trained_on") or "") for r in summary["wer"]):
         lines.append(
-            "Trained on: labelled = the ground truth of train-labeled; pseudo-labelled = the "
-            "teacher's hypotheses on train-unlabeled, whose transcripts no model trains on."
+            "Trained on: labelled = the ground truth of train-labeled (and of its respoken "
+            "renditions, where the run read them); pseudo-labelled = the teacher's hypotheses on "
+            "train-unlabeled, whose transcripts no model trains on."
         )
     p = summary["pseudo_labels"]
     if p.get("teacher_wer") is not None:

@@ -558,7 +558,9 @@ class StudyPlan:
         )
 
 
-def builtin_data_steps(tool, data_dir: str, size: str, vocab_size: int) -> list[tuple]:
+def builtin_data_steps(
+    tool, data_dir: str, size: str, vocab_size: int, respoken: int = 0
+) -> list[tuple]:
     """How the built-in corpus, its SentencePiece model and its records are made in `data_dir`
     (shared by `make demo` and the study, so that both reuse the same data).
 
@@ -568,15 +570,19 @@ def builtin_data_steps(tool, data_dir: str, size: str, vocab_size: int) -> list[
             the records to DATA/records.
         size: `tools/make_corpus.py --size`.
         vocab_size: SentencePiece pieces (blank included).
+        respoken: when > 0, a fourth step "respoken" adds the `train-respoken` split
+            (`tools/make_corpus.py --respoken`: `train-labeled`'s sentences spoken that many
+            more times by new speakers) and its records, DATA/records/train-respoken-*.
 
     Returns:
-        `[(name, commands, completion marks)]` for "corpus", "spm" and "records", in order; each
-        tool writes its marks only when it finished (and resumes where it stopped).
+        `[(name, commands, completion marks)]` for "corpus", "spm", "records" (and "respoken"),
+        in order; each tool writes its marks only when it finished (and resumes where it
+        stopped).
     """
     corpus = os.path.join(data_dir, "corpus", size)
     spm_prefix = os.path.join(data_dir, "spm", "spm")
     records = os.path.join(data_dir, "records")
-    return [
+    steps = [
         (
             "corpus",
             [tool("tools/make_corpus.py", "--size", size, "--jobs", "2", corpus)],
@@ -613,6 +619,36 @@ def builtin_data_steps(tool, data_dir: str, size: str, vocab_size: int) -> list[
             tuple(os.path.join(records, f"{s}.manifest.json") for s in SPLITS),
         ),
     ]
+    if respoken > 0:
+        split = "train-respoken"
+        steps.append(
+            (
+                "respoken",
+                [
+                    tool(
+                        "tools/make_corpus.py",
+                        "--size",
+                        size,
+                        "--jobs",
+                        "2",
+                        "--respoken",
+                        str(respoken),
+                        corpus,
+                    ),
+                    tool(
+                        "tools/prepare_librispeech.py",
+                        os.path.join(corpus, split),
+                        records,
+                        "--spm_model",
+                        spm_prefix + ".model",
+                        "--jobs",
+                        "2",
+                    ),
+                ],
+                (os.path.join(records, f"{split}.manifest.json"),),
+            )
+        )
+    return steps
 
 
 def grid_settings(grid: Mapping[str, Sequence]) -> list[dict]:
