@@ -7,6 +7,7 @@ import runpy
 
 import gin
 import pytest
+from gin_settings import gin_settings
 
 from tfkd import config
 from tfkd.data import pipeline
@@ -92,24 +93,11 @@ DEFAULTS_OF = {
 def _settings(files, bindings, keys):
     """Each key's value after strict parsing, macros followed; the code's default if unbound."""
 
-    def resolve(value):
-        while isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
-            value = gin.query_parameter("%" + value.scoped_selector.split("/")[0])
-        if isinstance(value, list | tuple):
-            return [resolve(v) for v in value]
-        return value
+    def default(key):
+        owner, name = key.rsplit(".", 1)
+        return inspect.signature(DEFAULTS_OF[owner]).parameters[name].default
 
-    gin.clear_config()
-    config.parse_gin(files, bindings)
-    out = {}
-    for key in keys:
-        try:
-            out[key] = resolve(gin.query_parameter(key))
-        except ValueError:
-            owner, name = key.rsplit(".", 1)
-            out[key] = inspect.signature(DEFAULTS_OF[owner]).parameters[name].default
-    gin.clear_config()
-    return out
+    return dict(zip(keys, gin_settings(files, bindings, keys, default), strict=True))
 
 
 @pytest.mark.parametrize(

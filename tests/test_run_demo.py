@@ -6,6 +6,7 @@ import os
 import sys
 
 import pytest
+from gin_settings import gin_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,27 +176,10 @@ def test_demo_commands_point_at_out_and_data(tmp_path):
 
 
 def _gin_settings(argv, *keys):
-    """What each key (a parameter or %MACRO) resolves to, macros followed, after parsing argv's
-    gin flags strictly (as bin/train does)."""
-    import gin
-
-    from tfkd import config
-
-    def resolve(value):
-        while isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
-            value = gin.query_parameter("%" + value.scoped_selector.split("/")[0])
-        if isinstance(value, list | tuple):
-            return [resolve(v) for v in value]
-        return value
-
+    """What each key resolves to after parsing argv's gin flags strictly (as bin/train does)."""
     files = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_file=")]
     bindings = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_bindings=")]
-    gin.clear_config()
-    try:
-        config.parse_gin(files, bindings)
-        return [resolve(gin.query_parameter(k)) for k in keys]
-    finally:
-        gin.clear_config()
+    return gin_settings(files, bindings, keys)
 
 
 def test_kd_students_mix_labelled_ground_truth_into_pseudo_labels(tmp_path):

@@ -582,6 +582,18 @@ def builtin_data_steps(
     corpus = os.path.join(data_dir, "corpus", size)
     spm_prefix = os.path.join(data_dir, "spm", "spm")
     records = os.path.join(data_dir, "records")
+
+    def prepare(split):
+        return tool(
+            "tools/prepare_librispeech.py",
+            os.path.join(corpus, split),
+            records,
+            "--spm_model",
+            spm_prefix + ".model",
+            "--jobs",
+            "2",
+        )
+
     steps = [
         (
             "corpus",
@@ -604,18 +616,7 @@ def builtin_data_steps(
         ),
         (
             "records",
-            [
-                tool(
-                    "tools/prepare_librispeech.py",
-                    os.path.join(corpus, split),
-                    records,
-                    "--spm_model",
-                    spm_prefix + ".model",
-                    "--jobs",
-                    "2",
-                )
-                for split in SPLITS
-            ],
+            [prepare(split) for split in SPLITS],
             tuple(os.path.join(records, f"{s}.manifest.json") for s in SPLITS),
         ),
     ]
@@ -635,15 +636,7 @@ def builtin_data_steps(
                         str(respoken),
                         corpus,
                     ),
-                    tool(
-                        "tools/prepare_librispeech.py",
-                        os.path.join(corpus, split),
-                        records,
-                        "--spm_model",
-                        spm_prefix + ".model",
-                        "--jobs",
-                        "2",
-                    ),
+                    prepare(split),
                 ],
                 (os.path.join(records, f"{split}.manifest.json"),),
             )
