@@ -103,7 +103,7 @@ def _settings(files, bindings, keys):
 @pytest.mark.parametrize(
     "probe, demo_files, keys",
     [
-        ("teacher_demo_new", ["gin/teacher.gin", "gin/demo/teacher.gin"], TEACHER_KEYS),
+        ("teacher_stack_respoken", ["gin/teacher.gin", "gin/demo/teacher.gin"], TEACHER_KEYS),
         (
             "student_demo_new",
             ["gin/student_baseline.gin", "gin/demo/student.gin", "gin/demo/baseline.gin"],

@@ -116,11 +116,10 @@ PROBES = {
             *LATE_SPECAUG,
         ),
         _teacher(
-            "teacher_demo_new",
+            "teacher_stack_respoken_ctc",
             "teacher_stack_respoken",
-            "CTC weight 0.3: make demo's new teacher (gin/demo/teacher.gin)",
+            "CTC weight 0.3",
             *STACK,
-            "train.checkpoint_every = 500",
             *RESPOKEN,
             *CTC,
         ),
