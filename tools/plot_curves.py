@@ -102,7 +102,7 @@ def plot(runs, metrics, x, output, title=None):
     import matplotlib.pyplot as plt
 
     key, scale, xlabel = X_AXES[x]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (label, records) in enumerate(runs.items()):
         color = f"C{i % 10}"
         for j, metric in enumerate(metrics):
@@ -124,12 +124,12 @@ def plot(runs, metrics, x, output, title=None):
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     directory = os.path.dirname(output)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    fig.savefig(output, dpi=120)
+    fig.savefig(output, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
