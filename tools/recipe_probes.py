@@ -62,6 +62,7 @@ LEAN_STUDENT = (
     "NUM_STEPS = 3000",
     EVAL_EVERY,
 )
+STACK_STUDENT = ("conformer_student.frontend = 'stack'", "NUM_STEPS = 3000", EVAL_EVERY)
 STACK = ("conformer_teacher.frontend = 'stack'", "NUM_STEPS = 6000", EVAL_EVERY)
 CTC = ("SupervisedTrainer.ctc_weight = 0.3",)
 SPEED = ("train_data/make_dataset.speed_factors = (0.9, 1.0, 1.1)",)
@@ -143,6 +144,19 @@ PROBES = {
             *LEAN_STUDENT,
         ),
         _student("student_lean_ctc", "student_lean", "CTC weight 0.3", *LEAN_STUDENT, *CTC),
+        _student(
+            "student_stack",
+            "student_lean",
+            "stacking front end (8 frames, no convolution)",
+            *STACK_STUDENT,
+        ),
+        _student(
+            "student_lean_respoken",
+            "student_lean",
+            "3x labelled audio",
+            *LEAN_STUDENT,
+            *RESPOKEN,
+        ),
         _student(
             "student_lean_respoken_speed",
             "student_lean",
