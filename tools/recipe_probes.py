@@ -65,6 +65,8 @@ LEAN_STUDENT = (
 STACK_STUDENT = ("conformer_student.frontend = 'stack'", "NUM_STEPS = 3000", EVAL_EVERY)
 STACK = ("conformer_teacher.frontend = 'stack'", "NUM_STEPS = 6000", EVAL_EVERY)
 CTC = ("SupervisedTrainer.ctc_weight = 0.3",)
+# Anneal to zero at the run's last step (WarmupDecay's cosine branch).
+COSINE = ("WarmupDecay.decay = 'cosine'", "WarmupDecay.decay_steps = %NUM_STEPS")
 SPEED = ("train_data/make_dataset.speed_factors = (0.9, 1.0, 1.1)",)
 LATE_SPECAUG = (
     "SupervisedTrainer.spec_augment = @SpecAugment()",
@@ -117,6 +119,22 @@ PROBES = {
             *LATE_SPECAUG,
         ),
         _teacher(
+            "teacher_stack_respoken_long",
+            "teacher_stack_respoken",
+            "12,000 steps",
+            *STACK,
+            *RESPOKEN,
+            "NUM_STEPS = 12000",
+        ),
+        _teacher(
+            "teacher_stack_respoken_cosine",
+            "teacher_stack_respoken",
+            "cosine decay to 0 at the last step (instead of inverse square root)",
+            *STACK,
+            *RESPOKEN,
+            *COSINE,
+        ),
+        _teacher(
             "teacher_stack_respoken_ctc",
             "teacher_stack_respoken",
             "CTC weight 0.3",
@@ -149,6 +167,13 @@ PROBES = {
             "student_lean",
             "stacking front end (8 frames, no convolution)",
             *STACK_STUDENT,
+        ),
+        _student(
+            "student_lean_cosine",
+            "student_lean",
+            "cosine decay to 0 at the last step (instead of inverse square root)",
+            *LEAN_STUDENT,
+            *COSINE,
         ),
         _student(
             "student_lean_respoken",
