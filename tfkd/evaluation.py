@@ -180,6 +180,8 @@ def load_checkpoint(model, model_dir, checkpoint=None):
       FileNotFoundError: no checkpoint in `model_dir`.
       RuntimeError: some model weights are invisible to `tf.train.Checkpoint`, so the
         checkpoint cannot hold them and the model would silently keep random values.
+      ValueError: the checkpoint is unreadable or does not fit the model (one line naming it
+        and the model directory's operative config).
     """
     path = checkpoint or tf.train.latest_checkpoint(model_dir)
     if not path:
@@ -193,9 +195,19 @@ def load_checkpoint(model, model_dir, checkpoint=None):
             f"(e.g. {missing[:3]}), so no checkpoint holds them. Under Keras 3 on TF, layers kept "
             "in a plain Python list attribute are invisible to TF checkpoints."
         )
-    status = root.restore(path)
-    status.expect_partial()  # the optimizer slots are not needed
-    status.assert_existing_objects_matched()
+    try:
+        status = root.restore(path)
+        status.expect_partial()  # the optimizer slots are not needed
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, IndexError, ValueError, AssertionError) as e:
+        # Corrupt files give "Read less bytes than requested"; other builder bindings, shapes.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        config = os.path.join(model_dir or os.path.dirname(path), "operative_config.gin")
+        raise ValueError(
+            f"checkpoint {path} does not restore into {model.name} ({type(e).__name__}: "
+            f"{first[:300]}); build the model with the bindings of {config} (the config it was "
+            "trained with), or restore the checkpoint's files if they are corrupt"
+        ) from e
     return path, int(step.numpy())
 
 

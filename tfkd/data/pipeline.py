@@ -67,6 +67,30 @@ def _sentinel(with_nbest: bool, with_soft: bool = False) -> bytes:
     return records.serialize_utterance(utt)
 
 
+#: The pseudo-label fields `with_nbest` reads (`tfkd.data.records`).
+NBEST_RECORD_FIELDS = ("nbest/token_ids", "nbest/lengths", "nbest/teacher_scores")
+#: How pseudo-label records are made (named when plain records are read `with_nbest`).
+PSEUDO_LABEL_COMMAND = "bin/pseudo_label --teacher_dir=<teacher model_dir> --output_dir=<dir>"
+
+
+def missing_nbest_fields(path: str) -> list[str]:
+    """Host: the `nbest/*` fields that the first record of `path` lacks ([] if none, or if the
+    file has no readable record: the pipeline reports that one)."""
+    examples = reading.first_examples(path, 1)
+    if not examples:
+        return []
+    present = examples[0].features.feature
+    return [f for f in NBEST_RECORD_FIELDS if f not in present]
+
+
+def plain_records_message(path: str, missing: Sequence[str], command: str) -> str:
+    """One line: `path` holds plain records where pseudo-labels were expected, and the fix."""
+    return (
+        f"{path}: record 0 lacks the N-best fields {', '.join(missing)}: these are plain "
+        f"records, not pseudo-labels; make pseudo-labels with {command}"
+    )
+
+
 def _parse_fn(with_nbest: bool, with_text: bool, with_soft: bool = False):
     """serialized [] → the batch fields of one utterance; raises on invalid records."""
 
@@ -223,7 +247,8 @@ def make_dataset(
 
     Raises:
         FileNotFoundError: nothing matches `file_pattern`.
-        ValueError: inconsistent options.
+        ValueError: inconsistent options; with `with_nbest`, the first file's first record
+            has no `nbest/*` fields (plain records, not pseudo-labels).
     """
     if global_batch_size <= 0:
         raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
@@ -244,6 +269,11 @@ def make_dataset(
         )
 
     files = reading.list_files(file_pattern)
+    if with_nbest:
+        # Checked here, on the host: in the graph a plain record is only "not a valid Example".
+        missing = missing_nbest_fields(files[0][0])
+        if missing:
+            raise ValueError(plain_records_message(files[0][0], missing, PSEUDO_LABEL_COMMAND))
     if speed_factors is not None:
         speed_factors = speed_perturb.check_factors(speed_factors)
         if with_nbest:

@@ -15,18 +15,55 @@ code cannot catch errors, so each file is read as follows (all in `tf.data`):
 
 In strict mode a loss raises `InvalidArgumentError` naming the file, the record
 number and the byte offset. With `skip_bad_records` it logs a warning with the
-same details and adds to a `BadRecordCounter`. Only uncompressed files are
-supported, since the byte check compares against the file size.
+same details through Python logging (logger `tfkd.data.reading`, visible whatever
+`TF_CPP_MIN_LOG_LEVEL` says), adds to the process-wide count `skipped_records()`
+(the training loop logs it and writes it to TensorBoard) and to a
+`BadRecordCounter` when one is given. Only uncompressed files are supported,
+since the byte check compares against the file size.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 # Each TFRecord is: uint64 length, uint32 CRC of length, payload, uint32 CRC.
 _FRAMING_BYTES = 16
+
+_log = logging.getLogger(__name__)
+
+
+class _SkipTally:
+    """Host: records skipped by every `skip_bad_records` pipeline of this process."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.enabled = False
+        self.total = 0
+
+
+_TALLY = _SkipTally()
+
+
+def skipped_records() -> int | None:
+    """Host: bad records (or file tails) skipped so far in this process.
+
+    None when no pipeline of this process reads with `skip_bad_records=True` (nothing to
+    count), else the count, 0 included. The training loop logs it and writes it to TensorBoard.
+    """
+    with _TALLY.lock:
+        return _TALLY.total if _TALLY.enabled else None
+
+
+def reset_skipped_records() -> None:
+    """Host: forgets the count of `skipped_records()` (for tests and long-lived processes)."""
+    with _TALLY.lock:
+        _TALLY.enabled, _TALLY.total = False, 0
 
 
 class BadRecordCounter:
@@ -80,6 +117,9 @@ def checked_records(
     Returns:
         A dataset of `parse_fn` outputs in file order.
     """
+    if skip_bad_records:
+        with _TALLY.lock:
+            _TALLY.enabled = True
     file_size = tf.cast(file_size, tf.int64)
     raw = tf.data.TFRecordDataset(filename).ignore_errors(log_warning=True)
     raw = raw.map(lambda r: (r, False))
@@ -112,8 +152,8 @@ def checked_records(
             bad = lost + tf.cast(tail > 0, tf.int64)
             if counter is not None:
                 counter.variable.assign_add(bad)
-            tf.cond(lost > 0, lambda: _warn_lost(filename, expected, lost), lambda: zero)
-            tf.cond(tail > 0, lambda: _warn_tail(filename, offset, file_size), lambda: zero)
+            tf.cond(lost > 0, lambda: _report_lost(filename, expected, lost), lambda: zero)
+            tf.cond(tail > 0, lambda: _report_tail(filename, offset, file_size), lambda: zero)
         else:
             tf.debugging.Assert(
                 lost == 0,
@@ -122,7 +162,8 @@ def checked_records(
                     expected,
                     "of",
                     filename,
-                    "is not a valid tfkd Example (parse error logged above);",
+                    "is not a valid tfkd Example: a field is missing or malformed (TensorFlow logs",
+                    "its parse error with TF_CPP_MIN_LOG_LEVEL=0);",
                     "make_dataset(skip_bad_records=True) skips such records",
                 ],
             )
@@ -146,27 +187,51 @@ def checked_records(
     return checked.filter(lambda is_end, _: tf.logical_not(is_end)).map(lambda _, ex: ex)
 
 
-def _warn_lost(filename, first, count):
-    tf.print(
-        "tfkd: skipped",
+def _count_skipped(count: int) -> None:
+    with _TALLY.lock:
+        _TALLY.total += int(count)
+
+
+def _log_lost(filename, first, count):
+    _count_skipped(count)
+    _log.warning(
+        "skipped %d unparseable record(s) from record %d of %s",
         count,
-        "unparseable record(s) from record",
         first,
-        "of",
-        filename,
-        output_stream=tf.compat.v1.logging.warning,
+        filename.decode("utf-8", "replace"),
     )
-    return tf.constant(0, tf.int64)
+    return np.int64(0)
 
 
-def _warn_tail(filename, offset, file_size):
-    tf.print(
-        "tfkd: skipped the corrupt or truncated rest of",
-        filename,
-        "from byte",
+def _log_tail(filename, offset, file_size):
+    _count_skipped(1)
+    _log.warning(
+        "skipped the corrupt or truncated rest of %s from byte %d of %d",
+        filename.decode("utf-8", "replace"),
         offset,
-        "of",
         file_size,
-        output_stream=tf.compat.v1.logging.warning,
     )
-    return tf.constant(0, tf.int64)
+    return np.int64(0)
+
+
+def _report_lost(filename, first, count):
+    # A host callback, not tf.print: TF's C++ log is silenced by TF_CPP_MIN_LOG_LEVEL=2.
+    return tf.numpy_function(_log_lost, [filename, first, count], tf.int64, stateful=True)
+
+
+def _report_tail(filename, offset, file_size):
+    return tf.numpy_function(_log_tail, [filename, offset, file_size], tf.int64, stateful=True)
+
+
+def first_examples(path: str, limit: int = 1) -> list[tf.train.Example]:
+    """Host: up to `limit` records from the start of a TFRecord file, parsed as Examples.
+
+    Unreadable or unparseable records end the list early (the pipeline reports them).
+    """
+    examples = []
+    try:
+        for raw in tf.data.TFRecordDataset(path).take(limit):
+            examples.append(tf.train.Example.FromString(raw.numpy()))
+    except (tf.errors.OpError, DecodeError):
+        pass
+    return examples

@@ -8,6 +8,7 @@ so a SavedModel can return text without a Python callback.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Iterable, Sequence
@@ -186,3 +187,17 @@ class IdsToText(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pieces": self.pieces}
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes: the fingerprint of a SentencePiece model file."""
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
+    """Whether two models map every id to the same piece (so their token ids mean the same)."""
+    return a.pieces == b.pieces

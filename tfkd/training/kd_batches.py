@@ -58,11 +58,18 @@ def pseudo_label_dataset(
 
     Raises:
         FileNotFoundError: nothing matches `file_pattern`; the message names `command`.
+        ValueError: the first file's first record has no `nbest/*` fields (plain records);
+            the message names the fields and `command`.
     """
-    if not tf.io.gfile.glob(file_pattern):
+    files = sorted(tf.io.gfile.glob(file_pattern))
+    if not files:
         raise FileNotFoundError(
             f"no pseudo-label records match {file_pattern!r}. Make them with:\n  {command}"
         )
+    missing = pipeline.missing_nbest_fields(files[0])
+    if missing:
+        last = command.splitlines()[-1].strip()  # the pseudo-label step of the command
+        raise ValueError(pipeline.plain_records_message(files[0], missing, last))
     return dataset_fn(file_pattern, with_nbest=True, **kwargs)
 
 
