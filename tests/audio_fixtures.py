@@ -42,3 +42,30 @@ def truncate(path: str, fraction: float) -> None:
         data = f.read()
     with open(path, "wb") as f:
         f.write(data[: int(len(data) * fraction)])
+
+
+def flip_bits(path: str, offset: int, mask: int = 0x10) -> None:
+    """XORs the byte at `offset` (negative: from the end) with `mask`, in place."""
+    with open(path, "r+b") as f:
+        f.seek(offset, os.SEEK_SET if offset >= 0 else os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ mask]))
+
+
+def garbage_frames(path: str, keep: float = 1 / 3, seed: int = 0) -> None:
+    """Keeps the first `keep` of the file's bytes (the header intact) and replaces the rest with
+    random bytes, keeping the size: the FLAC that hung tensorflow-io's decoder."""
+    with open(path, "rb") as f:
+        data = f.read()
+    cut = int(len(data) * keep)
+    noise = np.random.default_rng(seed).integers(0, 256, len(data) - cut, dtype=np.uint8)
+    with open(path, "wb") as f:
+        f.write(data[:cut] + noise.tobytes())
+
+
+def random_bytes(path: str, num_bytes: int, seed: int = 0) -> None:
+    """Writes `num_bytes` random bytes (e.g. a `.wav` that is no audio at all)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(np.random.default_rng(seed).integers(0, 256, num_bytes, dtype=np.uint8).tobytes())

@@ -128,6 +128,7 @@ def test_round_trip_bad_inputs_and_manifest(corpus, spm_model, tmp_path, capsys)
         "corrupt_audio": 2,
         "unsupported_audio": 1,
         "wrong_sample_rate": 1,
+        "too_short": 0,
         "missing_audio": 1,
         "missing_transcript": 1,
         "empty_transcript": 1,
@@ -136,7 +137,7 @@ def test_round_trip_bad_inputs_and_manifest(corpus, spm_model, tmp_path, capsys)
     # Each bad input is named on stderr and in the manifest.
     for name, words in [
         ("26-495-0002.flac", "corrupt or truncated"),
-        ("26-495-0003.flac", "not a FLAC stream"),
+        ("26-495-0003.flac", "not a FLAC file ('fLaC' header): it holds unrecognised bytes"),
         ("26-495-0007.flac", "22050 Hz, expected 16000 Hz"),
         ("26-495-0005.flac", "no transcript line"),
         ("26-495-0004", "has no audio"),
@@ -341,7 +342,7 @@ def test_prepare_cli_with_two_jobs(corpus, tmp_path, spm_model):
     with open(os.path.join(out, "dev.manifest.json")) as f:
         m = json.load(f)
     assert m["num_utterances"] == 6 and m["problems"]["corrupt_audio"] == 2
-    assert "26-495-0003.flac: not a FLAC stream" in r.stderr
+    assert "26-495-0003.flac: not a FLAC file" in r.stderr
     assert sorted(read_records(out, "dev")) == sorted(GOOD)
     r = _run_tool(*args)
     assert r.returncode == 0 and r.stderr.count("finished earlier and intact; skipped") == 3

@@ -320,7 +320,7 @@ def decode(
     if reply[0] != "ok":
         if info.container == "flac":
             raise CorruptAudioError(
-                f"{name}: corrupt FLAC ({reply[1]}; `flac -t` fails it too); {_FIX}"
+                f"{name}: corrupt or truncated FLAC ({reply[1]}; `flac -t` fails it too); {_FIX}"
             )
         raise CorruptAudioError(f"{name}: corrupt WAV ({reply[1]}); {_FIX}")
     _, raw, rate, channels = reply

@@ -11,7 +11,10 @@ Output in OUTPUT_DIR:
 - `<split>.manifest.json`: counts, hours, problems by kind, vocabulary coverage.
 
 Bad input never stops the run and is never written: each case is reported on stderr with the
-file name and counted under `problems` in the manifest (see `PROBLEM_KINDS`).
+file name and counted under `problems` in the manifest (see `PROBLEM_KINDS`); the summary line
+with the counts is also logged at INFO. A corrupt FLAC cannot hang a run: libFLAC checks frame
+CRCs and each decode is bounded in time (`audio_io.decode`). Pool workers exit when the parent
+dies, even by SIGKILL (`shard_writer.exit_with_parent`).
 """
 
 from __future__ import annotations
@@ -19,23 +22,26 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import logging
 import math
 import multiprocessing
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator
 
 from tqdm import tqdm
 
-from tfkd.data import records, shard_writer
+from tfkd.data import audio_io, records, shard_writer
 from tfkd.data.shard_writer import shard_name, shard_pattern  # noqa: F401  (public here too)
 from tfkd.data.tokenizer import UNK_ID, Tokenizer
 
 PROBLEM_KINDS = (
-    "corrupt_audio",  # undecodable or truncated audio file
+    "corrupt_audio",  # undecodable, truncated, failed frame CRC, or decoding timed out
     "unsupported_audio",  # not mono 16-bit
     "wrong_sample_rate",  # not at the target rate and resampling not asked for
+    "too_short",  # shorter than one feature window (`shard_writer.MIN_SECONDS`)
     "missing_audio",  # transcript line without an audio file
     "missing_transcript",  # audio file without a transcript line
     "empty_transcript",  # transcript line with no words
@@ -45,7 +51,14 @@ AUDIO_EXTENSIONS = (".flac", ".wav")
 TRANSCRIPT_SUFFIX = ".trans.txt"
 DEFAULT_SHARD_SIZE = 500
 # Bump when what a shard holds changes, so that resume rewrites old shards.
-_FORMAT_VERSION = 1
+# 2: libFLAC decoding, too-short audio and zero-width-only transcripts skipped.
+_FORMAT_VERSION = 2
+
+logger = logging.getLogger(__name__)
+
+
+class PrepareError(ValueError):
+    """An expected failure (bad arguments or input tree); the message names the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +81,13 @@ class Problem:
 
 
 def normalize_text(text: str) -> str:
-    """LibriSpeech transcripts are upper case; tfkd stores lower case, single spaces."""
+    """LibriSpeech transcripts are upper case; tfkd stores lower case, single spaces.
+
+    Invisible format characters (Unicode category Cf: zero-width space U+200B, joiners, BOM U+FEFF,
+    soft hyphen) are removed first: `str.split` does not treat them as spaces, so a line of only
+    U+200B would otherwise be a one-"word" transcript with no tokens.
+    """
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
     return " ".join(text.split()).lower()
 
 
@@ -102,7 +121,10 @@ def scan(root: str) -> tuple[list[Source], list[Problem]]:
         FileNotFoundError: if `root` is not a directory.
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: not a directory")
+        raise FileNotFoundError(
+            f"{root}: not a directory; give the root of a LibriSpeech-layout tree "
+            "(e.g. LibriSpeech/dev-clean)"
+        )
     problems: list[Problem] = []
     transcripts: dict[str, tuple[str, str, int]] = {}
     for path, lineno, uid, text in read_transcripts(root):
@@ -226,6 +248,7 @@ def prepare(
     sample_rate: int = records.SAMPLE_RATE,
     verify: bool = True,
     progress: bool = True,
+    decode_timeout_s: float = audio_io.DEFAULT_TIMEOUT_S,
 ) -> dict:
     """Converts a LibriSpeech-layout directory into sharded TFRecords and a manifest.
 
@@ -244,20 +267,28 @@ def prepare(
         sample_rate: target rate in Hz.
         verify: read finished shards back before skipping them.
         progress: show a tqdm bar on stderr.
+        decode_timeout_s: the longest one file may take to decode; a file that takes longer is
+            counted as `corrupt_audio` (the decoder is killed), so a corrupt file never hangs.
 
     Returns:
         The manifest dict (also written to `<output_dir>/<split>.manifest.json`).
 
     Raises:
-        FileNotFoundError: `input_dir` is missing. ValueError: bad option values, or no audio
-        and no transcript at all under `input_dir`.
+        FileNotFoundError: `input_dir` is missing. PrepareError (a ValueError): bad option
+        values, a missing `spm_model`, or no audio and no transcript at all under `input_dir`.
     """
     if num_shards is not None and shard_size is not None:
-        raise ValueError("give num_shards or shard_size, not both")
+        raise PrepareError("give num_shards or shard_size, not both")
     if (num_shards is not None and num_shards < 1) or (shard_size is not None and shard_size < 1):
-        raise ValueError("num_shards and shard_size must be positive")
+        raise PrepareError("num_shards and shard_size must be positive")
     if jobs < 1:
-        raise ValueError(f"jobs must be positive, got {jobs}")
+        raise PrepareError(f"jobs must be positive, got {jobs}")
+    if not decode_timeout_s > 0:
+        raise PrepareError(f"decode_timeout_s must be positive, got {decode_timeout_s}")
+    if spm_model and not os.path.isfile(spm_model):
+        raise PrepareError(
+            f"{spm_model}: no such SentencePiece model; make one with tools/train_spm.py"
+        )
     split = split or os.path.basename(os.path.normpath(input_dir))
 
     def say(msg: str) -> None:
@@ -265,7 +296,7 @@ def prepare(
 
     sources, scan_problems = scan(input_dir)
     if not sources and not scan_problems:
-        raise ValueError(
+        raise PrepareError(
             f"{input_dir}: no audio ({'/'.join(AUDIO_EXTENSIONS)}) and no *{TRANSCRIPT_SUFFIX} "
             "found; expected LibriSpeech layout <speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac"
         )
@@ -296,6 +327,7 @@ def prepare(
                 "sample_rate": sample_rate,
                 "resample": resample,
                 "verify": verify,
+                "decode_timeout_s": decode_timeout_s,
             }
         )
 
@@ -332,12 +364,14 @@ def prepare(
     }
     shard_writer.write_json_atomic(manifest_path(output_dir, split), manifest)
     detail = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-    say(
+    summary = (
         f"{split}: {num_records} utterances, {manifest['hours']:.3f} h in {num_shards} shards "
         f"({len(manifest['shards_skipped'])} already done); "
         + (f"{len(problems)} inputs skipped ({detail})" if problems else "no input skipped")
         + f"; manifest {manifest_path(output_dir, split)}"
     )
+    say(summary)
+    logger.info(summary)
     return manifest
 
 

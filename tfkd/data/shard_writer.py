@@ -15,8 +15,12 @@ import collections
 import glob
 import hashlib
 import json
+import math
+import multiprocessing
+import multiprocessing.connection
 import os
 import re
+import threading
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -38,6 +42,17 @@ def shard_pattern(output_dir: str, split: str) -> str:
 def stats_path(shard_path: str) -> str:
     """The finish mark of a shard: `<split>-00003-of-00008.stats.json`."""
     return shard_path[: -len(".tfrecord")] + ".stats.json"
+
+
+# The shortest audio worth a record: one 25 ms analysis window, `tfkd.features.LogMel`'s default.
+# Shorter audio gives zero feature frames, so zero encoder frames, and the RNN-T loss would stop
+# training later with "logit_lengths must be >= 1" without naming the utterance.
+MIN_SECONDS = 0.025
+
+
+def min_samples(sample_rate: int) -> int:
+    """Samples in `MIN_SECONDS` at `sample_rate` (400 at 16 kHz)."""
+    return math.ceil(sample_rate * MIN_SECONDS - 1e-9)
 
 
 def fingerprint(sources: list[dict], options: dict) -> str:
@@ -62,14 +77,53 @@ def set_progress(callback: Callable[[int], None]) -> Callable[[int], None]:
     return previous
 
 
+# The temp shard this process is writing, removed when a worker dies with its parent.
+_current_tmp: str | None = None
+
+
+def _die_with_parent() -> None:
+    if _current_tmp:
+        try:
+            os.remove(_current_tmp)
+        except OSError:
+            pass
+    os._exit(1)
+
+
+def exit_with_parent(sentinel=None, on_exit: Callable[[], None] = _die_with_parent):
+    """Starts a daemon thread that calls `on_exit` (default: remove the temp shard, `_exit`) as
+    soon as the parent process dies.
+
+    Pool workers are not killed with a parent that gets SIGKILL; left alone they finished their
+    shards for seconds after `kill -9`. `sentinel` defaults to the spawned worker's
+    `multiprocessing.parent_process().sentinel`, a pipe end that becomes readable (EOF) when
+    the parent's end closes, which the kernel does when the parent dies.
+
+    Returns:
+        The watching thread.
+    """
+    if sentinel is None:
+        sentinel = multiprocessing.parent_process().sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        on_exit()
+
+    thread = threading.Thread(target=watch, name="exit_with_parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def init_worker(counter) -> None:
-    """Pool initializer: report progress through a shared `multiprocessing.Value`."""
+    """Pool initializer: report progress through a shared `multiprocessing.Value`, and die with
+    the parent."""
 
     def bump(n: int) -> None:
         with counter.get_lock():
             counter.value += n
 
     set_progress(bump)
+    exit_with_parent()
 
 
 def _count_records(path: str) -> int:
@@ -109,8 +163,13 @@ def _problem(kind: str, path: str, message: str) -> dict:
     return {"kind": kind, "path": path, "message": message}
 
 
-def load_audio(path: str, sample_rate: int, resample: bool):
-    """Reads one file for a record.
+def load_audio(
+    path: str,
+    sample_rate: int,
+    resample: bool,
+    timeout_s: float = audio_io.DEFAULT_TIMEOUT_S,
+):
+    """Reads one file for a record; never hangs longer than `timeout_s` on a corrupt file.
 
     Returns:
         (pcm int16 [N] at `sample_rate`, None), or (None, problem dict) for a file to skip.
@@ -126,9 +185,18 @@ def load_audio(path: str, sample_rate: int, resample: bool):
                 f"{path}: {info.sample_rate} Hz, expected {sample_rate} Hz; skipped "
                 "(resample=True / --resample would resample it)",
             )
-        pcm, rate = audio_io.decode(data, path)
+        pcm, rate = audio_io.decode(data, path, timeout_s)
         if rate != sample_rate:
             pcm = audio_io.resample(pcm, rate, sample_rate)
+        shortest = min_samples(sample_rate)
+        if pcm.shape[0] < shortest:
+            return None, _problem(
+                "too_short",
+                path,
+                f"{path}: {pcm.shape[0]} samples ({1000 * pcm.shape[0] / sample_rate:.2f} ms), "
+                f"shorter than one {1000 * MIN_SECONDS:g} ms feature window ({shortest} samples "
+                f"at {sample_rate} Hz), so no encoder frame; skipped",
+            )
         return pcm, None
     except audio_io.UnsupportedAudioError as e:
         return None, _problem("unsupported_audio", path, f"{e}; skipped")
@@ -149,7 +217,7 @@ def write_shard(task: dict) -> dict:
 
     Args:
         task: `name`, `output_dir`, `sources` (dicts), `fingerprint`, `spm_model` (or None),
-            `sample_rate`, `resample`, `verify`.
+            `sample_rate`, `resample`, `verify`, and optionally `decode_timeout_s`.
 
     Returns:
         The shard's stats (see the stats file) plus `skipped` and `rewrite_reason`.
@@ -172,33 +240,45 @@ def write_shard(task: dict) -> dict:
     unk_cache: dict[str, bool] = {}
     problems, speakers, durations = [], set(), []
     num_tokens = num_unk = oov_words = 0
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for src in sources:
-            pcm, problem = load_audio(src["audio_path"], task["sample_rate"], task["resample"])
-            _progress(1)
-            if problem is not None:
-                problems.append(problem)
-                continue
-            text = src["text"]
-            ids = tokenizer.encode(text) if tokenizer else []
-            utt = records.Utterance(
-                utterance_id=src["utterance_id"],
-                speaker_id=src["speaker_id"],
-                text=text,
-                pcm16=pcm,
-                sample_rate=task["sample_rate"],
-                token_ids=ids,
-            )
-            writer.write(records.serialize_utterance(utt))
-            speakers.add(src["speaker_id"])
-            durations.append(pcm.shape[0] / task["sample_rate"])
-            words.update(text.split())
-            if tokenizer:
-                pieces.update(ids)
-                num_tokens += len(ids)
-                num_unk += ids.count(UNK_ID)
-                oov_words += sum(_word_has_unk(tokenizer, w, unk_cache) for w in text.split())
+    global _current_tmp
+    tmp = _current_tmp = f"{path}.tmp-{os.getpid()}"
+    timeout_s = task.get("decode_timeout_s", audio_io.DEFAULT_TIMEOUT_S)
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for src in sources:
+                pcm, problem = load_audio(
+                    src["audio_path"], task["sample_rate"], task["resample"], timeout_s
+                )
+                _progress(1)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                text = src["text"]
+                ids = tokenizer.encode(text) if tokenizer else []
+                utt = records.Utterance(
+                    utterance_id=src["utterance_id"],
+                    speaker_id=src["speaker_id"],
+                    text=text,
+                    pcm16=pcm,
+                    sample_rate=task["sample_rate"],
+                    token_ids=ids,
+                )
+                writer.write(records.serialize_utterance(utt))
+                speakers.add(src["speaker_id"])
+                durations.append(pcm.shape[0] / task["sample_rate"])
+                words.update(text.split())
+                if tokenizer:
+                    pieces.update(ids)
+                    num_tokens += len(ids)
+                    num_unk += ids.count(UNK_ID)
+                    oov_words += sum(_word_has_unk(tokenizer, w, unk_cache) for w in text.split())
+    except BaseException:
+        # A bug or Ctrl-C: leave no half-written shard behind.
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        _current_tmp = None
     stats = {
         "fingerprint": task["fingerprint"],
         "num_records": len(durations),
