@@ -264,3 +264,41 @@ def test_skipped_records_are_logged_and_counted(tmp_path, caplog):
     finally:
         reading.reset_skipped_records()
     assert f"skipped the corrupt or truncated rest of {path} from byte" in caplog.text
+
+
+def test_training_skips_reach_the_log_and_tensorboard(clean_gin, tmp_path, caplog):
+    # Item 7 under the gin root that bin/train calls, with skip_bad_records bound in gin.
+    import glob
+
+    pattern = write_tiny_records(str(tmp_path / "records"), num_files=2, per_file=6)
+    first = sorted(tf.io.gfile.glob(pattern))[0]
+    with open(first, "ab") as f:
+        f.write(b"\x07" * 40)  # one corrupt tail
+    model_dir = tmp_path / "run"
+    config.parse_gin(
+        ["gin/test/tiny.gin"],
+        [
+            f"TRAIN_RECORDS = '{pattern}'",
+            # 4 steps of 4 read more than the 12 records: the corrupt tail is reached.
+            "NUM_STEPS = 4",
+            "train.progress = False",
+            "make_dataset.skip_bad_records = True",
+            "make_dataset.shuffle = False",
+        ],
+    )
+    reading.reset_skipped_records()
+    try:
+        with caplog.at_level("INFO"):
+            last = config.train(str(model_dir))
+    finally:
+        reading.reset_skipped_records()
+    assert last["skipped_records"] >= 1
+    assert f"skipped the corrupt or truncated rest of {first} from byte" in caplog.text
+    assert f"skipped_records={last['skipped_records']:.4g}" in caplog.text
+    values = []
+    for path in glob.glob(str(model_dir / "train" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            values += [
+                tf.make_ndarray(v.tensor) for v in event.summary.value if v.tag == "skipped_records"
+            ]
+    assert len(values) == 4 and values[-1] == last["skipped_records"]

@@ -31,6 +31,7 @@ import tensorflow as tf
 import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from tfkd.data import reading
 from tfkd.training import history, trainers
 from tfkd.training import strategy as strategy_lib
 
@@ -195,6 +196,9 @@ def train(
                 last = {k: v / n_accum for k, v in accum.items()}
                 last["learning_rate"] = _learning_rate(optimizer, current - 1)
                 last["steps_per_second"] = (current - step0) / max(time.time() - t0, 1e-9)
+                # Bad records skipped so far (skip_bad_records): in the log line and TensorBoard.
+                if reading.skipped_records() is not None:
+                    last["skipped_records"] = reading.skipped_records()
                 accum, n_accum = {}, 0
                 _write_scalars(writer, last, current)
                 bar.set_postfix(loss=f"{last[trainers.TOTAL]:.3f}", refresh=False)
