@@ -67,7 +67,10 @@ def test_unknown_probe_is_an_error_naming_it():
 
 
 TEACHER_KEYS = [f"conformer_teacher.{k}" for k in ("frontend", "num_layers", "dim", "dropout")]
-STUDENT_KEYS = [f"conformer_student.{k}" for k in ("frontend", "num_layers", "dim", "dropout")]
+STUDENT_KEYS = [
+    f"conformer_student.{k}"
+    for k in ("frontend", "subsampling_filters", "num_layers", "dim", "dropout")
+]
 SHARED_KEYS = [
     "%NUM_STEPS",
     "%PEAK_LR",
@@ -105,7 +108,7 @@ def _settings(files, bindings, keys):
     [
         ("teacher_stack_respoken", ["gin/teacher.gin", "gin/demo/teacher.gin"], TEACHER_KEYS),
         (
-            "student_demo_new",
+            "student_lean_respoken",
             ["gin/student_baseline.gin", "gin/demo/student.gin", "gin/demo/baseline.gin"],
             STUDENT_KEYS,
         ),
