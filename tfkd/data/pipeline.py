@@ -269,11 +269,6 @@ def make_dataset(
         )
 
     files = reading.list_files(file_pattern)
-    if with_nbest:
-        # Checked here, on the host: in the graph a plain record is only "not a valid Example".
-        missing = missing_nbest_fields(files[0][0])
-        if missing:
-            raise ValueError(plain_records_message(files[0][0], missing, PSEUDO_LABEL_COMMAND))
     if speed_factors is not None:
         speed_factors = speed_perturb.check_factors(speed_factors)
         if with_nbest:
@@ -283,6 +278,11 @@ def make_dataset(
             )
     if soft_targets and not with_nbest:
         raise ValueError("soft_targets needs with_nbest (the targets follow hypothesis 0)")
+    if with_nbest:
+        # Checked here, on the host: in the graph a plain record is only "not a valid Example".
+        missing = missing_nbest_fields(files[0][0])
+        if missing:
+            raise ValueError(plain_records_message(files[0][0], missing, PSEUDO_LABEL_COMMAND))
     with_soft = bool(with_nbest and files) and (
         soft_targets if soft_targets is not None else records.has_soft_targets(files[0][0])
     )
