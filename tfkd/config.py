@@ -11,8 +11,11 @@ from Python (tests) ignores any global bindings.
 
 from __future__ import annotations
 
+import functools
+import glob
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 
 import gin
 import keras
@@ -55,15 +58,41 @@ for _builder in (
     gin.external_configurable(_builder)
 
 
+class GinConfigError(ValueError):
+    """A gin configuration names a macro or scope that nothing reads (a typo)."""
+
+
+# Macros that code reads with `gin.query_parameter` rather than a gin file with `%NAME`
+# (`tfkd.preflight`, `tfkd.trained_model`); any `<SPLIT>_RECORDS` names a split's records.
+MACROS_READ_BY_CODE = frozenset(
+    {
+        "SPM_MODEL",
+        "TEACHER_DIR",
+        "SOFT_TARGETS",
+        "VOCAB_SIZE",
+    }
+)
+_RECORDS_MACRO = re.compile(r"^[A-Z][A-Z0-9_]*_RECORDS$")
+# Scopes that code opens with `gin.config_scope` (none today: every scope is entered through a
+# `@scope/name` reference in a gin file).
+SCOPES_OPENED_BY_CODE: frozenset[str] = frozenset()
+
+_MACRO_REF = re.compile(r"%([A-Za-z_][A-Za-z0-9_./]*)")
+_SCOPED_REF = re.compile(r"@([A-Za-z_][A-Za-z0-9_./]*)/[A-Za-z_][A-Za-z0-9_.]*")
+
+
 def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> str:
     """Parses gin files and bindings strictly and returns the resulting config text.
 
     A misspelt configurable or parameter raises (`skip_unknown=False`); so does an include or
-    file that cannot be found. `include` lines (`include 'gin/models/...'`) and `--gin_file`
-    names resolve against the current directory first, then tfkd's source tree (the parent of
-    `gin/`), so configs work from any directory.
+    file that cannot be found, a macro that nothing references (`NUM_STEPZ = 3`) and a scope
+    that nothing enters (`train_dta/make_dataset.max_duration_s = 3.0`); see `check_names`.
+    `include` lines (`include 'gin/models/...'`) and `--gin_file` names resolve against the
+    current directory first, then tfkd's source tree (the parent of `gin/`), so configs work
+    from any directory.
 
     Raises:
+        GinConfigError: an unknown macro or scope, named.
         ValueError, KeyError, IOError: from gin, naming the offending binding or file.
     """
     if REPO_DIR not in _search_paths:
@@ -72,7 +101,111 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> str:
     gin.parse_config_files_and_bindings(
         list(files), list(bindings), skip_unknown=False, finalize_config=False
     )
+    check_names()
     return gin.config_str()
+
+
+def check_names() -> None:
+    """Raises if the parsed configuration binds a macro or a scope that nothing uses.
+
+    Known macros: those referenced as `%NAME` by the parsed configuration or by any gin file
+    shipped in `gin/` (overlays such as `gin/demo/*.gin` reference macros that their base files
+    define), those that code reads (`MACROS_READ_BY_CODE`, `*_RECORDS`). Known scopes: those
+    of `@scope/name` references in the configuration or in the shipped files, and
+    `SCOPES_OPENED_BY_CODE`; a nested scope `a/b` is known when `a` and `b` are. `check_run_scopes`
+    is stricter about scopes, for a complete run configuration.
+
+    Raises:
+        GinConfigError: naming each unknown macro or scoped binding.
+    """
+    macros, scopes = _parsed_references()
+    shipped_macros, shipped_scopes = _shipped_references()
+    known_macros = macros | shipped_macros | MACROS_READ_BY_CODE
+    known_scopes = scopes | shipped_scopes | SCOPES_OPENED_BY_CODE
+    problems = []
+    for name in sorted(_bound_macros()):
+        if name not in known_macros and not _RECORDS_MACRO.match(name):
+            problems.append(
+                f"macro {name} is bound but nothing references %{name} (a misspelt macro?)"
+            )
+    for scope, selector in _scoped_bindings():
+        unknown = [c for c in scope.split("/") if c not in known_scopes]
+        if unknown:
+            problems.append(
+                f"scope {'/'.join(unknown)!r} of {scope}/{selector} is never entered: no "
+                f"@{unknown[0]}/... reference uses it (a misspelt scope?)"
+            )
+    if problems:
+        raise GinConfigError("; ".join(problems))
+
+
+def check_run_scopes() -> None:
+    """Raises if a scoped binding names a scope that this (complete) run configuration never enters.
+
+    `check_names` accepts a scope that some shipped gin file uses, so that overlays parse on
+    their own; a run whose files never reference `@train_data/...` would still ignore
+    `train_data/make_dataset.max_duration_s`. bin/train calls this after `parse_gin`.
+
+    Raises:
+        GinConfigError: naming each scoped binding that the run would not read.
+    """
+    _, scopes = _parsed_references()
+    known = scopes | SCOPES_OPENED_BY_CODE
+    problems = [
+        f"{scope}/{selector} is never read: this configuration enters no scope {scope!r} "
+        f"(it references no @{scope}/...)"
+        for scope, selector in _scoped_bindings()
+        if scope not in known
+    ]
+    if problems:
+        raise GinConfigError("; ".join(problems))
+
+
+def _bound_macros() -> set[str]:
+    return {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}
+
+
+def _scoped_bindings() -> list[tuple[str, str]]:
+    """[(scope, "name.param")] of the scoped bindings: ("train_data", "make_dataset.shuffle")."""
+    return sorted(
+        (scope, f"{selector.rsplit('.', 1)[-1]}.{param}")
+        for (scope, selector), params in gin.config._CONFIG.items()
+        if scope and selector != "gin.macro"
+        for param in params
+    )
+
+
+def _parsed_references() -> tuple[set[str], set[str]]:
+    """(macro names referenced as %NAME, scope components and prefixes of @scope/... references)
+    in the parsed configuration."""
+    macros, scopes = set(), set()
+    for ref in gin.config.iterate_references(gin.config._CONFIG):
+        if ref.selector == "gin.macro":
+            macros.add("/".join(ref.scopes))
+        elif ref.selector != "gin.constant" and ref.scopes:
+            scopes.update(_scope_names(ref.scopes))
+    return macros, scopes
+
+
+def _scope_names(components: Iterable[str]) -> set[str]:
+    """Components and prefixes: ["a", "b"] -> {"a", "b", "a/b"}."""
+    components = list(components)
+    names = set(components)
+    names.update("/".join(components[: i + 1]) for i in range(len(components)))
+    return names
+
+
+@functools.cache
+def _shipped_references() -> tuple[frozenset[str], frozenset[str]]:
+    """(%NAME macros, @scope/... scopes) that the gin files under `gin/` reference."""
+    macros, scopes = set(), set()
+    for path in glob.glob(os.path.join(GIN_DIR, "**", "*.gin"), recursive=True):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        macros.update(_MACRO_REF.findall(text))
+        for scope in _SCOPED_REF.findall(text):
+            scopes.update(_scope_names(scope.split("/")))
+    return frozenset(macros), frozenset(scopes)
 
 
 _search_paths: set[str] = set()

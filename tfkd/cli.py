@@ -1,0 +1,70 @@
+"""What every `bin/` entry point shares: an expected failure is one line on stderr and exit code 2.
+
+Expected failures are those a user fixes by changing the command, the configuration or the input:
+- `UsageError`, raised by `bin/` scripts for their own checks;
+- `ValueError` (gin's errors, `tfkd.config.GinConfigError`, argument checks), `FileNotFoundError`
+  and other `OSError`s, and `KeyError` (gin), when raised by tfkd's or gin's own code: those are
+  checks that name the bad value.
+
+Anything else, or a `ValueError` raised inside TensorFlow or Keras, is a bug (or a check tfkd is
+missing) and keeps its traceback. `TFKD_TRACEBACK=1` shows the traceback of expected failures too.
+This module imports neither TensorFlow nor gin, so that `--help` and bad flags stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+EXIT_USAGE = 2  # argparse's code for a bad command line
+
+_CHECKED = (ValueError, OSError, KeyError)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_BIN_DIR = os.path.join(os.path.dirname(_PACKAGE_DIR), "bin")
+_GIN_CONTEXT = re.compile(r"^\s+In call to configurable ")
+
+
+class UsageError(Exception):
+    """A failure the user fixes: a bad flag, configuration or input. The message says how."""
+
+
+def is_expected(error: BaseException) -> bool:
+    """Whether `error` is an expected failure (see the module docstring), not a bug."""
+    if isinstance(error, UsageError):
+        return True
+    if not isinstance(error, _CHECKED):
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return True  # raised directly by the entry point
+    where = os.path.abspath(frames[-1].filename)
+    return _is_ours(where) or f"{os.sep}gin{os.sep}" in where
+
+
+def _is_ours(path: str) -> bool:
+    return path.startswith(_PACKAGE_DIR + os.sep) or os.path.dirname(path) == _BIN_DIR
+
+
+def message(error: BaseException) -> str:
+    """The error's message without the lines gin appends ("In call to configurable 'train' ...")."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    lines = [line for line in text.splitlines() if not _GIN_CONTEXT.match(line)]
+    return "\n".join(lines).strip()
+
+
+def run(main: Callable[[Sequence[str] | None], int], prog: str, argv=None) -> int:
+    """Calls `main(argv)`; an expected failure becomes `PROG: message` on stderr and exit code 2.
+
+    Returns:
+        `main`'s return value, or `EXIT_USAGE`.
+    """
+    try:
+        return main(argv)
+    except Exception as e:  # sorted into expected failures and bugs below
+        if not is_expected(e) or os.environ.get("TFKD_TRACEBACK"):
+            raise
+        print(f"{prog}: {message(e)}", file=sys.stderr)
+        return EXIT_USAGE
