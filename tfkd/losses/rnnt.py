@@ -568,10 +568,30 @@ def rnnt_loss(logits, labels, logit_lengths, label_lengths, blank=0, fastemit_la
       `[B]` float32 loss.
 
     Raises:
-      tf.errors.InvalidArgumentError: on invalid lengths or labels (see `check_rnnt_inputs`).
+      ValueError: a Python `fastemit_lambda` < 0.
+      tf.errors.InvalidArgumentError: on invalid lengths or labels (see `check_rnnt_inputs`), or
+        a tensor `fastemit_lambda` < 0 (outside XLA).
     """
     name = "rnnt_loss"
+    fastemit_lambda = check_fastemit_lambda(fastemit_lambda, name)
     logits, labels, logit_lengths, label_lengths = _prepare(
         logits, labels, logit_lengths, label_lengths, blank, name
     )
     return -_full_sum(logits, labels, logit_lengths, label_lengths, blank, fastemit_lambda)
+
+
+def check_fastemit_lambda(fastemit_lambda, name="rnnt_loss"):
+    """`fastemit_lambda` if it is >= 0; λ < 0 scales the label gradient by 1+λ (λ = -1: loss 0).
+
+    A Python number is checked at once (ValueError); a tensor through an assert (graph mode).
+    """
+    if isinstance(fastemit_lambda, int | float):
+        if not fastemit_lambda >= 0:  # also NaN
+            raise ValueError(f"{name}: fastemit_lambda must be >= 0, got {fastemit_lambda!r}")
+        return fastemit_lambda
+    fastemit_lambda = tf.convert_to_tensor(fastemit_lambda, tf.float32)
+    check = tf.debugging.assert_non_negative(
+        fastemit_lambda, message=f"{name}: fastemit_lambda must be >= 0"
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(fastemit_lambda)

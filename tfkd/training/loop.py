@@ -95,10 +95,29 @@ def train(
     Returns:
         The last logged training means (term names, `loss`, `grad_norm`, `learning_rate`).
 
+    Raises:
+        ValueError: before any work, naming the gin binding (`train.num_steps`): a count or
+            interval that is not a positive integer (`eval_every`, `seed`: >= 0), an unknown
+            `mixed_precision`.
+        EmptyDatasetError: the training dataset yields no batch.
+
     Data order after a resume: a `tf.data` position cannot be checkpointed cheaply for shuffled,
     sharded audio, so a run resumed at step `s` rebuilds the pipeline with seed `seed + s`: the
     resumed run sees a fresh, reproducible shuffle rather than replaying the batches just seen.
     """
+    # Before any work: `num_steps = -5` would otherwise "finish" at once, 'four' fail much later.
+    for name, value, minimum in (
+        ("num_steps", num_steps, 1),
+        ("global_batch_size", global_batch_size, 1),
+        ("checkpoint_every", checkpoint_every, 1),
+        ("keep_checkpoints", keep_checkpoints, 1),
+        ("summary_every", summary_every, 1),
+        ("eval_every", eval_every, 0),
+        ("seed", seed, 0),
+    ):
+        trainers.check_number(f"train.{name}", value, minimum=minimum, integer=True)
+    if not isinstance(model_dir, str | os.PathLike) or not str(model_dir):
+        raise ValueError(f"train.model_dir must be a non-empty path, got {model_dir!r}")
     if mixed_precision not in _MIXED_POLICIES:
         raise ValueError(f"mixed_precision must be one of {_MIXED_POLICIES}")
     strat = strategy_lib.make_strategy(strategy, tpu_address=tpu_address)

@@ -18,6 +18,8 @@ batch; *host* code runs in the cross-replica context and sees reduced values.
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 from collections.abc import Mapping
 
 import keras
@@ -28,6 +30,33 @@ from tfkd import losses
 
 NUM_EXAMPLES = "num_examples"
 TOTAL = "loss"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_number(name, value, *, minimum, integer=False, exclusive=False) -> None:
+    """Host, at construction: raises unless `value` is a finite number (an int when `integer`)
+    >= `minimum` (> with `exclusive`).
+
+    Raises:
+        ValueError: naming `name`; a dotted name is a gin binding (`train.num_steps`) and the
+            message says to fix it.
+    """
+    if integer:
+        right_type = _is_int(value)
+    else:
+        right_type = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if right_type and math.isfinite(value):
+        if value > minimum or (value == minimum and not exclusive):
+            return
+    kind = "an integer" if integer else "a number"
+    if not right_type:
+        kind += f", not {type(value).__name__}"
+    hint = f": fix the gin binding {name} (or the macro it references)" if "." in name else ""
+    op = ">" if exclusive else ">="
+    raise ValueError(f"{name} must be {op} {minimum}, got {value!r} (expected {kind}){hint}")
 
 
 class LossTermsTrainer(abc.ABC):
@@ -65,7 +94,8 @@ class LossTermsTrainer(abc.ABC):
 
     Raises:
         ValueError: unknown `loss_weights` names (`ctc` is weighted by `ctc_weight`), a
-            non-positive batch size or `label_bucket`, a negative `ctc_weight`.
+            non-positive batch size, `label_bucket` or `clip_norm`, a negative `ctc_weight`,
+            loss weight or `spec_augment_start`.
     """
 
     #: The names `loss_terms` returns, in logging order. Subclasses set this.
@@ -88,22 +118,24 @@ class LossTermsTrainer(abc.ABC):
         label_bucket: int | None = None,
         ctc_weight: float = 0.0,
     ):
+        name = type(self).__name__
         if "ctc" in (loss_weights or {}):
             raise ValueError("weight the CTC term with ctc_weight, not loss_weights['ctc']")
         unknown = set(loss_weights or {}) - set(self.term_names)
         if unknown:
             raise ValueError(
                 f"loss_weights has unknown terms {sorted(unknown)}; "
-                f"{type(self).__name__} returns {list(self.term_names)}"
+                f"{name} returns {list(self.term_names)}"
             )
-        if global_batch_size <= 0:
-            raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
-        if label_bucket is not None and label_bucket < 1:
-            raise ValueError(f"label_bucket must be a positive int or None, got {label_bucket}")
-        if spec_augment_start < 0:
-            raise ValueError(f"spec_augment_start must be >= 0, got {spec_augment_start}")
-        if ctc_weight < 0:
-            raise ValueError(f"ctc_weight must be >= 0, got {ctc_weight}")
+        for term, weight in (loss_weights or {}).items():
+            check_number(f"{name}.loss_weights[{term!r}]", weight, minimum=0)
+        check_number("global_batch_size", global_batch_size, minimum=1, integer=True)
+        if label_bucket is not None and not (_is_int(label_bucket) and label_bucket >= 1):
+            raise ValueError(f"label_bucket must be a positive int or None, got {label_bucket!r}")
+        check_number(f"{name}.spec_augment_start", spec_augment_start, minimum=0, integer=True)
+        check_number(f"{name}.ctc_weight", ctc_weight, minimum=0)
+        if clip_norm is not None:
+            check_number(f"{name}.clip_norm", clip_norm, minimum=0, exclusive=True)
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -398,6 +430,8 @@ class SupervisedTrainer(LossTermsTrainer):
     def __init__(
         self, model, optimizer, *, fastemit_lambda: float = 0.0, joint_time_chunk=None, **kwargs
     ):
+        # λ < 0 would scale the label terms' gradient by 1 + λ <= 0 (λ = -1 zeroes the loss).
+        check_number(f"{type(self).__name__}.fastemit_lambda", fastemit_lambda, minimum=0)
         super().__init__(model, optimizer, **kwargs)
         self.fastemit_lambda = fastemit_lambda
         self.joint_time_chunk = joint_time_chunk
