@@ -94,6 +94,21 @@ out["blank_in_hyp"] = run(sc, waveform=wave, waveform_length=lengths, token_ids=
                           token_lengths=data["hyp_lengths"])
 out["hyp_shape_mismatch"] = run(sc, waveform=wave, waveform_length=lengths, token_ids=data["hyps"],
                                 token_lengths=data["hyp_lengths"][:, :1])
+# Wrong ranks: a loaded signature does not check them; the graph must, before anything else.
+import time
+one = wave[0, : lengths[0]]
+for name, fn, kw in (
+    ("rank_1d", serve, dict(waveform=one, waveform_length=lengths[:1])),
+    ("rank_3d", serve, dict(waveform=one[None, :, None], waveform_length=lengths[:1])),
+    ("scalar_length", serve, dict(waveform=one[None], waveform_length=lengths[0])),
+    ("nbest_rank_1d", loaded.signatures["transcribe_nbest"],
+     dict(waveform=one, waveform_length=lengths[:1])),
+    ("hyps_rank_2", sc, dict(waveform=wave, waveform_length=lengths, token_ids=data["hyps"][:, 0],
+                             token_lengths=data["hyp_lengths"])),
+):
+    start = time.time()
+    out[name] = run(fn, **kw)
+    out[name]["seconds"] = time.time() - start
 print(json.dumps(out, default=lambda b: b.decode()))
 """
 
@@ -230,6 +245,17 @@ def test_invalid_inputs_give_clear_errors(consumer):
     assert "maximum of 32000 samples (2 s)" in out["over_max"]["error"]
     assert "[1, " in out["blank_in_hyp"]["error"]
     assert "token_lengths must be [B, N]" in out["hyp_shape_mismatch"]["error"]
+
+
+def test_wrong_ranks_fail_at_once_naming_the_expected_shape(consumer):
+    out = consumer["out"]
+    for name in ("rank_1d", "rank_3d", "nbest_rank_1d"):
+        assert "waveform must be float32 [B, N] (rank 2" in out[name]["error"], name
+    assert "waveform_length must be int32 [B] (rank 1" in out["scalar_length"]["error"]
+    assert "not a scalar" in out["scalar_length"]["error"]
+    assert "token_ids must be int32 [B, N, U] (rank 3" in out["hyps_rank_2"]["error"]
+    for name in ("rank_1d", "rank_3d", "scalar_length", "nbest_rank_1d", "hyps_rank_2"):
+        assert out[name]["seconds"] < 5.0, (name, out[name]["seconds"])  # was 9-13 s for one
 
 
 def test_empty_and_sub_window_audio_give_empty_transcripts(consumer):

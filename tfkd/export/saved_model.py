@@ -14,7 +14,9 @@ any number of samples):
   token_lengths int32 [B, N])` -> `scores float32 [B, N]`, the full-sum log P(y|x).
 
 Input validation runs in the graph (`tf.debugging` asserts, so TF Serving returns the message as
-an INVALID_ARGUMENT error): batch sizes must agree, `0 <= waveform_length <= N`, the valid samples
+an INVALID_ARGUMENT error): first the ranks (a loaded signature does not check them, so a 1-D
+or `[1, N, 1]` waveform or a scalar length would otherwise fail deep in the graph), then batch
+sizes must agree, `0 <= waveform_length <= N`, the valid samples
 must be finite (NaN or Inf is an error; padding is never read), and `waveform_length` may not
 exceed the configured maximum duration. Empty audio is not an error: an utterance shorter than
 one analysis window (25 ms) has no frames and gets an empty transcript with score 0.
@@ -43,6 +45,42 @@ _WAVEFORM = tf.TensorSpec([None, None], tf.float32, name="waveform")
 _LENGTH = tf.TensorSpec([None], tf.int32, name="waveform_length")
 _TOKENS = tf.TensorSpec([None, None, None], tf.int32, name="token_ids")
 _TOKEN_LENGTHS = tf.TensorSpec([None, None], tf.int32, name="token_lengths")
+
+# What each input must look like, for the rank checks' messages.
+_EXPECTED = {
+    "waveform": "float32 [B, N] (rank 2: a batch of zero-padded mono waveforms; one utterance "
+    "is [1, N])",
+    "waveform_length": "int32 [B] (rank 1: valid samples per waveform row; one utterance is [1], "
+    "not a scalar)",
+    "token_ids": "int32 [B, N, U] (rank 3: N hypotheses of U tokens per waveform row)",
+    "token_lengths": "int32 [B, N] (rank 2)",
+}
+
+
+def _runtime_rank(x):
+    """int32 scalar rank of `x`, computed when the graph runs.
+
+    `tf.rank` and `tf.size(tf.shape(x))` are constant-folded from the signature's static rank,
+    which a caller of a loaded SavedModel can violate; a boolean mask has no static length.
+    """
+    shape = tf.shape(x)
+    return tf.size(tf.boolean_mask(shape, shape >= 0))
+
+
+def _rank_checked(**inputs):
+    """The `inputs` (name=tensor) as identities that exist only after their ranks are checked, so
+    that no op can fail on a wrong rank first."""
+    checks = [
+        tf.debugging.assert_equal(
+            _runtime_rank(x),
+            x.shape.rank,
+            message=f"{name} must be {_EXPECTED[name]}; got rank",
+            summarize=1,
+        )
+        for name, x in inputs.items()
+    ]
+    with tf.control_dependencies(checks):
+        return [tf.identity(x) for x in inputs.values()]
 
 
 class ServingModule(tf.Module):
@@ -93,6 +131,9 @@ class ServingModule(tf.Module):
 
     def _validated_features(self, waveform, waveform_length):
         """Checks the inputs, then returns (features [B, T, F], frame lengths [B])."""
+        waveform, waveform_length = _rank_checked(
+            waveform=waveform, waveform_length=waveform_length
+        )
         batch, samples = tf.shape(waveform)[0], tf.shape(waveform)[1]
         # First on its own: with mismatched batches the checks below would fail on shapes
         # before this message could be reported.
@@ -160,6 +201,12 @@ class ServingModule(tf.Module):
         }
 
     def _score_hypotheses(self, waveform, waveform_length, token_ids, token_lengths):
+        waveform, waveform_length, token_ids, token_lengths = _rank_checked(
+            waveform=waveform,
+            waveform_length=waveform_length,
+            token_ids=token_ids,
+            token_lengths=token_lengths,
+        )
         batch, n, max_u = tf.unstack(tf.shape(token_ids))
         shapes_ok = tf.debugging.assert_equal(
             tf.shape(token_lengths),
@@ -273,8 +320,10 @@ Signatures (batch-major; any batch size B and number of samples N):
 Audio: {module.frontend.sample_rate} Hz mono, float samples in [-1, 1), zero padded after
 `waveform_length`. Vocabulary: {module.vocab_size} ids, 0 = blank.
 
-Errors (INVALID_ARGUMENT): `waveform_length` < 0 or > N, NaN/Inf within the valid samples,
-audio longer than {seconds:g} s, mismatched batch sizes, token ids outside [1, {module.vocab_size}).
+Errors (INVALID_ARGUMENT): an input of another rank (a 1-D waveform, a scalar length: one
+utterance is `waveform` [1, N], `waveform_length` [1]), `waveform_length` < 0 or > N, NaN/Inf
+within the valid samples, audio longer than {seconds:g} s, mismatched batch sizes, token ids
+outside [1, {module.vocab_size}).
 Audio shorter than one 25 ms window gives an empty transcript (score 0).
 
 Serve with `tensorflow_model_server --rest_api_port=8501 --model_name=tfkd
