@@ -43,6 +43,20 @@ def test_expected_failures_become_one_line_and_exit_2(capsys, monkeypatch):
     assert capsys.readouterr().err == "bin/x: pass --model_dir\n"
 
 
+def test_file_errors_are_expected_wherever_raised(tmp_path, capsys):
+    def main(argv):
+        open(tmp_path / "missing.txt").read()  # raised by the standard library
+
+    assert cli.run(main, "bin/x") == 2
+    assert "No such file or directory" in capsys.readouterr().err
+
+    def tf_missing(argv):
+        tf.io.gfile.GFile(str(tmp_path / "missing.txt")).read()
+
+    assert cli.run(tf_missing, "bin/x") == 2
+    assert capsys.readouterr().err.startswith("bin/x: ")
+
+
 def test_bugs_keep_their_traceback(monkeypatch):
     monkeypatch.delenv("TFKD_TRACEBACK", raising=False)
 
@@ -51,6 +65,12 @@ def test_bugs_keep_their_traceback(monkeypatch):
 
     with pytest.raises(ValueError, match="not aligned"):
         cli.run(value_error_outside_tfkd, "bin/x")
+
+    def key_error(argv):  # only gin's KeyErrors (unknown names) are checks
+        return {}["missing"]
+
+    with pytest.raises(KeyError):
+        cli.run(key_error, "bin/x")
 
     def runtime_error(argv):
         raise RuntimeError("bug")

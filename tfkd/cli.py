@@ -2,9 +2,13 @@
 
 Expected failures are those a user fixes by changing the command, the configuration or the input:
 - `UsageError`, raised by `bin/` scripts for their own checks;
-- `ValueError` (gin's errors, `tfkd.config.GinConfigError`, argument checks), `FileNotFoundError`
-  and other `OSError`s, and `KeyError` (gin), when raised by tfkd's or gin's own code: those are
-  checks that name the bad value.
+- a file that is missing, exists already or may not be read or written, wherever raised
+  (`FileNotFoundError`, `FileExistsError`, `PermissionError`, `IsADirectoryError`,
+  `NotADirectoryError`, TensorFlow's `NotFoundError` and `PermissionDeniedError`): the message
+  names the path;
+- `ValueError` (argument checks, gin's errors, `tfkd.config.GinConfigError`) and other `OSError`s
+  when raised by tfkd's or gin's own code, and `KeyError` raised by gin: checks that name the bad
+  value.
 
 Anything else, or a `ValueError` raised inside TensorFlow or Keras, is a bug (or a check tfkd is
 missing) and keeps its traceback. `TFKD_TRACEBACK=1` shows the traceback of expected failures too.
@@ -21,7 +25,15 @@ from collections.abc import Callable, Sequence
 
 EXIT_USAGE = 2  # argparse's code for a bad command line
 
-_CHECKED = (ValueError, OSError, KeyError)
+_FILE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+_TF_FILE_ERRORS = ("NotFoundError", "PermissionDeniedError")  # tf.errors, named: no TF import
+_CHECKED = (ValueError, OSError)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _BIN_DIR = os.path.join(os.path.dirname(_PACKAGE_DIR), "bin")
 _GIN_CONTEXT = re.compile(r"^\s+In call to configurable ")
@@ -33,15 +45,21 @@ class UsageError(Exception):
 
 def is_expected(error: BaseException) -> bool:
     """Whether `error` is an expected failure (see the module docstring), not a bug."""
-    if isinstance(error, UsageError):
+    if isinstance(error, (UsageError, *_FILE_ERRORS)):
         return True
+    if any(
+        c.__name__ in _TF_FILE_ERRORS and c.__module__.startswith("tensorflow")
+        for c in type(error).__mro__
+    ):
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    where = os.path.abspath(frames[-1].filename) if frames else None
+    from_gin = where is not None and f"{os.sep}gin{os.sep}" in where
+    if isinstance(error, KeyError):
+        return from_gin  # gin's unknown-name errors; a KeyError in tfkd is a bug
     if not isinstance(error, _CHECKED):
         return False
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return True  # raised directly by the entry point
-    where = os.path.abspath(frames[-1].filename)
-    return _is_ours(where) or f"{os.sep}gin{os.sep}" in where
+    return where is None or _is_ours(where) or from_gin
 
 
 def _is_ours(path: str) -> bool:
