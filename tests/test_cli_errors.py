@@ -176,6 +176,9 @@ def test_bin_scripts_exit_2_with_one_line(tmp_path):
             f"--model_dir={tmp_path / 'run'}",
         ),
         "evaluate": _bin("evaluate", f"--model_dir={missing}", "--records=data/x-*.tfrecord"),
+        "evaluate_nothing": _bin(
+            "evaluate", f"--model_dir={missing}", f"--records=test={tmp_path}/none-*.tfrecord"
+        ),
         "export": _bin("export", f"--model_dir={missing}", f"--output={tmp_path / 'e' / '1'}"),
         "pseudo_label": _bin(
             "pseudo_label", f"--teacher_dir={missing}", f"--output_dir={tmp_path / 'p'}"
@@ -206,6 +209,9 @@ def test_bin_scripts_exit_2_with_one_line(tmp_path):
     assert last["evaluate"] == (
         "bin/evaluate: --records=data/x-*.tfrecord: expected --records=SPLIT=PATTERN, e.g. "
         "--records='test=data/records/test-*.tfrecord'"
+    )
+    assert last["evaluate_nothing"] == (
+        f"bin/evaluate: --records=test={tmp_path}/none-*.tfrecord matches no file"
     )
     for name in ("export", "pseudo_label", "convert_tflite"):
         assert last[name].startswith(f"bin/{name}: "), last[name]
