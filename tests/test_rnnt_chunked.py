@@ -156,6 +156,19 @@ def test_invalid_inputs_raise_a_clear_error(problem, overrides, message):
         rnnt_loss_from_joint(enc, pred, joint, **args)
 
 
+def test_negative_fastemit_lambda_is_rejected_before_the_joint_runs(problem):
+    joint, enc, pred, *args = problem
+    with pytest.raises(
+        ValueError, match=re.escape("rnnt_loss_from_joint: fastemit_lambda must be >= 0, got -1.0")
+    ):
+        rnnt_loss_from_joint(enc, pred, joint, *args, fastemit_lambda=-1.0)
+    assert joint.calls == []
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="rnnt_loss_from_joint: fastemit_lambda must be >= 0"
+    ):
+        rnnt_loss_from_joint(enc, pred, joint, *args, fastemit_lambda=tf.constant(-0.5))
+
+
 @pytest.mark.slow
 def test_chunked_peak_memory_stays_a_fraction_of_the_logits():
     """Peak extra resident memory of one training step in graph mode, measured by the benchmark's

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from tfkd.losses.rnnt import (
     captured,
+    check_fastemit_lambda,
     check_rnnt_inputs,
     check_static_dims,
     dense_grad,
@@ -327,7 +328,13 @@ def rnnt_loss_from_joint(
 
     Same arguments as `rnnt_log_prob_from_joint`, plus `fastemit_lambda` as in `rnnt_loss` (the
     value returned is then `(1+λ)·(−log P(y|x))`).
+
+    Raises:
+      ValueError: a Python `fastemit_lambda` < 0 (before the joint runs).
+      tf.errors.InvalidArgumentError: on invalid lengths or labels, or a tensor
+        `fastemit_lambda` < 0 (outside XLA).
     """
+    fastemit_lambda = check_fastemit_lambda(fastemit_lambda, "rnnt_loss_from_joint")
     return -_full_sum_from_joint(
         encoder_out, prediction_out, joint_fn, labels, logit_lengths, label_lengths, blank,
         time_chunk, fastemit_lambda, "rnnt_loss_from_joint",
