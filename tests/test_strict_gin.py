@@ -44,6 +44,18 @@ def test_a_known_scope_this_run_never_enters_is_an_error_for_the_run(clean_gin):
         config.check_run_scopes()
 
 
+def test_a_command_line_macro_this_run_never_reads_is_an_error_for_the_run(clean_gin):
+    # NBEST is read by the pseudo-label configs, not by a supervised run like gin/test/tiny.gin.
+    bindings = ["NBEST = 2", "NUM_STEPS = 3", "train.seed = 1", "RESPOKEN_RECORDS = 'r/*'"]
+    config.parse_gin([TINY], bindings)  # known to the shipped files: an overlay may bind it
+    with pytest.raises(
+        config.GinConfigError,
+        match=r"^--gin_bindings binds macro NBEST, but this configuration never reads %NBEST$",
+    ):
+        config.check_run_macros(bindings)
+    config.check_run_macros(bindings[1:])  # read by tiny.gin, not a macro, a data macro
+
+
 def test_macros_and_scopes_that_something_reads_pass(clean_gin):
     bindings = [
         "TRAIN_RECORDS = 'r/train-*.tfrecord'",

@@ -77,6 +77,8 @@ _RECORDS_MACRO = re.compile(r"^[A-Z][A-Z0-9_]*_RECORDS$")
 # `@scope/name` reference in a gin file).
 SCOPES_OPENED_BY_CODE: frozenset[str] = frozenset()
 
+# `NAME = value`: a binding of a macro (no configurable, no parameter, no scope).
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _MACRO_REF = re.compile(r"%([A-Za-z_][A-Za-z0-9_./]*)")
 _SCOPED_REF = re.compile(r"@([A-Za-z_][A-Za-z0-9_./]*)/[A-Za-z_][A-Za-z0-9_.]*")
 
@@ -156,6 +158,32 @@ def check_run_scopes() -> None:
         f"(it references no @{scope}/...)"
         for scope, selector in _scoped_bindings()
         if scope not in known
+    ]
+    if problems:
+        raise GinConfigError("; ".join(problems))
+
+
+def check_run_macros(bindings: Sequence[str]) -> None:
+    """Raises if a macro bound by `bindings` (the user's `--gin_bindings`) is never read by this
+    (complete) run configuration.
+
+    `check_names` accepts a macro that some shipped gin file references, so that overlays parse
+    on their own; a run whose files never reference `%NUM_STEPS` would still ignore
+    `--gin_bindings='NUM_STEPS = 3'`. Only command-line bindings are held to this: an overlay file
+    shared by every run of a study may bind a macro that only some of them read (e.g.
+    `NBEST` in gin/study/tiny_sizes.gin). Macros that code reads (`MACROS_READ_BY_CODE`,
+    `*_RECORDS`) are exempt. bin/train calls this after `parse_gin`.
+
+    Raises:
+        GinConfigError: naming each such macro.
+    """
+    macros, _ = _parsed_references()
+    matches = (_MACRO_BINDING.match(binding) for binding in bindings)
+    bound = sorted({m.group(1) for m in matches if m})
+    problems = [
+        f"--gin_bindings binds macro {name}, but this configuration never reads %{name}"
+        for name in bound
+        if name not in macros and name not in MACROS_READ_BY_CODE and not _RECORDS_MACRO.match(name)
     ]
     if problems:
         raise GinConfigError("; ".join(problems))
