@@ -57,6 +57,30 @@ def test_file_errors_are_expected_wherever_raised(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("bin/x: ")
 
 
+def test_system_exit_with_a_message_is_expected_and_a_code_passes_through(capsys):
+    def tool(argv):
+        raise SystemExit("unknown probes ['x']; see --list")
+
+    assert cli.run(tool, "tools/x.py") == 2
+    assert capsys.readouterr().err == "tools/x.py: unknown probes ['x']; see --list\n"
+
+    def exits(argv):
+        sys.exit(3)
+
+    with pytest.raises(SystemExit) as stop:
+        cli.run(exits, "tools/x.py")
+    assert stop.value.code == 3
+
+
+def test_check_at_least_names_the_flag():
+    cli.check_at_least("--jobs", None, 1)  # an unset optional flag
+    cli.check_at_least("--jobs", 1, 1)
+    with pytest.raises(cli.UsageError, match=r"^--jobs must be >= 1, got 0$"):
+        cli.check_at_least("--jobs", 0, 1)
+    with pytest.raises(cli.UsageError, match=r"^--seconds must be >= 0, got nan$"):
+        cli.check_at_least("--seconds", float("nan"), 0)
+
+
 def test_bugs_keep_their_traceback(monkeypatch):
     monkeypatch.delenv("TFKD_TRACEBACK", raising=False)
 

@@ -1,7 +1,9 @@
-"""What every `bin/` entry point shares: an expected failure is one line on stderr and exit code 2.
+"""What every `bin/` and `tools/` entry point shares: an expected failure is one message on stderr
+and exit code 2.
 
 Expected failures are those a user fixes by changing the command, the configuration or the input:
-- `UsageError`, raised by `bin/` scripts for their own checks;
+- `UsageError`, raised by `bin/` and `tools/` scripts for their own checks, and
+  `SystemExit(message)` (an older idiom of some tools; a numeric exit code passes through);
 - a file that is missing, exists already or may not be read or written, wherever raised
   (`FileNotFoundError`, `FileExistsError`, `PermissionError`, `IsADirectoryError`,
   `NotADirectoryError`, TensorFlow's `NotFoundError` and `PermissionDeniedError`): the message
@@ -43,6 +45,15 @@ class UsageError(Exception):
     """A failure the user fixes: a bad flag, configuration or input. The message says how."""
 
 
+def check_at_least(flag: str, value, minimum) -> None:
+    """Raises `UsageError` naming `flag` unless `value` is None or >= `minimum`.
+
+    For command-line numbers that argparse has typed but not bounded (`flag`: e.g. "--jobs").
+    """
+    if value is not None and not value >= minimum:  # also NaN
+        raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+
+
 def is_expected(error: BaseException) -> bool:
     """Whether `error` is an expected failure (see the module docstring), not a bug."""
     if isinstance(error, (UsageError, *_FILE_ERRORS)):
@@ -81,6 +92,11 @@ def run(main: Callable[[Sequence[str] | None], int], prog: str, argv=None) -> in
     """
     try:
         return main(argv)
+    except SystemExit as e:
+        if not isinstance(e.code, str):  # sys.exit(n), argparse's errors: already handled
+            raise
+        print(f"{prog}: {e.code}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as e:  # sorted into expected failures and bugs below
         if not is_expected(e) or os.environ.get("TFKD_TRACEBACK"):
             raise

@@ -48,6 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Without BFC, this VM page-faults every fresh large buffer in again (README, "CPU allocator").
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
 
 
 def _parse_args(argv):
@@ -108,6 +109,23 @@ def _parse_args(argv):
     if args.quick:
         args.batch_size, args.seconds, args.max_label_length = 4, 2.0, 32
         args.label_length, args.repeats = min(args.label_length, 16), 3
+    # Checked before TensorFlow loads (a bad value would fail minutes later, in NumPy or TF).
+    for flag, minimum in (
+        ("batch_size", 1),
+        ("nbest", 1),
+        ("max_label_length", 1),
+        ("label_length", 1),
+        ("vocab_size", 2),  # blank and one label
+        ("repeats", 1),
+        ("warmup", 0),
+        ("threads", 0),
+        ("label_bucket", 1),
+    ):
+        cli.check_at_least(f"--{flag}", getattr(args, flag), minimum)
+    if not args.seconds > 0:
+        raise cli.UsageError(f"--seconds must be > 0, got {args.seconds}")
+    if args.pseudo_labels and not glob.glob(args.pseudo_labels):
+        raise cli.UsageError(f"--pseudo_labels={args.pseudo_labels!r} matches no file")
     return args
 
 
@@ -193,12 +211,17 @@ def record_nbest(pattern, batch, nbest, max_labels, rng):
 
     files = sorted(glob.glob(pattern))
     if not files:
-        raise SystemExit(f"no pseudo-label records match {pattern!r}")
+        raise cli.UsageError(f"no pseudo-label records match {pattern!r}")
     examples = []
     for raw in tf.data.TFRecordDataset(files):
         ex = records.parse_example(raw, with_nbest=True)
         if int(tf.reduce_max(ex["nbest_lengths"])) <= max_labels:
             examples.append({k: v.numpy() for k, v in ex.items()})
+    if len(examples) < batch:
+        raise cli.UsageError(
+            f"{pattern!r} has {len(examples)} utterances with at most {max_labels} labels, fewer "
+            f"than --batch_size={batch} (lower it, or raise --max_label_length)"
+        )
     picked = [examples[i] for i in rng.choice(len(examples), size=batch, replace=False)]
     ids = np.zeros((batch, nbest, max_labels), np.int64)
     lengths = np.zeros((batch, nbest), np.int64)
@@ -432,4 +455,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Bad flags, missing records or teacher: one message, exit code 2.
+    sys.exit(cli.run(main, "tools/bench_kd_step.py"))

@@ -39,6 +39,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
+
 DEFAULT_SHAPES = ["8,150,40,256", "4,300,80,1024", "16,100,30,128"]
 QUICK_SHAPES = ["16,100,30,128", "8,150,40,256"]
 IMPLS = ["tfkd", "textbook", "plain+joint", "chunked", "torchaudio"]
@@ -60,8 +63,22 @@ def _parse_args(argv):
         args.shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
-    args.shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes]
+    args.shapes = [_shape(s) for s in args.shapes]
+    cli.check_at_least("--repeats", args.repeats, 1)
+    cli.check_at_least("--threads", args.threads, 1)
+    cli.check_at_least("--time-chunk", args.time_chunk, 1)
     return args
+
+
+def _shape(text):
+    """`B,T,U+1,V` as four ints >= 1; UsageError otherwise."""
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise cli.UsageError(f"--shapes {text}: expected B,T,U+1,V, four integers >= 1")
+    return shape
 
 
 def _setup_tf(threads):
@@ -373,4 +390,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, "tools/bench_rnnt_loss.py"))

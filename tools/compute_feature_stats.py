@@ -9,7 +9,7 @@ Load the result with `tfkd.features.LogMel.from_stats_file(STATS.json)`.
 
 import argparse
 
-from tfkd import features
+from tfkd import cli, features
 from tfkd.data import pipeline
 
 
@@ -21,6 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max_duration_s", type=float, default=None)
     parser.add_argument("--num_mel_bins", type=int, default=80)
     args = parser.parse_args(argv)
+    cli.check_at_least("--batch_size", args.batch_size, 1)
+    cli.check_at_least("--num_mel_bins", args.num_mel_bins, 1)
     stats = pipeline.compute_feature_stats(
         args.file_pattern,
         log_mel=features.LogMel(num_mel_bins=args.num_mel_bins),
@@ -35,4 +37,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # A pattern that matches no file, or an unwritable OUTPUT: one message, exit code 2.
+    raise SystemExit(cli.run(main, "tools/compute_feature_stats.py"))

@@ -9,6 +9,7 @@ speakers (more training audio; the other splits stay byte-identical).
 
 Missing Debian packages are installed by tools/install_system_deps.sh when run as root;
 otherwise it prints the apt-get line. Re-running on the same OUT_DIR keeps finished chapters.
+Invalid flags and unwritable paths stop with one message and exit code 2 (`tfkd.cli`).
 """
 
 import argparse
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from tfkd import cli
 from tfkd.data import synthetic_corpus, text_pool, tts
 
 DEPS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_system_deps.sh")
@@ -35,6 +37,10 @@ def main(argv=None) -> int:
         "--respoken", type=int, default=0, help="renditions of train-labeled by new speakers"
     )
     args = parser.parse_args(argv)
+    # Before the engine check, which may install packages.
+    cli.check_at_least("--jobs", args.jobs, 1)
+    cli.check_at_least("--vocab_limit", args.vocab_limit, 0)
+    cli.check_at_least("--respoken", args.respoken, 0)
     try:
         tts.check_engines(synthetic_corpus.ENGINE_SHARE)
         text_pool.check_sources()
@@ -61,4 +67,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "tools/make_corpus.py"))

@@ -18,6 +18,8 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
 
 X_AXES = {
     "train_minutes": ("train_seconds", 60.0, "training minutes (evaluation excluded)"),
@@ -50,7 +52,8 @@ def _parse_args(argv):
 
 
 def load_runs(runs, metrics):
-    """`{label: records}` of the runs' histories; raises SystemExit naming a missing one."""
+    """`{label: records}` of the runs' histories; raises SystemExit naming the runs without one
+    (one line; `tfkd.cli.run` makes it exit code 2)."""
     from tfkd.training import history
 
     loaded, errors = {}, []
@@ -64,7 +67,7 @@ def load_runs(runs, metrics):
         else:
             loaded[label] = records
     if errors:
-        raise SystemExit("\n".join(f"plot_curves: {e}" for e in errors))
+        raise SystemExit("; ".join(errors))
     return loaded
 
 
@@ -143,5 +146,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.exit(main())
+    sys.exit(cli.run(main, "tools/plot_curves.py"))

@@ -30,6 +30,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
 
 # The starting points, frozen copies of `make demo`'s teacher and no-KD student before the search.
 TEACHER = ("gin/teacher.gin", "gin/recipe/teacher_base.gin")
@@ -321,6 +322,7 @@ def main(argv=None) -> int:
     p.add_argument("--redo", action="store_true", help="rerun finished probes")
     p.add_argument("--report", action="store_true", help="print the table of finished probes")
     args = p.parse_args(argv)
+    cli.check_at_least("--steps", args.steps, 1)
     if args.report:
         print(report(args.results))
         return 0
@@ -345,4 +347,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # An unknown probe or a failed command (its log named): one message, exit code 2.
+    sys.exit(cli.run(main, "tools/recipe_probes.py"))

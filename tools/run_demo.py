@@ -43,7 +43,8 @@ from collections.abc import Callable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from tfkd.study.plan import builtin_data_steps  # noqa: E402  (after the path)
+from tfkd import cli  # noqa: E402  (after the path)
+from tfkd.study.plan import builtin_data_steps  # noqa: E402
 
 STUDENTS = {
     # stage name: (gin file, label in the table)
@@ -96,7 +97,13 @@ class Context:
 
     def vocab_size(self) -> int:
         """Label ids of the SentencePiece model (one .vocab line each, blank included)."""
-        with open(os.path.splitext(self.spm_model)[0] + ".vocab", encoding="utf-8") as f:
+        path = os.path.splitext(self.spm_model)[0] + ".vocab"
+        if not os.path.exists(path):  # a later stage run with --only before the data stages
+            raise FileNotFoundError(
+                f"no SentencePiece vocabulary {path}: run the data stages first (python "
+                f"tools/run_demo.py --data {self.data} --only corpus, then --only spm)"
+            )
+        with open(path, encoding="utf-8") as f:
             return sum(1 for _ in f)
 
     def training_flags(self) -> list[str]:
@@ -639,18 +646,26 @@ def main(argv=None) -> int:
         size=args.size,
         extra_gin=tuple(os.path.abspath(g) for g in args.gin_file),
     )
+    stages = demo_stages()
+    names = [s.name for s in stages]
+    if args.only is not None and args.only not in names:  # before --fresh deletes anything
+        raise cli.UsageError(f"--only={args.only}: unknown stage; stages: {', '.join(names)}")
     if args.fresh and os.path.isdir(ctx.out):
         shutil.rmtree(ctx.out)
-    stages = demo_stages()
     start = time.time()
     try:
         run_stages(stages, ctx, only=args.only, env=tf_env())
     except StageError as e:
-        print(f"\n[demo] FAILED: {e}", file=sys.stderr)
+        # One line on stderr (its parts joined), after a blank line in the stages' output stream.
+        print(flush=True)
+        parts = (line.strip() for line in str(e).splitlines())
+        print(f"[demo] FAILED: {'; '.join(p for p in parts if p)}", file=sys.stderr)
         return 1
     print(f"[demo] done in {time.time() - start:.0f} s; outputs under {ctx.out}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Bad flags, or a file the demo reads itself (DATA's SentencePiece vocabulary) missing: one
+    # message, exit code 2. A failed stage names itself, its log and the rerun command (exit 1).
+    sys.exit(cli.run(main, "tools/run_demo.py"))

@@ -23,6 +23,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
 
 
 def _parse_args(argv):
@@ -36,7 +37,21 @@ def _parse_args(argv):
     p.add_argument("--gin_bindings", action="append", default=[], help="repeatable")
     p.add_argument("--dry_run", action="store_true", help="list the jobs and exit")
     p.add_argument("--report_only", action="store_true", help="only rewrite the results")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    cli.check_at_least("--parallel", args.parallel, 1)
+    return args
+
+
+def _presets():
+    """The names of gin/study/*.gin that name a study (the others are included pieces)."""
+    directory = os.path.join(REPO, "gin", "study")
+    names = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".gin"):
+            with open(os.path.join(directory, name)) as f:
+                if any(line.startswith("StudyPlan.name") for line in f):
+                    names.append(name[: -len(".gin")])
+    return names
 
 
 def load_plan(args):
@@ -47,10 +62,14 @@ def load_plan(args):
     from tfkd.study.plan import StudyPlan
 
     preset = args.preset if args.preset.endswith(".gin") else f"gin/study/{args.preset}.gin"
+    if not any(os.path.isfile(p) for p in (preset, os.path.join(REPO, preset))):
+        raise cli.UsageError(
+            f"--preset {args.preset}: no {preset} (presets: {', '.join(_presets())}; or a gin file)"
+        )
     try:
         config.parse_gin([preset, *args.gin_file], args.gin_bindings)
     except (ValueError, KeyError, OSError) as e:
-        raise SystemExit(f"run_study: gin configuration error: {e}") from None
+        raise cli.UsageError(f"gin configuration error: {cli.message(e)}") from e
     overrides = {"python": sys.executable, "repo": REPO}
     plan = gin.get_configurable(StudyPlan)(**overrides)
     out = os.path.abspath(args.out or os.path.join(REPO, "runs", "study", plan.name))
@@ -85,13 +104,13 @@ def _interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse_args(argv)
+    plan = load_plan(args)
     # SIGTERM, and SIGINT even when a non-interactive shell started us in the background (which
     # ignores it), stop the running jobs cleanly: their time is kept for the resumed run.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    argv = sys.argv[1:] if argv is None else argv
-    args = _parse_args(argv)
-    plan = load_plan(args)
     jobs = plan.jobs()
     from tfkd.study import report, scheduler
 
@@ -126,4 +145,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Bad flags or gin: one message, exit code 2. Jobs that fail are reported at the end (exit 1).
+    sys.exit(cli.run(main, "tools/run_study.py"))

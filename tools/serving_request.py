@@ -12,7 +12,11 @@ columnar "inputs" format), samples as floats in [-1, 1) at 16 kHz.
 
 import argparse
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
 
 
 def request_body(waveform, signature="serving_default", token_ids=None, token_lengths=None):
@@ -29,6 +33,23 @@ def request_body(waveform, signature="serving_default", token_ids=None, token_le
     return {"signature_name": signature, "inputs": inputs}
 
 
+def _token_ids(text):
+    """--token_ids as a list of N non-empty lists of ints; UsageError otherwise."""
+    try:
+        ids = json.loads(text)
+    except ValueError as e:
+        raise cli.UsageError(f"--token_ids is not JSON ({e}): expected [[ids...], ...]") from e
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(t, list) and t and all(type(i) is int for i in t) for t in ids)
+    ):
+        raise cli.UsageError(
+            f"--token_ids={text}: expected [[ids...], ...], non-empty lists of ints"
+        )
+    return ids
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("audio", help="WAV or FLAC file")
@@ -42,6 +63,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--sample_rate", type=int, default=16000)
     args = parser.parse_args(argv)
+    cli.check_at_least("--sample_rate", args.sample_rate, 1)
+    token_ids = _token_ids(args.token_ids) if args.token_ids else None
+    if args.signature == "score_hypotheses" and token_ids is None:
+        raise cli.UsageError("--signature=score_hypotheses needs --token_ids='[[ids...], ...]'")
 
     from tfkd.data import audio_io
 
@@ -49,7 +74,6 @@ def main(argv=None) -> int:
     if rate != args.sample_rate:
         pcm = audio_io.resample(pcm, rate, args.sample_rate)
     samples = pcm.astype("float32") / 32768.0  # as the training records are read
-    token_ids = json.loads(args.token_ids) if args.token_ids else None
     if token_ids is not None:
         width = max(len(t) for t in token_ids)
         lengths = [len(t) for t in token_ids]
@@ -63,4 +87,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # A missing or undecodable audio file, bad --token_ids: one message, exit code 2.
+    raise SystemExit(cli.run(main, "tools/serving_request.py"))

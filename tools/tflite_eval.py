@@ -17,6 +17,8 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
 
 
 def main(argv=None) -> int:
@@ -31,22 +33,37 @@ def main(argv=None) -> int:
     parser.add_argument("--streaming_push_ms", type=float, default=None, help="default: chunk")
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
+    # Checked before TensorFlow loads and the student is restored.
+    missing = [path for path in args.tflite if not os.path.isfile(path)]
+    if missing:
+        raise cli.UsageError(
+            f"--tflite={missing[0]}: no such file (bin/convert_tflite --model_dir=... "
+            "--output_dir=... makes it)"
+        )
+    cli.check_at_least("--max_utterances", args.max_utterances, 1)
+    if args.streaming_push_ms is not None and not args.streaming_push_ms > 0:
+        raise cli.UsageError(f"--streaming_push_ms must be > 0, got {args.streaming_push_ms}")
+
+    import tensorflow as tf
 
     from tfkd import trained_model
     from tfkd.export import tflite, tflite_eval
+
+    if args.records and not tf.io.gfile.glob(args.records):
+        raise cli.UsageError(f"--records={args.records} matches no file")
 
     try:
         student = trained_model.load_trained_model(
             args.model_dir, args.gin_file, args.gin_bindings, spm_model=args.spm_model
         )
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"tflite_eval: {e}") from None
+    except ValueError as e:  # gin's or Keras's refusal of the run's configuration
+        raise cli.UsageError(cli.message(e)) from e
     try:
         records = args.records or student.record_pattern("test")
     except FileNotFoundError as e:
-        raise SystemExit(f"tflite_eval: {e} (--records)") from None
+        raise cli.UsageError(f"{e} (--records)") from e
     if student.tokenizer is None:
-        raise SystemExit("tflite_eval: no SentencePiece model: pass --spm_model")
+        raise cli.UsageError("no SentencePiece model: pass --spm_model")
     utterances = tflite.read_utterances(records, args.max_utterances)
     keras_ids = tflite_eval.keras_greedy(student.model, student.frontend, utterances)
     rows = [
@@ -65,4 +82,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # A missing run, .tflite file or records: one message, exit code 2.
+    sys.exit(cli.run(main, "tools/tflite_eval.py"))

@@ -13,6 +13,8 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
 
 
 def main(argv=None) -> int:
@@ -26,6 +28,11 @@ def main(argv=None) -> int:
         "--hard_vocab_limit", action="store_true", help="fail if vocab_size cannot be reached"
     )
     args = p.parse_args(argv)
+    if not os.path.exists(args.input):
+        raise cli.UsageError(
+            f"{args.input}: no such file or directory (INPUT is a LibriSpeech-layout directory "
+            "or a text file)"
+        )
 
     from tfkd.data import librispeech, tokenizer
 
@@ -35,14 +42,19 @@ def main(argv=None) -> int:
         with open(args.input, encoding="utf-8") as f:
             texts = [librispeech.normalize_text(line) for line in f]
     texts = [t for t in texts if t]
-    path = tokenizer.train_sentencepiece(
-        texts,
-        args.output_prefix,
-        vocab_size=args.vocab_size,
-        model_type=args.model_type,
-        character_coverage=args.character_coverage,
-        hard_vocab_limit=args.hard_vocab_limit,
-    )
+    try:
+        path = tokenizer.train_sentencepiece(
+            texts,
+            args.output_prefix,
+            vocab_size=args.vocab_size,
+            model_type=args.model_type,
+            character_coverage=args.character_coverage,
+            hard_vocab_limit=args.hard_vocab_limit,
+        )
+    except RuntimeError as e:
+        # SentencePiece's refusals of its options (e.g. a --vocab_size this text cannot reach
+        # under --hard_vocab_limit) are RuntimeErrors; its message names the option.
+        raise cli.UsageError(f"SentencePiece: {e}") from e
     tok = tokenizer.Tokenizer(path)
     print(
         f"{path}: {args.model_type}, {tok.vocab_size} ids (0 = blank) from {len(texts)} sentences"
@@ -51,5 +63,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.exit(main())
+    sys.exit(cli.run(main, "tools/train_spm.py"))
