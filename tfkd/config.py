@@ -26,7 +26,15 @@ from tfkd.models import presets
 from tfkd.study import plan as study_plan
 from tfkd.training import distillation, loop, periodic_eval, schedules, trainers
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Where `gin/...` names resolve after the current directory: an installed wheel ships the configs
+# inside the package (setup.py installs gin/ as tfkd/gin/); in a clone (or an editable install)
+# they are the source tree's gin/, beside tfkd/, bin/ and tools/.
+REPO_DIR = (
+    _PACKAGE_DIR
+    if os.path.isdir(os.path.join(_PACKAGE_DIR, "gin"))
+    else os.path.dirname(_PACKAGE_DIR)
+)
 GIN_DIR = os.path.join(REPO_DIR, "gin")
 
 train = gin.external_configurable(loop.train, name="train")
@@ -90,8 +98,8 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> str:
     file that cannot be found, a macro that nothing references (`NUM_STEPZ = 3`) and a scope
     that nothing enters (`train_dta/make_dataset.max_duration_s = 3.0`); see `check_names`.
     `include` lines (`include 'gin/models/...'`) and `--gin_file` names resolve against the
-    current directory first, then tfkd's source tree (the parent of `gin/`), so configs work
-    from any directory.
+    current directory first, then `REPO_DIR` (the source tree of a clone, or the installed
+    package, which ships the configs as `tfkd/gin/`), so configs work from any directory.
 
     Raises:
         GinConfigError: an unknown macro or scope, named.
