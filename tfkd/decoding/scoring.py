@@ -46,24 +46,15 @@ def score_encoded(model, enc, enc_lengths, hypotheses, hypothesis_lengths, train
     def joint_fn(e, p):
         return stepping.joint_logits(model, e, p)
 
-    if hasattr(losses, "rnnt_log_prob_from_joint"):
-        log_probs = losses.rnnt_log_prob_from_joint(
-            enc_side,
-            pred_side,
-            joint_fn,
-            labels,
-            logit_lengths,
-            label_lengths,
-            blank=stepping.BLANK,
-        )
-    else:
-        log_probs = losses.rnnt_log_prob(
-            joint_fn(enc_side, pred_side),
-            labels,
-            logit_lengths,
-            label_lengths,
-            blank=stepping.BLANK,
-        )
+    log_probs = losses.rnnt_log_prob_from_joint(
+        enc_side,
+        pred_side,
+        joint_fn,
+        labels,
+        logit_lengths,
+        label_lengths,
+        blank=stepping.BLANK,
+    )
     return tf.reshape(log_probs, [batch, n])
 
 

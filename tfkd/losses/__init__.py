@@ -4,7 +4,7 @@ from tfkd.losses.ctc import check_ctc_inputs, ctc_feasible, ctc_loss
 from tfkd.losses.prefix_rows import PrefixRows, nbest_prefix_rows
 from tfkd.losses.rnnt import check_rnnt_inputs, rnnt_log_prob, rnnt_loss
 from tfkd.losses.rnnt_chunked import rnnt_log_prob_from_joint, rnnt_loss_from_joint
-from tfkd.losses.rnnt_shared import rnnt_nbest_log_prob, rnnt_nbest_log_prob_from_joint
+from tfkd.losses.rnnt_nbest import rnnt_nbest_log_prob, rnnt_nbest_log_prob_from_joint
 
 __all__ = [
     "PrefixRows",

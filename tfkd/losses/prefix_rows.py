@@ -1,4 +1,4 @@
-"""The distinct (utterance, label prefix) rows of an N-best list, for `rnnt_shared`.
+"""The distinct (utterance, label prefix) rows of an N-best list, for `rnnt_nbest`.
 
 Node u of hypothesis n of an RNN-T lattice reads the joint row `z[t, u, :]`, a function of frame t
 and of the label prefix `y_1..y_u` only. `nbest_prefix_rows` lists one row per distinct prefix of

@@ -97,7 +97,7 @@ class StudentScoring:
         return losses.rnnt_log_prob(logits, labels, enc_lengths, label_lengths)
 
     def _use_lean(self, enc_side, pred_side) -> bool:
-        if self.lean_joint_threshold is None or not hasattr(losses, "rnnt_log_prob_from_joint"):
+        if self.lean_joint_threshold is None:
             return False
         dims = [enc_side.shape[0], enc_side.shape[1], pred_side.shape[1], self.model.vocab_size]
         if any(d is None for d in dims):

@@ -510,8 +510,6 @@ def rnnt_from_encoder(
     label_lengths = tf.cast(label_lengths, tf.int32)
     pred = model.predict_labels(labels, training=training)
     if joint_time_chunk:
-        if not hasattr(losses, "rnnt_loss_from_joint"):
-            raise NotImplementedError("joint_time_chunk needs tfkd.losses.rnnt_loss_from_joint")
         return losses.rnnt_loss_from_joint(
             enc,
             pred,

@@ -1,4 +1,4 @@
-"""tfkd.losses.rnnt_shared: N-best full-sum scores on shared prefix rows.
+"""tfkd.losses.rnnt_nbest: N-best full-sum scores on shared prefix rows.
 
 References: every hypothesis's own lattice, built from a table of joint outputs keyed by
 (utterance, label prefix) and scored by `rnnt_log_prob`, the NumPy alpha/beta and brute-force
@@ -18,9 +18,9 @@ from tfkd.losses import (
     nbest_prefix_rows,
     prefix_rows,
     rnnt_log_prob,
+    rnnt_nbest,
     rnnt_nbest_log_prob,
     rnnt_nbest_log_prob_from_joint,
-    rnnt_shared,
 )
 
 LOG_ZERO = -1e30
@@ -438,11 +438,11 @@ def test_compiled_kernels_create_no_full_size_tensor_but_the_gradient():
     rows = nbest_prefix_rows(labels, lengths, count)
     row_logits = tf.constant(rng.normal(size=(len(rows.row_utt), 5, 64)).astype(np.float32))
     args = [row_logits, rows, tf.constant(labels), tf.constant([5, 3, 4]), tf.constant(lengths)]
-    log_prob, residuals = rnnt_shared._forward_kernel(*args, blank=0, factors=(2, 32))
-    hlo_fwd = rnnt_shared._forward_kernel.experimental_get_compiler_ir(
+    log_prob, residuals = rnnt_nbest._forward_kernel(*args, blank=0, factors=(2, 32))
+    hlo_fwd = rnnt_nbest._forward_kernel.experimental_get_compiler_ir(
         *args, blank=0, factors=(2, 32)
     )(stage="optimized_hlo")
-    hlo_bwd = rnnt_shared._backward_kernel.experimental_get_compiler_ir(
+    hlo_bwd = rnnt_nbest._backward_kernel.experimental_get_compiler_ir(
         *args, residuals, tf.ones([3, 4]), blank=0, num_static=4
     )(stage="optimized_hlo")
     assert _full_size_values(hlo_fwd, row_logits.shape) == []

@@ -33,6 +33,13 @@ were made from these labels.
 
 import tensorflow as tf
 
+from tfkd.losses.joint_chunks import (
+    chunked_full_sum,
+    chunking,
+    frames_slice,
+    probe_vocab,
+    static_or_tensor,
+)
 from tfkd.losses.prefix_rows import PrefixRows
 from tfkd.losses.rnnt import (
     LOG_ZERO,
@@ -44,14 +51,6 @@ from tfkd.losses.rnnt import (
     logsumexp_last,
     sanitize_lengths,
     vocab_factors,
-)
-from tfkd.losses.rnnt_chunked import (
-    backward_chunks,
-    chunking,
-    forward_chunks,
-    frames_slice,
-    static_or_tensor,
-    stop_recording,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -414,7 +413,7 @@ def rnnt_nbest_log_prob_from_joint(
     """`rnnt_nbest_log_prob` of `joint_fn(gather(encoder_out, row_utt), prediction_rows)`,
     computed in chunks of frames so that the whole `[R, T, V]` never exists.
 
-    The memory-lean path of `tfkd.losses.rnnt_chunked` on prefix rows: the forward keeps only
+    The memory-lean path of `tfkd.losses.joint_chunks` on prefix rows: the forward keeps only
     the row statistics of each chunk; the backward recomputes each chunk's logits under a tape.
     Same values and gradients (w.r.t. `encoder_out`, `prediction_rows` and the joint's
     variables) as the plain path differentiated through the joint, for one more joint pass.
@@ -444,10 +443,7 @@ def rnnt_nbest_log_prob_from_joint(
     def row_joint(enc_chunk, pred):
         return joint_fn(tf.gather(enc_chunk, row_utt), pred)
 
-    # A one-frame probe builds a Keras joint outside any loop and tells V (static if possible).
-    with stop_recording():
-        probe = row_joint(tf.stop_gradient(encoder_out[:, :1]), tf.stop_gradient(prediction_rows))
-    vocab = probe.shape[-1] if probe.shape[-1] is not None else tf.shape(probe)[-1]
+    vocab = probe_vocab(encoder_out, prediction_rows, row_joint)
     num_rows_total, frames = tf.shape(row_utt)[0], tf.shape(encoder_out)[1]
     with tf.control_dependencies(
         [
@@ -478,54 +474,27 @@ def rnnt_nbest_log_prob_from_joint(
     )
     valid = tf.pad(valid, [[0, 0], [0, padded - frames]])
 
-    @tf.custom_gradient
-    def log_prob_fn(enc, pred):
-        enc_padded = tf.pad(tf.stop_gradient(enc), [[0, 0], [0, padded - frames], [0, 0]])
-        pred_const = tf.stop_gradient(pred)
-        with stop_recording():
-            stats = forward_chunks(
-                enc_padded,
-                pred_const,
-                row_joint,
-                lambda logits, start: _chunk_stats_kernel(
-                    logits, slots, frames_slice(valid, start, chunk), blank, factors
-                ),
-                3,
-                num_chunks,
-                chunk,
+    def chunk_stats(logits, start):
+        return _chunk_stats_kernel(logits, slots, frames_slice(valid, start, chunk), blank, factors)
+
+    def forward(stats):
+        log_prob, residuals = _lattice_forward_kernel(stats, lattice_in)
+        return tf.reshape(log_prob, tf.shape(lengths)), residuals
+
+    def backward(residuals, stats, dy):
+        res, lat_in, lse, slots_, valid_ = captured(residuals, lattice_in, stats[0], slots, valid)
+        row_blank, row_slots = _lattice_backward_kernel(
+            res, lat_in, dy, num_rows_total, tf.shape(slots_)[1]
+        )
+
+        def chunk_grad(logits, coefs, start, size):
+            return _chunk_grad_kernel(
+                logits, *coefs, slots_, frames_slice(valid_, start, size), blank, num_static
             )
-            stats = tuple(x[:, :frames] for x in stats)
-            log_prob, residuals = _lattice_forward_kernel(stats, lattice_in)
 
-        def grad(dy, variables=None):
-            variables = list(variables or [])
-            res, lat_in, lse, slots_, valid_, enc_, pred_, n_chunks, size = captured(
-                residuals, lattice_in, stats[0], slots, valid, enc_padded, pred_const,
-                num_chunks, chunk,
-            )  # fmt: skip
-            row_blank, row_slots = _lattice_backward_kernel(
-                res, lat_in, dy, num_rows_total, tf.shape(slots_)[1]
-            )
-            pad = [[0, 0], [0, padded - frames]]
-            coefs = (tf.pad(lse, pad), tf.pad(row_blank, pad), tf.pad(row_slots, pad + [[0, 0]]))
+        return (lse, row_blank, row_slots), chunk_grad
 
-            def chunk_grad(logits, start):
-                return _chunk_grad_kernel(
-                    logits,
-                    *(frames_slice(x, start, size) for x in coefs),
-                    slots_,
-                    frames_slice(valid_, start, size),
-                    blank,
-                    num_static,
-                )
-
-            d_enc, d_pred, d_vars = backward_chunks(
-                enc_, pred_, row_joint, variables, chunk_grad, n_chunks, size
-            )
-            if not variables:
-                return d_enc[:, :frames], d_pred
-            return (d_enc[:, :frames], d_pred), d_vars
-
-        return tf.reshape(log_prob, tf.shape(lengths)), grad
-
-    return log_prob_fn(encoder_out, prediction_rows)
+    return chunked_full_sum(
+        encoder_out, prediction_rows, row_joint, frames, num_chunks, chunk, chunk_stats, 3,
+        forward, backward,
+    )  # fmt: skip
