@@ -9,6 +9,7 @@ from tfkd.models import (
     ConformerEncoder,
     Conv1DSubsampler,
     ConvSubsampler,
+    Encoder,
     Joint,
     LstmEncoder,
     LstmPrediction,
@@ -92,6 +93,23 @@ NON_CAUSAL = ["conformer4", "bi_lstm_stack4"]
 
 def features(batch, frames, seed=0):
     return tf.constant(np.random.default_rng(seed).normal(size=(batch, frames, F)), tf.float32)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_every_encoder_satisfies_the_encoder_contract(name):
+    build, factor, width = ENCODERS[name]
+    encoder = build()
+    assert isinstance(encoder, Encoder)
+    assert isinstance(encoder, keras.layers.Layer)
+    assert (encoder.reduction_factor, encoder.output_dim) == (factor, width)
+    assert encoder.causal is not name.startswith(("conformer", "bi_"))
+    assert encoder.chunk_multiple % encoder.reduction_factor == 0
+    assert type(encoder).from_config(encoder.get_config()).get_config() == encoder.get_config()
+
+
+def test_the_encoder_contract_rejects_other_layers():
+    assert not isinstance(Joint(5, 8), Encoder)
+    assert not isinstance(StackingSubsampler(4, 8), Encoder)
 
 
 def test_subsampled_lengths_is_ceil_division():

@@ -1,10 +1,12 @@
 """RNN-T models: encoders, prediction networks, joint, the `Transducer` and preset builders."""
 
 from tfkd.models.conformer import ConformerEncoder
+from tfkd.models.encoder import Encoder
 from tfkd.models.joint import Joint
 from tfkd.models.lstm import LstmEncoder
 from tfkd.models.prediction import BLANK, LstmPrediction, StatelessPrediction
 from tfkd.models.presets import (
+    assemble_transducer,
     conformer_student,
     conformer_teacher,
     low_frame_rate_student,
@@ -24,12 +26,14 @@ __all__ = [
     "ConformerEncoder",
     "Conv1DSubsampler",
     "ConvSubsampler",
+    "Encoder",
     "Joint",
     "LstmEncoder",
     "LstmPrediction",
     "StackingSubsampler",
     "StatelessPrediction",
     "Transducer",
+    "assemble_transducer",
     "conformer_student",
     "conformer_teacher",
     "low_frame_rate_student",

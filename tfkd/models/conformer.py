@@ -285,6 +285,8 @@ class ConformerBlock(keras.layers.Layer):
 class ConformerEncoder(keras.layers.Layer):
     """Subsampling front end + Conformer blocks. ``call(features, lengths) -> (enc, enc_lengths)``.
 
+    Satisfies `tfkd.models.encoder.Encoder`; streams when causal with a finite ``left_context``.
+
     Args:
       num_layers: Conformer blocks.
       dim: model width (also the output width).

@@ -16,6 +16,8 @@ from tfkd.models.subsampling import (
 class LstmEncoder(keras.layers.Layer):
     """Front end, then stacked LSTMs with optional frame stacking between layers.
 
+    Satisfies `tfkd.models.encoder.Encoder`; streams when unidirectional.
+
     Args:
       num_layers: LSTM layers.
       units: cells per direction.

@@ -1,7 +1,8 @@
 """Teacher and student builders. Plain functions with keyword arguments; gin binds them later.
 
-Each returns an unbuilt `Transducer`; call ``model.build_by_calling(num_features)`` (or run one
-real batch through it) before using its variables.
+Each builds its encoder and hands it to `assemble_transducer` (prediction network, joint,
+`Transducer`). Each returns an unbuilt `Transducer`; call ``model.build_by_calling(num_features)``
+(or run one real batch through it) before using its variables.
 
 - `conformer_teacher`: non-causal Conformer, 4x (about 10M parameters at the defaults).
 - `lstm_student`, `conformer_student`: small causal students at the teacher's frame rate.
@@ -27,6 +28,45 @@ def prediction_network(
             vocab_size, context_size, embed_dim, units, dropout, name="prediction"
         )
     raise ValueError(f"unknown prediction network {kind!r}")
+
+
+def assemble_transducer(
+    encoder,
+    vocab_size,
+    prediction="lstm",
+    prediction_units=256,
+    prediction_embed_dim=128,
+    prediction_layers=1,
+    joint_dim=256,
+    dropout=0.1,
+    name="student",
+):
+    """The tail every preset shares: a prediction network and a `Joint` around ``encoder``.
+
+    Builds them in this order and with the layer names ``prediction`` and ``joint``, which the
+    checkpoints of every preset rely on.
+
+    Args:
+      encoder: an `Encoder` (`tfkd.models.encoder`), built by the caller.
+      vocab_size: output classes, blank included.
+      prediction, prediction_units, prediction_embed_dim, prediction_layers: `prediction_network`'s
+        ``kind``, ``units``, ``embed_dim`` and ``num_layers``.
+      joint_dim: the joint's hidden width.
+      dropout: the prediction network's dropout.
+      name: the model's name.
+
+    Returns:
+      An unbuilt `Transducer`.
+    """
+    pred = prediction_network(
+        vocab_size,
+        prediction,
+        prediction_units,
+        prediction_embed_dim,
+        prediction_layers,
+        dropout=dropout,
+    )
+    return Transducer(encoder, pred, Joint(vocab_size, joint_dim, name="joint"), name=name)
 
 
 def conformer_teacher(
@@ -61,15 +101,17 @@ def conformer_teacher(
         dropout=dropout,
         name="encoder",
     )
-    pred = prediction_network(
+    return assemble_transducer(
+        encoder,
         vocab_size,
-        prediction,
-        prediction_units,
-        prediction_embed_dim,
-        prediction_layers,
+        prediction=prediction,
+        prediction_units=prediction_units,
+        prediction_embed_dim=prediction_embed_dim,
+        prediction_layers=prediction_layers,
+        joint_dim=joint_dim,
         dropout=dropout,
+        name=name,
     )
-    return Transducer(encoder, pred, Joint(vocab_size, joint_dim, name="joint"), name=name)
 
 
 def lstm_student(
@@ -98,15 +140,17 @@ def lstm_student(
         dropout=dropout,
         name="encoder",
     )
-    pred = prediction_network(
+    return assemble_transducer(
+        encoder,
         vocab_size,
-        prediction,
-        prediction_units,
-        prediction_embed_dim,
-        prediction_layers,
+        prediction=prediction,
+        prediction_units=prediction_units,
+        prediction_embed_dim=prediction_embed_dim,
+        prediction_layers=prediction_layers,
+        joint_dim=joint_dim,
         dropout=dropout,
+        name=name,
     )
-    return Transducer(encoder, pred, Joint(vocab_size, joint_dim, name="joint"), name=name)
 
 
 def conformer_student(
@@ -145,15 +189,17 @@ def conformer_student(
         dropout=dropout,
         name="encoder",
     )
-    pred = prediction_network(
+    return assemble_transducer(
+        encoder,
         vocab_size,
-        prediction,
-        prediction_units,
-        prediction_embed_dim,
-        prediction_layers,
+        prediction=prediction,
+        prediction_units=prediction_units,
+        prediction_embed_dim=prediction_embed_dim,
+        prediction_layers=prediction_layers,
+        joint_dim=joint_dim,
         dropout=dropout,
+        name=name,
     )
-    return Transducer(encoder, pred, Joint(vocab_size, joint_dim, name="joint"), name=name)
 
 
 def low_frame_rate_student(

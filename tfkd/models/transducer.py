@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from tfkd.models.encoder import Encoder
+
 
 @keras.saving.register_keras_serializable(package="tfkd")
 class Transducer(keras.Model):
@@ -20,13 +22,14 @@ class Transducer(keras.Model):
     ``prediction.initial_state(batch)`` and ``prediction.step(label, state)``.
 
     Args:
-      encoder: a layer with ``call(features, lengths, training) -> (enc, lengths)``,
-        ``reduction_factor`` and ``output_lengths`` (`ConformerEncoder`, `LstmEncoder`).
+      encoder: an `Encoder` (`tfkd.models.encoder`: ``call(features, lengths, training) ->
+        (enc, lengths)``, ``reduction_factor``, ``output_lengths``, ``causal`` and the streaming
+        pieces), e.g. `ConformerEncoder` or `LstmEncoder`.
       prediction: `LstmPrediction` or `StatelessPrediction`.
       joint: `Joint`.
     """
 
-    def __init__(self, encoder, prediction, joint, **kwargs):
+    def __init__(self, encoder: Encoder, prediction, joint, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.prediction = prediction
