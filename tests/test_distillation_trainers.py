@@ -219,10 +219,6 @@ def test_fullsum_student_scores_share_the_encoder_and_match_plain_scoring():
     np.testing.assert_allclose(fullsum[0], ((teacher - got)[0] ** 2).mean(), rtol=1e-5)
 
 
-@pytest.mark.skipif(
-    not hasattr(losses, "rnnt_log_prob_from_joint"),
-    reason="tfkd.losses.rnnt_log_prob_from_joint has not landed",
-)
 def test_memory_lean_path_matches_plain_loss_and_gradients():
     batch = offline_batch()
     student = tiny_student()
