@@ -12,7 +12,7 @@ import gin
 import pytest
 
 from tfkd import config
-from tfkd.study import plan as plan_lib
+from tfkd.study import jobs as jobs_lib
 from tfkd.study import report, scheduler, stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,7 +212,7 @@ def test_scheduler_orders_resumes_and_blocks_dependants_of_failures(tmp_path):
 
     def job(name, deps=(), fail=False):
         cmds = [append(name)] + ([_py("raise SystemExit(3)")] if fail else [])
-        return plan_lib.Job(name, cmds, deps=deps, outputs=(str(mark),))
+        return jobs_lib.Job(name, cmds, deps=deps, outputs=(str(mark),))
 
     jobs = [
         job("a"),
@@ -266,15 +266,15 @@ def test_wall_clock_keeps_the_time_of_a_killed_invocation(tmp_path, monkeypatch)
 def test_scheduler_checks_outputs_and_thread_budget(tmp_path):
     run = scheduler.Scheduler(str(tmp_path), parallel=2, cores=2, env={}, progress=False)
     assert run.job_env()["TF_NUM_INTRAOP_THREADS"] == "1"
-    ghost = plan_lib.Job("ghost", [_py("pass")], outputs=(str(tmp_path / "never"),))
+    ghost = jobs_lib.Job("ghost", [_py("pass")], outputs=(str(tmp_path / "never"),))
     assert run.run([ghost]) == {"ghost": "failed"}
     assert "without its outputs" in (tmp_path / "logs" / "ghost.log").read_text()
     with pytest.raises(ValueError, match="unknown jobs"):
-        run.run([plan_lib.Job("x", [], deps=("y",))])
+        run.run([jobs_lib.Job("x", [], deps=("y",))])
     # Unstamped jobs (data) are done as soon as their outputs exist; they never run again.
     marked = tmp_path / "manifest.json"
     marked.write_text("{}")
-    data = plan_lib.Job("data", [_py("raise SystemExit(1)")], outputs=(str(marked),), stamped=False)
+    data = jobs_lib.Job("data", [_py("raise SystemExit(1)")], outputs=(str(marked),), stamped=False)
     assert run.run([data]) == {"data": "skipped"}
 
 

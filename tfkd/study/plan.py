@@ -1,16 +1,15 @@
 """The study's runs (METHODS.md §7–§8): teachers of graded quality, pseudo-labels, students.
 
 `StudyPlan` is the gin root of `tools/run_study.py` (bound in `gin/study/<preset>.gin`). It expands
-into `Job`s, each a list of the project's own CLI commands (`bin/train`, `bin/evaluate`,
-`bin/pseudo_label`, data tools) with the jobs it depends on; `tfkd.study.scheduler` runs them, and
-`tfkd.study.report` reads what they wrote. Nothing here imports TensorFlow.
+into `Job`s (`tfkd.study.jobs`: the project's own CLI commands with the jobs they depend on);
+`tfkd.study.scheduler` runs them, and `tfkd.study.report` reads what they wrote. Nothing here
+imports TensorFlow.
 
-Layout under the study directory OUT:
+Layout under the study directory OUT (and the scheduler's logs/ and stamps/):
 
     teachers/<teacher>/                 bin/train model dir, eval/{dev,test}.json
     pseudo/<teacher>[-noise<r>]/        bin/pseudo_label output (manifest.json: teacher WER)
     students/<arm>/<method>/<setting>/s<seed>/   bin/train model dirs, eval/{dev,test}.json
-    logs/<job>.log, stamps/<job>.json
 
 Arms: `teacher-<name>` (the main grid), `noise-<rate>` (the controlled label-noise arm:
 the noise teacher's pseudo-labels corrupted at that word-piece error rate and rescored by it),
@@ -28,13 +27,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from tfkd.study import stats
 
-SPLITS = ("train-labeled", "train-unlabeled", "dev", "test")
+# builtin_data_steps: also imported from here by tools/run_demo.py.
+from tfkd.study.jobs import Job, builtin_data_steps, copy_checkpoint, data_jobs, read_json
+
 NEEDS = ("pseudo", "soft-targets", "online", "none")
 
 
@@ -91,35 +91,6 @@ class Teacher:
     description: str = ""
 
 
-@dataclasses.dataclass
-class Job:
-    """One unit of work: commands run in order from the repository root.
-
-    Attributes:
-        name: unique; also names the log and the stamp.
-        commands: argv lists, or a function returning them, called when the job starts (after
-            its dependencies finished: tuned values are known then).
-        deps: names of jobs that must finish first.
-        outputs: paths that must exist for the job to count as done.
-        before: optional function run before the commands (e.g. copy a teacher checkpoint).
-        info: what the report needs to know about the job (arm, method, seed, paths, ...).
-        stamped: done also needs the scheduler's stamp; False for data whose tools write their
-            own completion marks (the outputs), so data built by `make demo` is reused as is.
-    """
-
-    name: str
-    commands: Sequence[Sequence[str]] | Callable[[], Sequence[Sequence[str]]]
-    deps: tuple[str, ...] = ()
-    outputs: tuple[str, ...] = ()
-    before: Callable[[], None] | None = None
-    info: dict = dataclasses.field(default_factory=dict)
-    stamped: bool = True
-
-    def argv_lists(self) -> list[list[str]]:
-        cmds = self.commands() if callable(self.commands) else self.commands
-        return [list(c) for c in cmds]
-
-
 def _as_methods(methods) -> tuple[Method, ...]:
     return tuple(m if isinstance(m, Method) else Method(**m) for m in methods)
 
@@ -140,19 +111,6 @@ def setting_name(values: Mapping[str, object]) -> str:
     if not values:
         return "default"
     return ",".join(f"{k}={v}" for k, v in sorted(values.items()))
-
-
-def stamp_path(out_dir: str, job_name: str) -> str:
-    """`OUT/stamps/<job>.json`: written by the scheduler when a job succeeds, with its seconds."""
-    return os.path.join(out_dir, "stamps", f"{job_name}.json")
-
-
-def read_json(path: str) -> dict | None:
-    """The JSON object at `path`, or None if the file does not exist."""
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 @dataclasses.dataclass
@@ -315,12 +273,9 @@ class StudyPlan:
     def data_jobs(self) -> list[Job]:
         if self.corpus_size is None:
             return []
-        steps = builtin_data_steps(self.tool, self.data_dir, self.corpus_size, self.vocab_size)
-        jobs, deps = [], ()
-        for name, commands, marks in steps:
-            jobs.append(Job(f"data-{name}", commands, deps=deps, outputs=marks, stamped=False))
-            deps = (jobs[-1].name,)
-        return jobs
+        return data_jobs(
+            builtin_data_steps(self.tool, self.data_dir, self.corpus_size, self.vocab_size)
+        )
 
     def _data_deps(self) -> tuple[str, ...]:
         return ("data-records",) if self.corpus_size is not None else ()
@@ -332,7 +287,7 @@ class StudyPlan:
             before = None
             deps = self._data_deps()
             if t.continue_from is not None:
-                before = _copy_checkpoint(self.teacher_dir(t.continue_from), model_dir)
+                before = copy_checkpoint(self.teacher_dir(t.continue_from), model_dir)
                 deps += (f"teacher-{t.continue_from}",)
             jobs.append(
                 Job(
@@ -558,112 +513,9 @@ class StudyPlan:
         )
 
 
-def builtin_data_steps(
-    tool, data_dir: str, size: str, vocab_size: int, respoken: int = 0
-) -> list[tuple]:
-    """How the built-in corpus, its SentencePiece model and its records are made in `data_dir`
-    (shared by `make demo` and the study, so that both reuse the same data).
-
-    Args:
-        tool: `tool(script, *args) -> argv` running one of the project's scripts.
-        data_dir: DATA; the corpus goes to DATA/corpus/<size>, the model to DATA/spm/spm.model,
-            the records to DATA/records.
-        size: `tools/make_corpus.py --size`.
-        vocab_size: SentencePiece pieces (blank included).
-        respoken: when > 0, a fourth step "respoken" adds the `train-respoken` split
-            (`tools/make_corpus.py --respoken`: `train-labeled`'s sentences spoken that many
-            more times by new speakers) and its records, DATA/records/train-respoken-*.
-
-    Returns:
-        `[(name, commands, completion marks)]` for "corpus", "spm", "records" (and "respoken"),
-        in order; each tool writes its marks only when it finished (and resumes where it
-        stopped).
-    """
-    corpus = os.path.join(data_dir, "corpus", size)
-    spm_prefix = os.path.join(data_dir, "spm", "spm")
-    records = os.path.join(data_dir, "records")
-
-    def prepare(split):
-        return tool(
-            "tools/prepare_librispeech.py",
-            os.path.join(corpus, split),
-            records,
-            "--spm_model",
-            spm_prefix + ".model",
-            "--jobs",
-            "2",
-        )
-
-    steps = [
-        (
-            "corpus",
-            [tool("tools/make_corpus.py", "--size", size, "--jobs", "2", corpus)],
-            (os.path.join(corpus, "manifest.json"),),
-        ),
-        (
-            "spm",
-            [
-                tool(
-                    "tools/train_spm.py",
-                    os.path.join(corpus, "train-labeled"),
-                    "--vocab_size",
-                    str(vocab_size),
-                    "--output_prefix",
-                    spm_prefix,
-                )
-            ],
-            (spm_prefix + ".model",),
-        ),
-        (
-            "records",
-            [prepare(split) for split in SPLITS],
-            tuple(os.path.join(records, f"{s}.manifest.json") for s in SPLITS),
-        ),
-    ]
-    if respoken > 0:
-        split = "train-respoken"
-        steps.append(
-            (
-                "respoken",
-                [
-                    tool(
-                        "tools/make_corpus.py",
-                        "--size",
-                        size,
-                        "--jobs",
-                        "2",
-                        "--respoken",
-                        str(respoken),
-                        corpus,
-                    ),
-                    prepare(split),
-                ],
-                (os.path.join(records, f"{split}.manifest.json"),),
-            )
-        )
-    return steps
-
-
 def grid_settings(grid: Mapping[str, Sequence]) -> list[dict]:
     """The Cartesian product of a `{MACRO: [values]}` grid, in a fixed order."""
     keys = sorted(grid)
     return [
         dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))
     ]
-
-
-def _copy_checkpoint(src: str, dst: str) -> Callable[[], None]:
-    """Copies a `bin/train` model dir's checkpoint and config into an empty `dst` (a teacher that
-    continues another's training); does nothing when `dst` already has a checkpoint."""
-
-    def copy():
-        import shutil
-
-        if os.path.exists(os.path.join(dst, "checkpoint")):
-            return
-        os.makedirs(dst, exist_ok=True)
-        for name in os.listdir(src):
-            if name.startswith("ckpt-") or name in ("checkpoint", "operative_config.gin"):
-                shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
-
-    return copy

@@ -13,7 +13,8 @@ import shutil
 from collections.abc import Mapping, Sequence
 
 from tfkd.study import stats
-from tfkd.study.plan import Job, StudyPlan, read_json, setting_name, stamp_path
+from tfkd.study.jobs import Job, read_json, stamp_path
+from tfkd.study.plan import StudyPlan, setting_name
 
 SPLITS = ("dev", "test")
 

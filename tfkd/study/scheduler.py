@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import tqdm
 
-from tfkd.study.plan import Job, stamp_path
+from tfkd.study.jobs import Job, stamp_path
 
 
 def _dump(path: str, obj) -> None:

@@ -1,0 +1,178 @@
+"""The study's job model: what the scheduler runs, how it marks a job done, and the data jobs.
+
+A `Job` is a list of the project's own CLI commands (`bin/train`, `bin/evaluate`,
+`bin/pseudo_label`, the data tools), run in order from the repository root, with the jobs it
+depends on and the outputs that show it finished. `tfkd.study.plan` expands a study into jobs,
+`tfkd.study.scheduler` runs them and writes their stamps and logs, `tfkd.study.report` reads
+what they wrote. Nothing here imports TensorFlow.
+
+Under a study directory OUT, the scheduler keeps:
+
+    logs/<job>.log, stamps/<job>.json
+
+The built-in corpus, its SentencePiece model and its records are made by the same steps for
+`make demo` and for the study (`builtin_data_steps`), so that both reuse the same data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+
+SPLITS = ("train-labeled", "train-unlabeled", "dev", "test")
+
+
+@dataclasses.dataclass
+class Job:
+    """One unit of work: commands run in order from the repository root.
+
+    Attributes:
+        name: unique; also names the log and the stamp.
+        commands: argv lists, or a function returning them, called when the job starts (after
+            its dependencies finished: tuned values are known then).
+        deps: names of jobs that must finish first.
+        outputs: paths that must exist for the job to count as done.
+        before: optional function run before the commands (e.g. copy a teacher checkpoint).
+        info: what the report needs to know about the job (arm, method, seed, paths, ...).
+        stamped: done also needs the scheduler's stamp; False for data whose tools write their
+            own completion marks (the outputs), so data built by `make demo` is reused as is.
+    """
+
+    name: str
+    commands: Sequence[Sequence[str]] | Callable[[], Sequence[Sequence[str]]]
+    deps: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    before: Callable[[], None] | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+    stamped: bool = True
+
+    def argv_lists(self) -> list[list[str]]:
+        cmds = self.commands() if callable(self.commands) else self.commands
+        return [list(c) for c in cmds]
+
+
+def stamp_path(out_dir: str, job_name: str) -> str:
+    """`OUT/stamps/<job>.json`: written by the scheduler when a job succeeds, with its seconds."""
+    return os.path.join(out_dir, "stamps", f"{job_name}.json")
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON object at `path`, or None if the file does not exist."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def data_jobs(steps: Sequence[tuple]) -> list[Job]:
+    """Jobs `data-<name>` for `builtin_data_steps`, each after the one before; unstamped, since
+    the data tools write their own completion marks (so data built by `make demo` is reused)."""
+    jobs, deps = [], ()
+    for name, commands, marks in steps:
+        jobs.append(Job(f"data-{name}", commands, deps=deps, outputs=marks, stamped=False))
+        deps = (jobs[-1].name,)
+    return jobs
+
+
+def builtin_data_steps(
+    tool, data_dir: str, size: str, vocab_size: int, respoken: int = 0
+) -> list[tuple]:
+    """How the built-in corpus, its SentencePiece model and its records are made in `data_dir`
+    (shared by `make demo` and the study, so that both reuse the same data).
+
+    Args:
+        tool: `tool(script, *args) -> argv` running one of the project's scripts.
+        data_dir: DATA; the corpus goes to DATA/corpus/<size>, the model to DATA/spm/spm.model,
+            the records to DATA/records.
+        size: `tools/make_corpus.py --size`.
+        vocab_size: SentencePiece pieces (blank included).
+        respoken: when > 0, a fourth step "respoken" adds the `train-respoken` split
+            (`tools/make_corpus.py --respoken`: `train-labeled`'s sentences spoken that many
+            more times by new speakers) and its records, DATA/records/train-respoken-*.
+
+    Returns:
+        `[(name, commands, completion marks)]` for "corpus", "spm", "records" (and "respoken"),
+        in order; each tool writes its marks only when it finished (and resumes where it
+        stopped).
+    """
+    corpus = os.path.join(data_dir, "corpus", size)
+    spm_prefix = os.path.join(data_dir, "spm", "spm")
+    records = os.path.join(data_dir, "records")
+
+    def prepare(split):
+        return tool(
+            "tools/prepare_librispeech.py",
+            os.path.join(corpus, split),
+            records,
+            "--spm_model",
+            spm_prefix + ".model",
+            "--jobs",
+            "2",
+        )
+
+    steps = [
+        (
+            "corpus",
+            [tool("tools/make_corpus.py", "--size", size, "--jobs", "2", corpus)],
+            (os.path.join(corpus, "manifest.json"),),
+        ),
+        (
+            "spm",
+            [
+                tool(
+                    "tools/train_spm.py",
+                    os.path.join(corpus, "train-labeled"),
+                    "--vocab_size",
+                    str(vocab_size),
+                    "--output_prefix",
+                    spm_prefix,
+                )
+            ],
+            (spm_prefix + ".model",),
+        ),
+        (
+            "records",
+            [prepare(split) for split in SPLITS],
+            tuple(os.path.join(records, f"{s}.manifest.json") for s in SPLITS),
+        ),
+    ]
+    if respoken > 0:
+        split = "train-respoken"
+        steps.append(
+            (
+                "respoken",
+                [
+                    tool(
+                        "tools/make_corpus.py",
+                        "--size",
+                        size,
+                        "--jobs",
+                        "2",
+                        "--respoken",
+                        str(respoken),
+                        corpus,
+                    ),
+                    prepare(split),
+                ],
+                (os.path.join(records, f"{split}.manifest.json"),),
+            )
+        )
+    return steps
+
+
+def copy_checkpoint(src: str, dst: str) -> Callable[[], None]:
+    """Copies a `bin/train` model dir's checkpoint and config into an empty `dst` (a teacher that
+    continues another's training); does nothing when `dst` already has a checkpoint."""
+
+    def copy():
+        if os.path.exists(os.path.join(dst, "checkpoint")):
+            return
+        os.makedirs(dst, exist_ok=True)
+        for name in os.listdir(src):
+            if name.startswith("ckpt-") or name in ("checkpoint", "operative_config.gin"):
+                shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+
+    return copy
