@@ -1,5 +1,6 @@
 """The study driver (`tools/run_study.py`, `tfkd.study`): plan, statistics, scheduler, report."""
 
+import glob
 import importlib.util
 import json
 import math
@@ -13,6 +14,7 @@ import pytest
 
 from tfkd import config
 from tfkd.study import jobs as jobs_lib
+from tfkd.study import plan as plan_lib
 from tfkd.study import report, scheduler, stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,10 +44,32 @@ def test_mean_ci95_uses_student_t():
 def load_preset(name, **overrides):
     gin.clear_config()
     try:
-        config.parse_gin([f"gin/study/{name}.gin"])
+        config.parse_gin([plan_lib.preset_path(name)])
         return gin.get_configurable("StudyPlan")(**overrides)
     finally:
         gin.clear_config()  # the plan is built: later tests start from an empty config
+
+
+def test_presets_are_the_papers_and_gin_study_holds_only_per_run_overlays():
+    def binds_plan(path):
+        with open(path) as f:
+            return any(line.startswith("StudyPlan.") for line in f)
+
+    papers = os.path.join(REPO, plan_lib.PRESET_DIR)
+    presets = sorted(n for n in os.listdir(papers) if binds_plan(os.path.join(papers, n)))
+    assert presets == ["librispeech.gin", "methods.gin", "small.gin", "tiny.gin"]
+    study = os.path.join(REPO, "gin", "study")
+    assert not [n for n in os.listdir(study) if binds_plan(os.path.join(study, n))]
+    assert plan_lib.preset_path("small") == f"{plan_lib.PRESET_DIR}/small.gin"
+    assert plan_lib.preset_path("/tmp/mine.gin") == "/tmp/mine.gin"
+
+
+@pytest.mark.parametrize(
+    "gin_file", sorted(glob.glob(os.path.join(REPO, plan_lib.PRESET_DIR, "*.gin")))
+)
+def test_every_preset_file_parses_strictly(clean_gin, gin_file):
+    # (tests/test_training.py parses gin/*.gin and gin/*/*.gin; the presets are a level deeper)
+    assert config.parse_gin([gin_file]).strip()
 
 
 def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
@@ -191,7 +215,7 @@ def test_tuned_values_come_from_the_lowest_dev_wer(tmp_path):
     ],
 )  # fmt: skip
 def test_invalid_plans_are_clear_errors(clean_gin, binding, message):
-    config.parse_gin(["gin/study/small.gin"], [binding])
+    config.parse_gin([plan_lib.preset_path("small")], [binding])
     with pytest.raises(ValueError, match=message):
         gin.get_configurable("StudyPlan")()
 

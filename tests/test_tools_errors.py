@@ -119,8 +119,8 @@ def test_run_study_unknown_preset_names_the_presets(monkeypatch, capsys):
     code, err = _run("run_study", ["--preset", "smal", "--dry_run"], monkeypatch, capsys)
     assert code == 2
     assert _one_line(err) == (
-        "tools/run_study.py: --preset smal: no gin/study/smal.gin (presets: librispeech, small, "
-        "tiny; or a gin file)"
+        "tools/run_study.py: --preset smal: no gin/papers/fullsum_kd_icassp2023/smal.gin "
+        "(presets: librispeech, small, tiny; or a gin file)"
     )
 
 

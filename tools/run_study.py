@@ -5,13 +5,15 @@
     python tools/run_study.py --preset librispeech --dry_run    # paper scale: list the runs
     python tools/run_study.py --preset tiny --out /tmp/s --data /tmp/s/data --results /tmp/r
 
-The preset is a gin file, `gin/study/<preset>.gin`, binding `StudyPlan` (teachers of graded
-quality, student methods, seeds, hyper-parameter grids chosen on dev, the controlled label-noise
-arm); `--gin_file`/`--gin_bindings` add to it. Every run is one of the project's CLIs
-(`bin/train`, `bin/evaluate`, `bin/pseudo_label`, the data tools) in its own directory under
-`--out`, with a log in OUT/logs/. Interrupted, it picks up where it stopped: finished jobs are
-skipped, training resumes from checkpoints. At the end (and with `--report_only`) it writes
-RESULTS/study.md, study.json and study.png from what the runs wrote.
+The preset is a gin file of the paper's folder, `gin/papers/fullsum_kd_icassp2023/<preset>.gin`
+(or a gin file of one's own), binding `StudyPlan` (teachers of graded quality, student methods,
+seeds, hyper-parameter grids chosen on dev, the controlled label-noise arm); `--gin_file` and
+`--gin_bindings` add to it; the per-run overlays it gives to `bin/train` are in `gin/study/`.
+Every run is one of the project's CLIs (`bin/train`, `bin/evaluate`, `bin/pseudo_label`, the data
+tools) in its own directory under `--out`, with a log in OUT/logs/. Interrupted, it picks up
+where it stopped: finished jobs are skipped, training resumes from checkpoints. At the end (and
+with `--report_only`) it writes RESULTS/study.md, study.json and study.png from what the runs
+wrote.
 """
 
 import argparse
@@ -24,11 +26,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
+from tfkd.study.plan import PRESET_DIR, StudyPlan, preset_path  # noqa: E402  (no TensorFlow)
 
 
 def _parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="small", help="gin/study/<preset>.gin")
+    p.add_argument("--preset", default="small", help=f"{PRESET_DIR}/<preset>.gin")
     p.add_argument("--out", default=None, help="study directory (default runs/study/<preset>)")
     p.add_argument("--data", default=None, help="data directory (default: the preset's)")
     p.add_argument("--results", default="results", help="where study.{md,json,png} go")
@@ -43,8 +46,9 @@ def _parse_args(argv):
 
 
 def _presets():
-    """The names of gin/study/*.gin that name a study (the others are included pieces)."""
-    directory = os.path.join(REPO, "gin", "study")
+    """The names of the gin files in PRESET_DIR that name a study (the others are included
+    pieces)."""
+    directory = os.path.join(REPO, PRESET_DIR)
     names = []
     for name in sorted(os.listdir(directory)):
         if name.endswith(".gin"):
@@ -56,16 +60,15 @@ def _presets():
 
 def load_plan(args):
     """The gin-bound `StudyPlan` of the preset, with paths made absolute."""
-    import gin
-
-    from tfkd import config
-    from tfkd.study.plan import StudyPlan
-
-    preset = args.preset if args.preset.endswith(".gin") else f"gin/study/{args.preset}.gin"
+    preset = preset_path(args.preset)
     if not any(os.path.isfile(p) for p in (preset, os.path.join(REPO, preset))):
         raise cli.UsageError(
             f"--preset {args.preset}: no {preset} (presets: {', '.join(_presets())}; or a gin file)"
         )
+    import gin
+
+    from tfkd import config
+
     try:
         config.parse_gin([preset, *args.gin_file], args.gin_bindings)
     except (ValueError, KeyError, OSError) as e:

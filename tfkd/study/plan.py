@@ -1,9 +1,10 @@
 """The study's runs (METHODS.md §7–§8): teachers of graded quality, pseudo-labels, students.
 
-`StudyPlan` is the gin root of `tools/run_study.py` (bound in `gin/study/<preset>.gin`). It expands
-into `Job`s (`tfkd.study.jobs`: the project's own CLI commands with the jobs they depend on);
-`tfkd.study.scheduler` runs them, and `tfkd.study.report` reads what they wrote. Nothing here
-imports TensorFlow.
+`StudyPlan` is the gin root of `tools/run_study.py`, bound by a preset in `PRESET_DIR` (the
+paper's folder, `gin/papers/<paper>/` as in DDSP; the per-run overlays that the presets give to
+`bin/train` stay in `gin/study/`). It expands into `Job`s (`tfkd.study.jobs`: the project's own CLI
+commands with the jobs they depend on); `tfkd.study.scheduler` runs them, and `tfkd.study.report`
+reads what they wrote. Nothing here imports TensorFlow.
 
 Layout under the study directory OUT (and the scheduler's logs/ and stamps/):
 
@@ -36,6 +37,15 @@ from tfkd.study import stats
 from tfkd.study.jobs import Job, builtin_data_steps, copy_checkpoint, data_jobs, read_json
 
 NEEDS = ("pseudo", "soft-targets", "online", "none")
+# The study presets (gin files binding `StudyPlan`, with the methods they share), relative to the
+# repository root: the paper's wing, apart from the per-run overlays of gin/study/.
+PRESET_DIR = "gin/papers/fullsum_kd_icassp2023"
+
+
+def preset_path(preset: str) -> str:
+    """The gin file of a preset: `PRESET_DIR/<preset>.gin`, or `preset` itself if it ends in
+    `.gin` (a preset of one's own)."""
+    return preset if preset.endswith(".gin") else f"{PRESET_DIR}/{preset}.gin"
 
 
 @dataclasses.dataclass(frozen=True)
