@@ -160,8 +160,8 @@ def test_terms_are_named_and_total_is_the_weighted_sum():
         loss_weights=weights,
     )
     assert trainer.teacher is None
-    assert not trainer._use_lean(tf.zeros([B * N, 20, 24]), tf.zeros([B * N, 6, 24]))
-    assert trainer._use_lean(tf.zeros([B * N, 2**16, 24]), tf.zeros([B * N, 6, 24]))
+    assert not trainer.scorer._use_lean(tf.zeros([B * N, 20, 24]), tf.zeros([B * N, 6, 24]))
+    assert trainer.scorer._use_lean(tf.zeros([B * N, 2**16, 24]), tf.zeros([B * N, 6, 24]))
     terms = {k: v.numpy() for k, v in trainer.loss_terms(batch, training=False).items()}
     assert set(terms) == {"fullsum", "disc", "rnnt_gt"}
     # rnnt_gt is the plain RNN-T loss on the labelled examples and exactly 0 on the others.

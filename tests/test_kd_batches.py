@@ -13,8 +13,8 @@ from test_distillation_trainers import (
 from training_records import write_tiny_records
 
 from tfkd import config, preflight
-from tfkd.data import pipeline
-from tfkd.training import distillation, kd_batches, trainers
+from tfkd.data import kd_batches, pipeline
+from tfkd.training import distillation, trainers
 
 N = 3  # hypotheses in the pseudo-label records
 STATIC = {

@@ -16,8 +16,8 @@ import test_distillation_trainers as tdt
 from training_records import write_tiny_records
 
 from tfkd import losses, pseudo_label
-from tfkd.data import pipeline
-from tfkd.training import distillation, kd_batches
+from tfkd.data import kd_batches, pipeline
+from tfkd.training import distillation
 
 SHIFT = 1
 

@@ -21,7 +21,7 @@ import gin
 import keras
 
 from tfkd import features
-from tfkd.data import pipeline
+from tfkd.data import kd_batches, pipeline
 from tfkd.models import presets
 from tfkd.study import plan as study_plan
 from tfkd.training import distillation, loop, periodic_eval, schedules, trainers
@@ -47,8 +47,8 @@ for _trainer in (
     distillation.DiscriminativeFullSumTrainer,
 ):
     gin.external_configurable(_trainer, name=_trainer.__name__)
-gin.external_configurable(distillation.pseudo_label_dataset, name="pseudo_label_dataset")
-gin.external_configurable(distillation.mixed_label_dataset, name="mixed_label_dataset")
+gin.external_configurable(kd_batches.pseudo_label_dataset, name="pseudo_label_dataset")
+gin.external_configurable(kd_batches.mixed_label_dataset, name="mixed_label_dataset")
 gin.external_configurable(schedules.WarmupDecay, name="WarmupDecay")
 gin.external_configurable(keras.optimizers.Adam, name="Adam", module="keras.optimizers")
 gin.external_configurable(pipeline.make_dataset, name="make_dataset")

@@ -46,6 +46,20 @@ from tfkd.data import reading, records, speed_perturb
 # Log-score for padding hypotheses: finite (no NaN in gradients), far below any real one.
 NBEST_PAD_SCORE = -1e30
 
+# The names of the fields this pipeline yields for distillation (module docstring); the
+# distillation batch contract (`tfkd.data.kd_batches`) and the trainers read them from here.
+#: The N-best fields of `with_nbest`.
+NBEST_FIELDS = ("nbest_token_ids", "nbest_lengths", "teacher_scores", "nbest_count")
+#: The stored soft-distillation targets: collapsed teacher log-probs `[B, T', U'+1, 3]` on the
+#: 1-best's lattice, and the teacher's frames `[B]`.
+SOFT_TARGETS = "soft_targets"
+SOFT_TARGET_FRAMES = "soft_target_frames"
+#: Padded label fields and the lengths that say how much of each is real (`trim_labels` cuts
+#: them).
+LABEL_FIELDS = (("token_ids", "label_length"), ("nbest_token_ids", "nbest_lengths"))
+#: Fields with a label-node axis (axis 2, U + 1 nodes) and the label field whose U it follows.
+LABEL_NODE_FIELDS = ((SOFT_TARGETS, "nbest_token_ids"),)
+
 _log = logging.getLogger(__name__)
 
 
@@ -125,8 +139,8 @@ def _parse_fn(with_nbest: bool, with_text: bool, with_soft: bool = False):
             out["teacher_scores"] = ex["teacher_scores"]
             out["nbest_count"] = tf.size(ex["nbest_lengths"], out_type=tf.int32)
         if with_soft:
-            out["soft_targets"] = ex["soft_targets"]
-            out["soft_target_frames"] = ex["soft_target_frames"]
+            out[SOFT_TARGETS] = ex["soft_targets"]
+            out[SOFT_TARGET_FRAMES] = ex["soft_target_frames"]
         if with_text:
             out["text"] = ex["text"]
             out["utterance_id"] = ex["utterance_id"]
@@ -182,8 +196,8 @@ def _static_shapes(element_spec, num_samples, max_label_length, nbest_size):
         shapes["nbest_token_ids"] = tf.TensorShape([nbest_size, max_label_length])
         shapes["nbest_lengths"] = tf.TensorShape([nbest_size])
         shapes["teacher_scores"] = tf.TensorShape([nbest_size])
-    if "soft_targets" in element_spec:
-        shapes["soft_targets"] = tf.TensorShape([None, max_label_length + 1, 3])
+    if SOFT_TARGETS in element_spec:
+        shapes[SOFT_TARGETS] = tf.TensorShape([None, max_label_length + 1, 3])
     return shapes
 
 

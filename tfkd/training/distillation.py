@@ -17,7 +17,8 @@ Two ways to get the teacher's outputs, chosen by what the batch holds:
 The teacher runs per replica before the step's gradient tape (and outside its XLA cluster), with
 `training=False`, under `stop_gradient`; only the student's variables are trained. How the student
 scores label sequences (whole lattices, or one joint row per distinct label prefix of the N-best)
-is `tfkd.training.student_scoring`.
+is the trainer's `scorer` (`tfkd.training.student_scoring.StudentScorer`). The batch fields and
+the pseudo-label datasets are `tfkd.data.kd_batches` (names from `tfkd.data.pipeline`).
 
 Ground truth (§6, term `rnnt_gt`): `ground_truth="flag"` (default) adds `−log P_S(y*|x)` on the
 examples whose optional boolean batch field `labeled [B]` is True, and 0 elsewhere (and for every
@@ -41,9 +42,8 @@ import keras
 import tensorflow as tf
 
 from tfkd import decoding, evaluation, losses
-from tfkd.data.pipeline import NBEST_PAD_SCORE
-from tfkd.training import trainers
-from tfkd.training.kd_batches import (
+from tfkd import features as features_lib
+from tfkd.data.kd_batches import (
     LABELED,
     NBEST_FIELDS,
     PSEUDO_LABEL_COMMAND,
@@ -58,7 +58,9 @@ from tfkd.training.kd_batches import (
     pseudo_label_dataset,
     soft_targets_reduction_factor,
 )
-from tfkd.training.student_scoring import StudentScoring
+from tfkd.data.pipeline import NBEST_PAD_SCORE
+from tfkd.training import trainers
+from tfkd.training.student_scoring import StudentScorer
 from tfkd.training.trainers import trim_labels
 
 __all__ = [
@@ -79,8 +81,13 @@ __all__ = [
 _GROUND_TRUTH = ("flag", "all", "none")
 
 
-class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
-    """Shared machinery: teacher (online) or stored outputs (offline), student scoring, `rnnt_gt`.
+class DistillationTrainer(trainers.LossTermsTrainer):
+    """Shared machinery: teacher (online) or stored outputs (offline), `rnnt_gt` and `ctc`; the
+    student's scoring is `self.scorer` (a `StudentScorer`).
+
+    A method subclasses this, sets `term_names`, implements `loss_terms` (one encoder pass,
+    `encode_student_outputs`; scores from `self.scorer`; `shared_terms` for `rnnt_gt` and `ctc`)
+    and lists what it scores on shared prefix rows in `row_label_sets`.
 
     Args:
         model: the student `Transducer`.
@@ -141,7 +148,13 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
         **kwargs,
     ):
         super().__init__(model, optimizer, **kwargs)
-        self.init_scoring(share_prefixes, lean_joint_threshold, joint_time_chunk)
+        self.scorer = StudentScorer(
+            model,
+            jit_compile=self.jit_compile,
+            share_prefixes=share_prefixes,
+            lean_joint_threshold=lean_joint_threshold,
+            joint_time_chunk=joint_time_chunk,
+        )
         if ground_truth not in _GROUND_TRUTH:
             raise ValueError(f"ground_truth must be one of {_GROUND_TRUTH}, got {ground_truth!r}")
         if not 1 <= nbest_size <= beam_width:
@@ -268,11 +281,53 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
             batch = {k: v for k, v in batch.items() if k not in (SOFT_TARGETS, SOFT_TARGET_FRAMES)}
         return self._teacher_pass(batch)
 
-    # ---- student (per replica; scoring in `StudentScoring`) -----------------------------------
+    # ---- student (per replica; scoring in `self.scorer`) --------------------------------------
+
+    @property
+    def share_prefixes(self) -> bool:
+        """Whether the student scores on shared prefix rows (`StudentScorer.share_prefixes`)."""
+        return self.scorer.share_prefixes
+
+    def encode_student(self, batch, training):
+        """Per replica: `(enc_side [B, T, J], enc_lengths [B])`: encoder output, projected once."""
+        _, enc_side, enc_lengths = self.encode_student_outputs(batch, training)
+        return enc_side, enc_lengths
+
+    def encode_student_outputs(self, batch, training):
+        """Per replica, one encoder pass: `(enc [B, T, D], enc_side [B, T, J], enc_lengths [B])`,
+        the raw encoder output (for encoder-side terms such as CTC) and its joint projection."""
+        feats, lengths = self.features(batch, training)
+        enc, enc_lengths = self.model.encode(feats, lengths, training=training)
+        return enc, self.scorer.project_encoder(enc), tf.cast(enc_lengths, tf.int32)
+
+    def student_nbest_scores(
+        self, enc_side, enc_lengths, hypotheses, hypothesis_lengths, training, nbest_count=None
+    ):
+        """Per replica: `s_S [B, N]` full-sum scores of an N-best (`StudentScorer.nbest_scores`)."""
+        return self.scorer.nbest_scores(
+            enc_side, enc_lengths, hypotheses, hypothesis_lengths, training, nbest_count
+        )
+
+    def joint_path(self, batch):
+        """Per replica: the run-time choice of lean or plain shared-prefix scoring for this batch
+        (`LossTermsTrainer.joint_path`), from the rows of `row_label_sets`; None when the scorer
+        needs none."""
+        if not self.scorer.chooses_at_run_time:
+            return None
+        if NBEST_FIELDS[0] not in batch:
+            return None  # loss_terms raises its own error
+        sets = self.row_label_sets(batch)
+        if not sets:
+            return None
+        samples = tf.shape(batch["waveform"])[1]
+        num_frames = getattr(self.frontend, "num_frames", features_lib.num_frames)
+        frames = self.model.output_lengths(num_frames(samples)[None])[0]
+        return self.scorer.rows_exceed_threshold(sets, frames), self.scorer.lean_rows
 
     def row_label_sets(self, batch):
         """Per replica: what `loss_terms` scores on shared prefix rows, as a list of
-        `(labels [B, N, U], lengths [B, N], count [B] or None)`; here the `rnnt_gt` labels."""
+        `(labels [B, N, U], lengths [B, N], count [B] or None)`; here the `rnnt_gt` labels.
+        Subclasses add theirs (it sizes the step's joint, `joint_path`)."""
         if self.ground_truth == "none" or (self.ground_truth == "flag" and LABELED not in batch):
             return []
         count = None if self.ground_truth == "all" else tf.cast(batch[LABELED], tf.int32)
@@ -306,6 +361,14 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
             labeled | has_hyp,
         )
 
+    def shared_terms(self, batch, enc, enc_side, enc_lengths, training):
+        """Per replica: the terms every distillation method has, `{"rnnt_gt": [B]}` and, with
+        `ctc_weight > 0`, `"ctc": [B]`, from one encoder pass (`encode_student_outputs`)."""
+        return {
+            "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
+            **self.ctc_term(batch, enc, enc_lengths),
+        }
+
     def ctc_term(self, batch, enc, enc_lengths):
         """Per replica: `{"ctc": [B]}` of the student's raw encoder output `enc [B, T, D]`
         against `ctc_targets`, or `{}` when `ctc_weight` is 0."""
@@ -320,7 +383,7 @@ class DistillationTrainer(StudentScoring, trainers.LossTermsTrainer):
         if self.ground_truth == "none" or (self.ground_truth == "flag" and LABELED not in batch):
             return tf.zeros([size], tf.float32)
         labeled = None if self.ground_truth == "all" else tf.cast(batch[LABELED], tf.bool)
-        nll = -self.student_scores(
+        nll = -self.scorer.scores(
             enc_side, enc_lengths, batch["token_ids"], batch["label_length"], training, labeled
         )
         if labeled is None:
@@ -348,11 +411,10 @@ class HardDistillationTrainer(DistillationTrainer):
         enc, enc_side, enc_lengths = self.encode_student_outputs(batch, training)
         hyp, hyp_lengths = first_best(batch)
         has_hyp = has_hypotheses(batch)
-        hard = -self.student_scores(enc_side, enc_lengths, hyp, hyp_lengths, training, has_hyp)
+        hard = -self.scorer.scores(enc_side, enc_lengths, hyp, hyp_lengths, training, has_hyp)
         return {
             "hard": tf.where(has_hyp, hard, 0.0),
-            "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
-            **self.ctc_term(batch, enc, enc_lengths),
+            **self.shared_terms(batch, enc, enc_side, enc_lengths, training),
         }
 
 
@@ -432,7 +494,7 @@ class SoftDistillationTrainer(DistillationTrainer):
         batch = self.add_teacher_outputs(batch)
         enc, enc_side, enc_lengths = self.encode_student_outputs(batch, training)
         hyp, hyp_lengths = first_best(batch)
-        logits = self.student_logits(enc_side, hyp, training)
+        logits = self.scorer.logits(enc_side, hyp, training)
         has_hyp = has_hypotheses(batch)
         hard = losses.hard_distillation_loss(logits, hyp, enc_lengths, hyp_lengths)
         if self.uses_stored_lattice(batch):
@@ -464,8 +526,7 @@ class SoftDistillationTrainer(DistillationTrainer):
         return {
             "hard": tf.where(has_hyp, hard, 0.0),
             "soft": tf.where(has_hyp, soft, 0.0),
-            "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
-            **self.ctc_term(batch, enc, enc_lengths),
+            **self.shared_terms(batch, enc, enc_side, enc_lengths, training),
         }
 
 
@@ -502,7 +563,7 @@ class FullSumDistillationTrainer(DistillationTrainer):
         enc_side [B, T, J], enc_lengths [B])`."""
         batch = self.add_teacher_outputs(batch)
         enc, enc_side, enc_lengths = self.encode_student_outputs(batch, training)
-        scores = self.student_nbest_scores(
+        scores = self.scorer.nbest_scores(
             enc_side,
             enc_lengths,
             batch["nbest_token_ids"],
@@ -512,8 +573,9 @@ class FullSumDistillationTrainer(DistillationTrainer):
         )
         return batch, scores, enc, enc_side, enc_lengths
 
-    def loss_terms(self, batch, training):
-        batch, scores, enc, enc_side, enc_lengths = self.sequence_scores(batch, training)
+    def nbest_terms(self, batch, scores):
+        """Per replica: the terms over the N-best, `{"fullsum": [B]}`, from the teacher's scores
+        in `batch` and the student's `scores [B, N]`. Subclasses add theirs."""
         return {
             "fullsum": losses.fullsum_distillation_loss(
                 batch["teacher_scores"],
@@ -522,9 +584,14 @@ class FullSumDistillationTrainer(DistillationTrainer):
                 num_hyps=batch["nbest_count"],
                 distance=self.distance,
                 length_norm=self.length_norm,
-            ),
-            "rnnt_gt": self.ground_truth_term(batch, enc_side, enc_lengths, training),
-            **self.ctc_term(batch, enc, enc_lengths),
+            )
+        }
+
+    def loss_terms(self, batch, training):
+        batch, scores, enc, enc_side, enc_lengths = self.sequence_scores(batch, training)
+        return {
+            **self.nbest_terms(batch, scores),
+            **self.shared_terms(batch, enc, enc_side, enc_lengths, training),
         }
 
 
@@ -552,17 +619,10 @@ class DiscriminativeFullSumTrainer(FullSumDistillationTrainer):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def loss_terms(self, batch, training):
-        batch, scores, enc, enc_side, enc_lengths = self.sequence_scores(batch, training)
-        terms = {
-            "fullsum": losses.fullsum_distillation_loss(
-                batch["teacher_scores"],
-                scores,
-                batch["nbest_lengths"],
-                num_hyps=batch["nbest_count"],
-                distance=self.distance,
-                length_norm=self.length_norm,
-            ),
+    def nbest_terms(self, batch, scores):
+        """`fullsum` (`FullSumDistillationTrainer.nbest_terms`) and `disc [B]`."""
+        return {
+            **super().nbest_terms(batch, scores),
             "disc": losses.discriminative_fullsum_loss(
                 batch["teacher_scores"],
                 scores,
@@ -570,9 +630,6 @@ class DiscriminativeFullSumTrainer(FullSumDistillationTrainer):
                 temperature=self.temperature,
             ),
         }
-        terms["rnnt_gt"] = self.ground_truth_term(batch, enc_side, enc_lengths, training)
-        terms.update(self.ctc_term(batch, enc, enc_lengths))
-        return terms
 
 
 def _same_width(a, b):

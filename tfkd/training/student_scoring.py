@@ -1,7 +1,9 @@
 """How a distillation trainer's student scores label sequences: full-sum `log P_S(y|x)`.
 
-Three ways, the same values and gradients:
-- whole lattices: one `[T, U+1, V]` joint output per label sequence (`student_log_probs`),
+A `StudentScorer` is an object the trainer holds (`trainer.scorer`); it sees the student model
+and the encoder output the trainer computed, never a batch. Three ways, the same values and
+gradients:
+- whole lattices: one `[T, U+1, V]` joint output per label sequence (`log_probs`),
   memory-lean (`tfkd.losses.rnnt_log_prob_from_joint`, time chunks) above `lean_joint_threshold`
   logits. Static shapes: the path for XLA (TPU);
 - shared prefix rows (`share_prefixes`, the default without XLA): one joint row `[T, V]` per
@@ -10,69 +12,64 @@ Three ways, the same values and gradients:
   prefixes, and padded label positions get no rows;
 - shared prefix rows in time chunks (`tfkd.losses.rnnt_nbest_log_prob_from_joint`) when the rows
   of a step exceed `lean_joint_threshold` logits `R·T·V`. R depends on the data, so this choice
-  is made per step at run time, outside the gradient tape (`_grads`).
+  is made per step at run time, outside the gradient tape: the trainer's `joint_path` hook
+  returns `rows_exceed_threshold` and `lean_rows` (see `LossTermsTrainer.joint_path`).
 Everything here runs per replica.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 
-from tfkd import features, losses
-from tfkd.training.kd_batches import NBEST_FIELDS
+from tfkd import losses
 
 
-class StudentScoring:
-    """Mixin for a `LossTermsTrainer` (listed before it): student scoring of label sequences.
+class StudentScorer:
+    """Scores label sequences under the student `model` (see module docstring).
 
-    Subclasses call `init_scoring` and list what `loss_terms` scores on prefix rows in
-    `row_label_sets`.
+    Args:
+        model: the student `Transducer`.
+        jit_compile: whether the trainer's step is XLA-compiled.
+        share_prefixes, lean_joint_threshold, joint_time_chunk: see `DistillationTrainer`;
+            `share_prefixes=None`: `not jit_compile`.
+
+    Raises:
+        ValueError: `share_prefixes=True` with `jit_compile=True`.
     """
 
-    def init_scoring(self, share_prefixes, lean_joint_threshold, joint_time_chunk):
-        """Options (see `DistillationTrainer`); `share_prefixes=None`: `not self.jit_compile`.
-
-        Raises:
-            ValueError: `share_prefixes=True` with `jit_compile=True`.
-        """
+    def __init__(
+        self, model, *, jit_compile, share_prefixes, lean_joint_threshold, joint_time_chunk
+    ):
         if share_prefixes is None:
-            share_prefixes = not self.jit_compile
-        elif share_prefixes and self.jit_compile:
+            share_prefixes = not jit_compile
+        elif share_prefixes and jit_compile:
             raise ValueError(
                 "share_prefixes=True needs jit_compile=False: the number of prefix rows depends "
                 "on the data, which XLA cannot compile; use share_prefixes=False (whole lattices) "
                 "under XLA"
             )
+        self.model = model
         self.share_prefixes = bool(share_prefixes)
         self.lean_joint_threshold = lean_joint_threshold
         self.joint_time_chunk = joint_time_chunk
-        # Set while `_grads` traces its lean (True) or plain (False) branch; None elsewhere.
+        # Set while the step traces its lean (True) or plain (False) branch (`lean_rows`); None
+        # elsewhere.
         self._lean_rows = None
 
-    def row_label_sets(self, batch):
-        """Per replica: what `loss_terms` scores on shared prefix rows, as a list of
-        `(labels [B, N, U], lengths [B, N], count [B] or None)`."""
-        return []
+    def project_encoder(self, enc):
+        """`[B, T, D]` raw encoder output → `[B, T, J]`, the joint's encoder side (once per
+        utterance, shared by every sequence scored on it)."""
+        return self.model.joint.project_encoder(enc)
 
-    def encode_student(self, batch, training):
-        """Per replica: `(enc_side [B, T, J], enc_lengths [B])`: encoder output, projected once."""
-        _, enc_side, enc_lengths = self.encode_student_outputs(batch, training)
-        return enc_side, enc_lengths
-
-    def encode_student_outputs(self, batch, training):
-        """Per replica, one encoder pass: `(enc [B, T, D], enc_side [B, T, J], enc_lengths [B])`,
-        the raw encoder output (for encoder-side terms such as CTC) and its joint projection."""
-        feats, lengths = self.features(batch, training)
-        enc, enc_lengths = self.model.encode(feats, lengths, training=training)
-        return enc, self.model.joint.project_encoder(enc), tf.cast(enc_lengths, tf.int32)
-
-    def student_logits(self, enc_side, labels, training):
+    def logits(self, enc_side, labels, training):
         """Per replica: the student's lattice `[B, T, U+1, V]` over `labels [B, U]`."""
         joint = self.model.joint
         pred_side = joint.project_prediction(self.model.predict_labels(labels, training=training))
         return joint.combine(enc_side[:, :, None], pred_side[:, None])
 
-    def student_log_probs(self, enc_side, enc_lengths, labels, label_lengths, training):
+    def log_probs(self, enc_side, enc_lengths, labels, label_lengths, training):
         """Per replica: full-sum `log P_S(labels|x)` `[R]` for R label rows, one lattice each.
 
         Args:
@@ -107,7 +104,7 @@ class StudentScoring:
             size *= int(d)
         return size > self.lean_joint_threshold
 
-    def student_nbest_scores(
+    def nbest_scores(
         self, enc_side, enc_lengths, hypotheses, hypothesis_lengths, training, nbest_count=None
     ):
         """Per replica: `s_S [B, N]` full-sum scores, sharing one encoder pass per utterance.
@@ -135,7 +132,7 @@ class StudentScoring:
         enc_rows = tf.gather(enc_side, utt)
         if enc_side.shape[0] is not None and rows is not None:
             enc_rows = tf.ensure_shape(enc_rows, [enc_side.shape[0] * rows, *enc_side.shape[1:]])
-        scores = self.student_log_probs(
+        scores = self.log_probs(
             enc_rows,
             tf.gather(enc_lengths, utt),
             tf.reshape(hypotheses, [batch * num, -1]),
@@ -144,7 +141,7 @@ class StudentScoring:
         )
         return tf.reshape(scores, [batch, num])
 
-    def student_scores(self, enc_side, enc_lengths, labels, label_lengths, training, mask=None):
+    def scores(self, enc_side, enc_lengths, labels, label_lengths, training, mask=None):
         """Per replica: `log P_S(labels|x)` `[B]`, one label sequence per utterance.
 
         `mask [B]` (optional bool) marks the examples whose score is used; with
@@ -152,7 +149,7 @@ class StudentScoring:
         real label positions of the rest get joint rows.
         """
         if not self.share_prefixes:
-            return self.student_log_probs(enc_side, enc_lengths, labels, label_lengths, training)
+            return self.log_probs(enc_side, enc_lengths, labels, label_lengths, training)
         count = None if mask is None else tf.cast(mask, tf.int32)
         scores = self._shared_prefix_scores(
             enc_side, enc_lengths, labels[:, None], label_lengths[:, None], count, training
@@ -193,11 +190,11 @@ class StudentScoring:
 
         if self.lean_joint_threshold is None:
             return shared()
-        if self._lean_rows is not None:  # decided by `_grads`, outside the gradient tape
+        if self._lean_rows is not None:  # decided by the step, outside the gradient tape
             return lean() if self._lean_rows else shared()
         # Elsewhere (eager, evaluation): a run-time choice. Its gradient can only be built
         # eagerly: in a graph, the lean branch's custom gradient cannot be differentiated
-        # through tf.cond (see `_grads`).
+        # through tf.cond (see `LossTermsTrainer.joint_path`).
         size = self._joint_size(tf.shape(rows.row_utt)[0], tf.shape(enc_side)[1])
         return tf.cond(size > self.lean_joint_threshold, lean, shared)
 
@@ -205,59 +202,35 @@ class StudentScoring:
         """`[]` int64 logits `R·T·V` of one shared-prefix joint call."""
         return tf.cast(num_rows, tf.int64) * tf.cast(frames, tf.int64) * self.model.vocab_size
 
-    def _grads(self, batch):
-        """`LossTermsTrainer._grads`, with the memory-lean choice of shared prefix scoring made
-        per step *outside* the gradient tape.
+    def rows_exceed_threshold(self, label_sets, frames):
+        """`[]` bool: some shared-prefix joint call exceeds `lean_joint_threshold` (`R·T·V`
+        logits); None when no run-time choice is needed (no shared prefix rows, no threshold, or
+        nothing to score).
 
-        Rows have a data-dependent count R, so whether some joint call exceeds
-        `lean_joint_threshold` (`R·T·V` logits) is known only at run time. A `tf.cond` inside the
-        tape cannot be differentiated here (cond_v2 cannot capture the variables that the lean
-        path's custom gradient reads), so the whole forward and backward pass is traced twice,
-        once per path, and a `tf.cond` on the rows of this batch runs one of them.
+        Args:
+            label_sets: what the trainer's `loss_terms` scores on prefix rows, a list of
+                `(labels [B, N, U], lengths [B, N], count [B] or None)`.
+            frames: `[]` int32 encoder frames of the batch's padded audio.
         """
-        big = self._rows_exceed_threshold(batch)
-        parent = super()._grads
-        if big is None:
-            return parent(batch)
-        none_grads = []
-
-        def branch(lean):
-            def run():
-                self._lean_rows = lean
-                try:
-                    sums, grads = parent(batch)
-                finally:
-                    self._lean_rows = None
-                # tf.cond cannot return None: unconnected variables get a placeholder zero.
-                none_grads.append([g is None for g in grads])
-                grads = [
-                    tf.zeros(v.shape, v.dtype) if g is None else g
-                    for g, v in zip(grads, self.trainable_variables, strict=True)
-                ]
-                return sums, grads
-
-            return run
-
-        sums, grads = tf.cond(big, branch(True), branch(False))
-        if none_grads[0] != none_grads[-1]:
-            raise ValueError("the lean and shared scoring paths train different variables")
-        return sums, [None if none else g for none, g in zip(none_grads[0], grads, strict=True)]
-
-    def _rows_exceed_threshold(self, batch):
-        """`[]` bool: some shared-prefix joint call of this batch exceeds `lean_joint_threshold`;
-        None when no choice is needed (no shared prefix rows, or no threshold)."""
-        if not self.share_prefixes or self.lean_joint_threshold is None:
+        if not self.chooses_at_run_time or not label_sets:
             return None
-        if NBEST_FIELDS[0] not in batch:
-            return None  # loss_terms raises its own error
-        sets = self.row_label_sets(batch)
-        if not sets:
-            return None
-        samples = tf.shape(batch["waveform"])[1]
-        num_frames = getattr(self.frontend, "num_frames", features.num_frames)
-        frames = self.model.output_lengths(num_frames(samples)[None])[0]
         big = tf.constant(False)
-        for labels, lengths, count in sets:
+        for labels, lengths, count in label_sets:
             rows = losses.nbest_prefix_rows(labels, lengths, count)
             big |= self._joint_size(tf.shape(rows.row_utt)[0], frames) > self.lean_joint_threshold
         return big
+
+    @property
+    def chooses_at_run_time(self) -> bool:
+        """Whether the lean/shared choice is made at run time (shared prefixes and a threshold)."""
+        return self.share_prefixes and self.lean_joint_threshold is not None
+
+    @contextlib.contextmanager
+    def lean_rows(self, lean: bool):
+        """Within: shared prefix rows are scored lean (`True`) or plain (`False`) without a
+        run-time `tf.cond` (the step traces each branch under one of these)."""
+        self._lean_rows = lean
+        try:
+            yield
+        finally:
+            self._lean_rows = None

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tfkd import features as features_lib
 from tfkd import losses
+from tfkd.data import pipeline
 
 NUM_EXAMPLES = "num_examples"
 TOTAL = "loss"
@@ -260,7 +261,46 @@ class LossTermsTrainer(abc.ABC):
             total = weighted if total is None else total + weighted
         return total
 
+    def joint_path(self, batch):
+        """Per replica, in the compiled step before the gradient tape: a run-time choice between
+        two ways of computing the same loss terms, or None (default: one way, one pass).
+
+        Returns `(lean, use)`: `lean` a `[]` bool tensor computed from `batch`, and `use(flag)` a
+        context manager under which `loss_terms` traces the memory-lean (`flag=True`) or plain
+        (`False`) joint path. The step then traces its forward and backward pass once per path
+        and runs the one `lean` picks: a `tf.cond` inside the gradient tape could not be
+        differentiated (cond_v2 cannot capture the variables that a lean path's custom gradient
+        reads). Distillation trainers choose shared-prefix scoring in time chunks this way.
+        """
+        return None
+
     def _grads(self, batch):
+        path = self.joint_path(batch)
+        if path is None:
+            return self._tape_grads(batch)
+        lean, use = path
+        none_grads = []
+
+        def branch(flag):
+            def run():
+                with use(flag):
+                    sums, grads = self._tape_grads(batch)
+                # tf.cond cannot return None: unconnected variables get a placeholder zero.
+                none_grads.append([g is None for g in grads])
+                grads = [
+                    tf.zeros(v.shape, v.dtype) if g is None else g
+                    for g, v in zip(grads, self.trainable_variables, strict=True)
+                ]
+                return sums, grads
+
+            return run
+
+        sums, grads = tf.cond(lean, branch(True), branch(False))
+        if none_grads[0] != none_grads[-1]:
+            raise ValueError("the lean and shared scoring paths train different variables")
+        return sums, [None if none else g for none, g in zip(none_grads[0], grads, strict=True)]
+
+    def _tape_grads(self, batch):
         with tf.GradientTape() as tape:
             terms = self.loss_terms(batch, training=True)
             missing = set(self.term_names) - set(terms)
@@ -373,29 +413,27 @@ class LossTermsTrainer(abc.ABC):
         return {k: v / n for k, v in totals.items()}
 
 
-#: Padded label fields and the lengths that say how much of each is real.
-LABEL_FIELDS = (("token_ids", "label_length"), ("nbest_token_ids", "nbest_lengths"))
-
-
 def trim_labels(batch: Mapping[str, tf.Tensor], bucket: int) -> dict[str, tf.Tensor]:
     """Cuts padded label axes to the longest sequence of the batch, rounded up to `bucket`.
 
-    Applies to `token_ids [B, U]` and `nbest_token_ids [B, H, U]` (each by its own lengths),
-    and to the label-node axis of stored soft targets `soft_targets [B, T, U+1, 3]` (hypothesis
-    0's lattice), which keeps the trimmed `nbest_token_ids`' U + 1 nodes, as the student's lattice
-    over the trimmed 1-best has. The result has a data-dependent size, so call it outside
-    XLA-compiled code.
+    The fields are the pipeline's (`tfkd.data.pipeline`): each label field of `LABEL_FIELDS`
+    (`token_ids [B, U]`, `nbest_token_ids [B, H, U]`) by its own lengths, and the label-node
+    axis of each field of `LABEL_NODE_FIELDS` (stored soft targets `soft_targets [B, T, U+1, 3]`,
+    hypothesis 0's lattice) to the U + 1 nodes of the trimmed label field it follows, as the
+    student's lattice over the trimmed 1-best has. The result has a data-dependent size, so call
+    it outside XLA-compiled code.
     """
     batch = dict(batch)
-    for ids, lengths in LABEL_FIELDS:
+    for ids, lengths in pipeline.LABEL_FIELDS:
         if ids not in batch:
             continue
         longest = tf.reduce_max(tf.cast(batch[lengths], tf.int32))
         keep = tf.minimum((longest + bucket - 1) // bucket * bucket, tf.shape(batch[ids])[-1])
         batch[ids] = batch[ids][..., : tf.maximum(keep, 1)]
-    if "soft_targets" in batch and "nbest_token_ids" in batch:
-        nodes = tf.shape(batch["nbest_token_ids"])[-1] + 1
-        batch["soft_targets"] = batch["soft_targets"][:, :, :nodes]
+    for field, follows in pipeline.LABEL_NODE_FIELDS:
+        if field in batch and follows in batch:
+            nodes = tf.shape(batch[follows])[-1] + 1
+            batch[field] = batch[field][:, :, :nodes]
     return batch
 
 
