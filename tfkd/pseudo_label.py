@@ -3,7 +3,7 @@
 The offline-teacher mode of METHODS.md §2 and §4: a teacher decodes a split by beam search
 (width K) and every record is copied with three extra fields (schema in `tfkd.data.records`):
 the N-best token ids, their lengths, and each hypothesis's **full-sum** teacher log-probability
-`log P_T(y_n|x)` from `tfkd.decoding.score` (not the beam score, which only sums the alignments the
+`log P_T(y_n|x)` from `tfkd.teacher` (not the beam score, which only sums the alignments the
 beam kept). Hard and full-sum students then train with no teacher in memory.
 
 Offline soft-distillation targets (§3, `Settings.soft_targets`, `bin/pseudo_label --soft_targets`):
@@ -38,8 +38,9 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from tfkd import decoding, label_noise, losses, metrics
 from tfkd import features as features_lib
+from tfkd import label_noise, metrics
+from tfkd import teacher as teacher_lib
 from tfkd.data import reading, records, shard_writer
 
 log = logging.getLogger("tfkd.pseudo_label")
@@ -93,10 +94,8 @@ def make_label_fn(model, frontend, settings: Settings):
         input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)],
     )
     def label(waveform, num_samples):
-        feats, feat_lengths = frontend(waveform, num_samples)
-        enc, enc_lengths = model.encode(feats, feat_lengths, training=False)
-        enc_lengths = tf.cast(enc_lengths, tf.int32)
-        nbest = decoding.beam_search_encoded(
+        enc, enc_lengths = teacher_lib.encode(model, frontend, waveform, num_samples)
+        nbest = teacher_lib.beam_nbest(
             model,
             enc,
             enc_lengths,
@@ -104,7 +103,9 @@ def make_label_fn(model, frontend, settings: Settings):
             settings.nbest,
             settings.max_symbols_per_frame,
         )
-        scores = decoding.score_encoded(model, enc, enc_lengths, nbest.token_ids, nbest.lengths)
+        scores = teacher_lib.full_sum_scores(
+            model, enc, enc_lengths, nbest.token_ids, nbest.lengths
+        )
         return {
             "token_ids": nbest.token_ids,
             "lengths": nbest.lengths,
@@ -123,7 +124,7 @@ def make_rescore_fn(model):
 
     @tf.function(reduce_retracing=True, autograph=False)
     def rescore(enc, enc_lengths, hypotheses, lengths):
-        return decoding.score_encoded(model, enc, enc_lengths, hypotheses, lengths)
+        return teacher_lib.full_sum_scores(model, enc, enc_lengths, hypotheses, lengths)
 
     return rescore
 
@@ -135,8 +136,7 @@ def make_soft_target_fn(model):
 
     @tf.function(reduce_retracing=True, autograph=False)
     def soft_targets(enc, enc_lengths, hyp, hyp_lengths):
-        logits = model.joint(enc, model.predict_labels(hyp, training=False))
-        return losses.collapsed_lattice(logits, hyp, hyp_lengths)
+        return teacher_lib.soft_targets(model, enc, hyp, hyp_lengths)
 
     return soft_targets
 

@@ -12,8 +12,8 @@ Two ways to get the teacher's outputs, chosen by what the batch holds:
   lattice log-probs on the 1-best, and `soft_target_frames [B]`) and then need no teacher either.
 - online: a frozen teacher (`teacher=`, or `teacher_fn` + `teacher_dir` restored from a
   `bin/train` checkpoint) decodes each batch by beam search (width `beam_width`) and scores its
-  N-best with the full-sum log-likelihood. Soft distillation without stored soft targets needs it
-  for its lattice logits.
+  N-best with the full-sum log-likelihood (`tfkd.teacher`, as `bin/pseudo_label` does). Soft
+  distillation without stored soft targets needs it for its lattice logits.
 The teacher runs per replica before the step's gradient tape (and outside its XLA cluster), with
 `training=False`, under `stop_gradient`; only the student's variables are trained. How the student
 scores label sequences (whole lattices, or one joint row per distinct label prefix of the N-best)
@@ -41,8 +41,9 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from tfkd import decoding, evaluation, losses
+from tfkd import evaluation, losses
 from tfkd import features as features_lib
+from tfkd import teacher as teacher_lib
 from tfkd.data.kd_batches import (
     LABELED,
     NBEST_FIELDS,
@@ -58,7 +59,6 @@ from tfkd.data.kd_batches import (
     pseudo_label_dataset,
     soft_targets_reduction_factor,
 )
-from tfkd.data.pipeline import NBEST_PAD_SCORE
 from tfkd.training import trainers
 from tfkd.training.student_scoring import StudentScorer
 from tfkd.training.trainers import trim_labels
@@ -226,16 +226,28 @@ class DistillationTrainer(trainers.LossTermsTrainer):
                 "pseudo-label records with make_dataset(with_nbest=True), or set teacher_fn and "
                 "teacher_dir"
             )
-        feats, lengths = self.frontend(batch["waveform"], batch["num_samples"])
-        enc, enc_lengths = self.teacher.encode(feats, lengths, training=False)
-        enc_lengths = tf.cast(enc_lengths, tf.int32)
+        enc, enc_lengths = teacher_lib.encode(
+            self.teacher, self.frontend, batch["waveform"], batch["num_samples"]
+        )
         if have_nbest:
             batch = cut_nbest(batch, self.nbest_size)
         else:
-            batch.update(self._teacher_nbest(enc, enc_lengths))
+            batch.update(
+                teacher_lib.nbest_fields(
+                    self.teacher,
+                    enc,
+                    enc_lengths,
+                    beam_width=self.beam_width,
+                    nbest_size=self.nbest_size,
+                    max_symbols_per_frame=self.max_symbols_per_frame,
+                    # Full-sum log P_T(y|x), not the beam score (which sums only the kept
+                    # alignments), when the student reads the scores.
+                    full_sum=self.needs_teacher_scores,
+                )
+            )
         if self.needs_teacher_lattice:
-            hyp, hyp_lengths = first_best(batch)
-            logits = self.teacher.joint(enc, self.teacher.predict_labels(hyp, training=False))
+            hyp, _ = first_best(batch)
+            logits = teacher_lib.lattice_logits(self.teacher, enc, hyp)
             batch["teacher_logits"] = tf.stop_gradient(logits)
             batch["teacher_logit_lengths"] = enc_lengths
         return batch
@@ -243,31 +255,6 @@ class DistillationTrainer(trainers.LossTermsTrainer):
     def uses_stored_lattice(self, batch) -> bool:
         """Whether `loss_terms` takes the teacher's lattice from the batch's stored targets."""
         return False
-
-    def _teacher_nbest(self, enc, enc_lengths):
-        found = decoding.beam_search_encoded(
-            self.teacher,
-            enc,
-            enc_lengths,
-            self.beam_width,
-            self.nbest_size,
-            self.max_symbols_per_frame,
-        )
-        valid = tf.math.is_finite(found.scores)
-        lengths = tf.where(valid, found.lengths, 0)
-        if self.needs_teacher_scores:
-            # Full-sum log P_T(y|x), not the beam score (which sums only the kept alignments).
-            scores = decoding.score_encoded(
-                self.teacher, enc, enc_lengths, found.token_ids, lengths
-            )
-        else:
-            scores = found.scores
-        return {
-            "nbest_token_ids": tf.stop_gradient(found.token_ids),
-            "nbest_lengths": lengths,
-            "teacher_scores": tf.stop_gradient(tf.where(valid, scores, NBEST_PAD_SCORE)),
-            "nbest_count": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
-        }
 
     def prepare_batch(self, batch):
         """Per replica, before the step's gradient tape and outside its XLA cluster: trims the
