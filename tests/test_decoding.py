@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 from decoding_fakes import make_fake_model, random_features
 
-from tfkd.decoding import beam_search, greedy_decode, nbest_full_sum, score
+from tfkd import teacher
+from tfkd.decoding import beam_search, greedy_decode, score
 
 # ---------------------------------------------------------------- references
 
@@ -389,7 +390,9 @@ def test_score_is_differentiable_for_student_training(model, batch):
     assert sum(float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) for g in grads) > 0
 
 
-def test_nbest_full_sum_shares_one_encoder_pass(batch):
+def test_teacher_nbest_full_sum_shares_one_encoder_pass(batch):
+    # What full-sum distillation needs from a teacher (METHODS.md §4): the beam's N-best with
+    # full-sum log P(y_n|x), not beam scores, computed on one encoder pass (`tfkd.teacher`).
     counted = make_fake_model(vocab_size=5, seed=1, logit_scale=2.0, blank_bias=1.0)
     feats, lens = batch
     found = beam_search(counted, feats, lens, beam_width=4, nbest=3, max_symbols_per_frame=2)
@@ -401,13 +404,22 @@ def test_nbest_full_sum_shares_one_encoder_pass(batch):
         return encode(features, lengths, training=training)
 
     counted.encode = counting_encode
-    rescored = nbest_full_sum(counted, feats, lens, beam_width=4, nbest=3, max_symbols_per_frame=2)
+    enc, enc_lengths = teacher.encode(counted, lambda w, n: (w, n), feats, lens)
+    fields = teacher.nbest_fields(
+        counted,
+        enc,
+        enc_lengths,
+        beam_width=4,
+        nbest_size=3,
+        max_symbols_per_frame=2,
+        full_sum=True,
+    )
     assert calls == [4]
-    scores = rescored.scores.numpy()
-    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert fields["nbest_count"].numpy().tolist() == [3, 3, 3, 3]
+    scores = fields["teacher_scores"].numpy()
     want = score(counted, feats, lens, found.token_ids, found.lengths).numpy()
     for b in range(4):
-        got_hyps = map(tuple, unpack(rescored.token_ids[b], rescored.lengths[b]))
+        got_hyps = map(tuple, unpack(fields["nbest_token_ids"][b], fields["nbest_lengths"][b]))
         ref_hyps = map(tuple, unpack(found.token_ids[b], found.lengths[b]))
         got = dict(zip(got_hyps, scores[b], strict=True))
         ref = dict(zip(ref_hyps, want[b], strict=True))

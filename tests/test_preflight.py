@@ -18,7 +18,7 @@ from training_records import write_tiny_records
 from tfkd import config, preflight
 from tfkd.data import librispeech, pipeline, reading, records
 from tfkd.data.tokenizer import Tokenizer, train_sentencepiece
-from tfkd.training import kd_batches
+from tfkd.data import kd_batches
 
 TEXTS = {
     "19-198-0000": "THE QUICK BROWN FOX",

@@ -2,7 +2,7 @@
 
 from tfkd.decoding.beam import NBest, beam_search, beam_search_encoded
 from tfkd.decoding.greedy import greedy_decode, greedy_decode_encoded
-from tfkd.decoding.scoring import nbest_full_sum, score, score_encoded
+from tfkd.decoding.scoring import score, score_encoded
 
 __all__ = [
     "NBest",
@@ -10,7 +10,6 @@ __all__ = [
     "beam_search_encoded",
     "greedy_decode",
     "greedy_decode_encoded",
-    "nbest_full_sum",
     "score",
     "score_encoded",
 ]

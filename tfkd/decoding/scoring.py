@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from tfkd.decoding import beam, stepping
+from tfkd.decoding import stepping
 
 
 def score(model, features, feature_lengths, hypotheses, hypothesis_lengths, training=False):
@@ -56,33 +56,3 @@ def score_encoded(model, enc, enc_lengths, hypotheses, hypothesis_lengths, train
         blank=stepping.BLANK,
     )
     return tf.reshape(log_probs, [batch, n])
-
-
-def nbest_full_sum(
-    model, features, feature_lengths, beam_width=4, nbest=None, max_symbols_per_frame=3
-):
-    """Beam search, then full-sum scores of its N-best, all on one encoder pass.
-
-    This is what full-sum distillation needs from a teacher (METHODS.md §4): the N-best
-    label sequences with `log P(y_n | x)` summed over all alignments, not the beam score.
-
-    Args:
-      model, features, feature_lengths: as in `tfkd.decoding.beam_search`.
-      beam_width, nbest, max_symbols_per_frame: as in `tfkd.decoding.beam_search`.
-
-    Returns:
-      `NBest` whose `scores` are full-sum log-likelihoods, re-sorted descending; slots
-      without a hypothesis keep score -inf, length 0 and stay last.
-    """
-    enc, enc_lengths = stepping.encode(model, features, feature_lengths)
-    found = beam.beam_search_encoded(
-        model, enc, enc_lengths, beam_width, nbest, max_symbols_per_frame
-    )
-    full = score_encoded(model, enc, enc_lengths, found.token_ids, found.lengths)
-    full = tf.where(tf.math.is_finite(found.scores), full, float("-inf"))
-    order = tf.argsort(full, axis=1, direction="DESCENDING", stable=True)
-    return beam.NBest(
-        token_ids=tf.gather(found.token_ids, order, batch_dims=1),
-        lengths=tf.gather(found.lengths, order, batch_dims=1),
-        scores=tf.gather(full, order, batch_dims=1),
-    )
