@@ -94,3 +94,17 @@ def test_bin_train_exits_2_naming_the_macro_before_any_work(tmp_path):
         "%NUM_STEPZ (a misspelt macro?)"
     )
     assert not run_dir.exists()
+
+
+def test_parsing_from_another_directory_logs_no_search_path_errors(clean_gin, tmp_path, caplog):
+    # gin/... names resolve against tfkd's tree when the current directory has no gin/; gin's
+    # "Path not found" lines for the first miss must not reach the user's log as errors.
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with caplog.at_level("INFO"):
+            config.parse_gin(["gin/teacher.gin"], [])
+    finally:
+        os.chdir(cwd)
+    assert gin.query_parameter("%NUM_STEPS") == 20000
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

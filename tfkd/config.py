@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -108,9 +109,17 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> str:
     if REPO_DIR not in _search_paths:
         gin.add_config_file_search_path(REPO_DIR)
         _search_paths.add(REPO_DIR)
-    gin.parse_config_files_and_bindings(
-        list(files), list(bindings), skip_unknown=False, finalize_config=False
-    )
+    # gin logs every search-path miss at ERROR ("Path not found: gin/teacher.gin") before it
+    # finds the file under REPO_DIR; a file that is really missing raises. Keep those lines out
+    # of a user's log.
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        gin.parse_config_files_and_bindings(
+            list(files), list(bindings), skip_unknown=False, finalize_config=False
+        )
+    finally:
+        logging.disable(previous)
     check_names()
     return gin.config_str()
 
