@@ -16,9 +16,8 @@ from audio_fixtures import signal, write_flac
 from training_records import write_tiny_records
 
 from tfkd import config, preflight
-from tfkd.data import librispeech, pipeline, reading, records
+from tfkd.data import kd_batches, librispeech, pipeline, reading, records
 from tfkd.data.tokenizer import Tokenizer, train_sentencepiece
-from tfkd.data import kd_batches
 
 TEXTS = {
     "19-198-0000": "THE QUICK BROWN FOX",
