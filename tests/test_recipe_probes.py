@@ -12,7 +12,7 @@ from gin_settings import gin_settings
 from tfkd import config
 from tfkd.data import pipeline
 from tfkd.models import presets
-from tfkd.training import trainers
+from tfkd.training import schedules, trainers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = runpy.run_path(str(ROOT / "tools" / "recipe_probes.py"))
@@ -77,6 +77,7 @@ SHARED_KEYS = [
     "%WARMUP_STEPS",
     "%BATCH_SIZE",
     "WarmupDecay.decay",
+    "WarmupDecay.decay_steps",
     "SupervisedTrainer.ctc_weight",
     "SupervisedTrainer.spec_augment",
     "train_data/make_dataset.file_pattern",
@@ -90,6 +91,7 @@ DEFAULTS_OF = {
     "conformer_teacher": presets.conformer_teacher,
     "conformer_student": presets.conformer_student,
     "train_data/make_dataset": pipeline.make_dataset,
+    "WarmupDecay": schedules.WarmupDecay.__init__,
 }
 
 
@@ -106,9 +108,9 @@ def _settings(files, bindings, keys):
 @pytest.mark.parametrize(
     "probe, demo_files, keys",
     [
-        ("teacher_stack_respoken", ["gin/teacher.gin", "gin/demo/teacher.gin"], TEACHER_KEYS),
+        ("teacher_stack_respoken_cosine", ["gin/teacher.gin", "gin/demo/teacher.gin"], TEACHER_KEYS),
         (
-            "student_lean_respoken",
+            "student_lean_respoken_cosine",
             ["gin/student_baseline.gin", "gin/demo/student.gin", "gin/demo/baseline.gin"],
             STUDENT_KEYS,
         ),
