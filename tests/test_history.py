@@ -219,3 +219,20 @@ def test_plot_curves_names_a_run_without_history_and_how_to_make_one(tmp_path):
     assert not (tmp_path / "c.png").exists()
     with pytest.raises(SystemExit, match="no 'dev/loss' in"):
         _plot_curves().main([argv[0], "--metric=dev/loss", f"--output={tmp_path / 'c.png'}"])
+
+
+def test_plot_curves_reads_a_probe_summary_curve(tmp_path, capsys):
+    curve = [
+        {"step": 500, "train_seconds": 120, "cpu_seconds": 240, "dev/wer": 90.0},
+        {"step": 1000, "train_seconds": 240, "cpu_seconds": 480, "dev/wer": 70.0},
+    ]
+    summary = tmp_path / "teacher_x.json"
+    summary.write_text(json.dumps({"name": "teacher_x", "final": {}, "curve": curve}))
+    png = tmp_path / "c.png"
+    argv = [f"--run=x={summary}", "--x=cpu_minutes", f"--output={png}"]
+    assert _plot_curves().main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert rows[2] == "| x | 70.00 | 1000 | 8.0 | 1000 | 8.0 | 70.00 |"
+    (tmp_path / "bad.json").write_text(json.dumps({"name": "no curve"}))
+    with pytest.raises(SystemExit, match=r"bad: no records in .*bad\.json \(no `curve`"):
+        _plot_curves().main([f"--run=bad={tmp_path / 'bad.json'}", f"--output={png}"])

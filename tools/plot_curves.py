@@ -1,12 +1,14 @@
 """Plots learning curves (dev WER against training minutes) of runs from eval/history.jsonl.
 
 Usage:
-  python tools/plot_curves.py --run old=runs/teacher_old --run new=runs/teacher \\
+  python tools/plot_curves.py --run old=runs/teacher_old --run new=results/recipe/teacher.json \\
       [--x train_minutes|cpu_minutes|step] [--metric dev/wer] [--metric train/wer] \\
       --output docs/curves.png [--title 'Teacher recipes']
 
 Each run's curve comes from the history `bin/train` writes at every periodic evaluation
-(`tfkd.training.history`): the first `--metric` is drawn solid, further ones (e.g. the
+(`tfkd.training.history`), read from the run directory, or from a probe's summary
+(`results/recipe/<probe>.json` of tools/recipe_probes.py, whose `curve` is that history), so a
+plot of committed probes needs no run directories. The first `--metric` is drawn solid, further ones (e.g. the
 train-subset WER of gin/eval/train_subset.gin) dashed or dotted in the same colour. Minutes count
 the training loop without evaluation: `train_minutes` in wall time, `cpu_minutes` in process CPU
 time (comparable when other jobs share the machine). Prints a markdown table: per run, the best
@@ -14,6 +16,7 @@ value of the first metric (lowest), where it was reached, and the last point.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -41,7 +44,13 @@ def _parse_run(text):
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", type=_parse_run, required=True, help="LABEL=DIR")
+    parser.add_argument(
+        "--run",
+        action="append",
+        type=_parse_run,
+        required=True,
+        help="LABEL=DIR (a bin/train run) or LABEL=FILE.json (a probe summary with a `curve`)",
+    )
     parser.add_argument("--x", choices=sorted(X_AXES), default="train_minutes")
     parser.add_argument("--metric", action="append", default=None, help="default dev/wer")
     parser.add_argument("--output", required=True, help="PNG path")
@@ -51,6 +60,17 @@ def _parse_args(argv):
     return args
 
 
+def _probe_curve(path):
+    """The `curve` of a probe summary JSON, or None when the file has none."""
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"{path}: not a readable probe summary ({e})") from None
+    curve = summary.get("curve") if isinstance(summary, dict) else None
+    return curve if isinstance(curve, list) else None
+
+
 def load_runs(runs, metrics):
     """`{label: records}` of the runs' histories; raises SystemExit naming the runs without one
     (one line; `tfkd.cli.run` makes it exit code 2)."""
@@ -58,9 +78,14 @@ def load_runs(runs, metrics):
 
     loaded, errors = {}, []
     for label, directory in runs:
-        records = history.read_history(directory)
+        if directory.endswith(".json"):
+            records = _probe_curve(directory)
+            where = f"{directory} (no `curve`: not a tools/recipe_probes.py summary)"
+        else:
+            records = history.read_history(directory)
+            where = f"{history.history_path(directory)}: {PRODUCE}"
         if not records:
-            errors.append(f"{label}: no records in {history.history_path(directory)}: {PRODUCE}")
+            errors.append(f"{label}: no records in {where}")
         elif not any(metrics[0] in r for r in records):
             names = sorted({k for r in records for k in r})
             errors.append(f"{label}: no {metrics[0]!r} in {directory}'s history (it has {names})")

@@ -152,6 +152,18 @@ PROBES = {
             *COSINE,
             *SPEED,
         ),
+        _teacher(
+            "teacher_wide_respoken_cosine_speed",
+            "teacher_stack_respoken_cosine_speed",
+            "4 x 176 (3.37 M parameters, 3 x the demo student), 10,000 steps",
+            *STACK,
+            *RESPOKEN,
+            *COSINE,
+            *SPEED,
+            "conformer_teacher.num_layers = 4",
+            "conformer_teacher.dim = 176",
+            "NUM_STEPS = 10000",
+        ),
         _student(
             "student_demo_old",
             None,
