@@ -108,7 +108,11 @@ def _settings(files, bindings, keys):
 @pytest.mark.parametrize(
     "probe, demo_files, keys",
     [
-        ("teacher_stack_respoken_cosine", ["gin/teacher.gin", "gin/demo/teacher.gin"], TEACHER_KEYS),
+        (
+            "teacher_stack_respoken_cosine",
+            ["gin/teacher.gin", "gin/demo/teacher.gin"],
+            TEACHER_KEYS,
+        ),
         (
             "student_lean_respoken_cosine",
             ["gin/student_baseline.gin", "gin/demo/student.gin", "gin/demo/baseline.gin"],

@@ -8,11 +8,12 @@ Usage:
 Each run's curve comes from the history `bin/train` writes at every periodic evaluation
 (`tfkd.training.history`), read from the run directory, or from a probe's summary
 (`results/recipe/<probe>.json` of tools/recipe_probes.py, whose `curve` is that history), so a
-plot of committed probes needs no run directories. The first `--metric` is drawn solid, further ones (e.g. the
-train-subset WER of gin/eval/train_subset.gin) dashed or dotted in the same colour. Minutes count
-the training loop without evaluation: `train_minutes` in wall time, `cpu_minutes` in process CPU
-time (comparable when other jobs share the machine). Prints a markdown table: per run, the best
-value of the first metric (lowest), where it was reached, and the last point.
+plot of committed probes needs no run directories. The first `--metric` is drawn solid, further
+ones (e.g. the train-subset WER of gin/eval/train_subset.gin) dashed or dotted in the same
+colour. Minutes count the training loop without evaluation: `train_minutes` in wall time,
+`cpu_minutes` in process CPU time (comparable when other jobs share the machine). Prints a
+markdown table: per run, the best value of the first metric (lowest), where it was reached, and
+the last point.
 """
 
 import argparse
