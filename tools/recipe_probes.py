@@ -144,6 +144,15 @@ PROBES = {
             *CTC,
         ),
         _teacher(
+            "teacher_stack_respoken_cosine_ctc",
+            "teacher_stack_respoken_cosine",
+            "CTC weight 0.3",
+            *STACK,
+            *RESPOKEN,
+            *COSINE,
+            *CTC,
+        ),
+        _teacher(
             "teacher_stack_respoken_cosine_speed",
             "teacher_stack_respoken_cosine",
             "speed perturbation 0.9/1.0/1.1",
