@@ -15,7 +15,7 @@ import test_distillation_trainers as tdt
 import test_training as tt
 from training_records import write_tiny_records
 
-from tfkd import config, evaluation, losses
+from tfkd import checkpoints, config, losses
 from tfkd.data import pipeline
 from tfkd.training import distillation, loop, trainers
 
@@ -314,7 +314,7 @@ def test_gin_binding_logs_ctc_and_the_checkpoint_restores_into_a_plain_model(cle
     assert keys["ctc_head/_kernel/.ATTRIBUTES/VARIABLE_VALUE"] == [32, tt.VOCAB]
     # Evaluation and export read only `model`: the same model as a run without the head.
     model = tt.tiny_model().build_by_calling(num_features=80)
-    assert evaluation.load_checkpoint(model, str(model_dir)) == (latest, 2)
+    assert checkpoints.load_checkpoint(model, str(model_dir)) == (latest, 2)
     assert len(model.weights) > 0 and not any("ctc" in w.path for w in model.weights)
 
 

@@ -274,7 +274,7 @@ def test_score_runs_encoder_once_per_utterance(batch):
 
 @pytest.mark.slow
 def test_beam_search_traces_under_tf_function(model, batch):
-    # The fast suite traces both decoders through tfkd.evaluation.make_decode_fn.
+    # The fast suite traces both decoders through tfkd.split_wer.make_decode_fn.
     feats, lens = batch
     spec = [tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([None], tf.int32)]
     beam_fn = tf.function(

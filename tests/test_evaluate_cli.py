@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkd import config, evaluation
+from tfkd import checkpoints, config, split_wer
 from tfkd.data import pipeline, records
 from tfkd.data.tokenizer import Tokenizer, train_sentencepiece
 from tfkd.features import LogMel
@@ -63,7 +63,7 @@ def test_bin_evaluate_writes_reports_matching_an_in_process_evaluation(tmp_path)
     model.build_by_calling(num_features=80)
     step = tf.Variable(7, dtype=tf.int64)
     ckpt = tf.train.Checkpoint(model=model, optimizer=keras.optimizers.Adam(), step=step)
-    assert evaluation.untracked_weights(ckpt, model) == []
+    assert checkpoints.untracked_weights(ckpt, model) == []
     tf.train.CheckpointManager(ckpt, model_dir, 2, checkpoint_name="ckpt").save(checkpoint_number=7)
 
     argv = [sys.executable, os.path.join(ROOT, "bin", "evaluate"), f"--model_dir={model_dir}"]
@@ -79,7 +79,7 @@ def test_bin_evaluate_writes_reports_matching_an_in_process_evaluation(tmp_path)
         assert report["utterances"] == len(texts)
         assert report["reference_words"] == sum(len(t.split()) for t in texts)
         assert report["records"] == f"{tmp_path}/{split}-*.tfrecord"
-        expected = evaluation.evaluate_split(
+        expected = split_wer.evaluate_split(
             model,
             pipeline.make_dataset(
                 report["records"], global_batch_size=16, with_text=True, deterministic=True

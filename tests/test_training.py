@@ -14,7 +14,7 @@ from training_records import write_tiny_records
 from tfkd import config, features
 from tfkd.data import pipeline, tokenizer
 from tfkd.models import presets
-from tfkd.training import loop, periodic_eval, schedules, trainers
+from tfkd.training import loop, periodic_wer, schedules, trainers
 from tfkd.training import strategy as strategy_lib
 
 VOCAB = 16
@@ -276,7 +276,7 @@ def test_train_resumes_and_reports_dev_wer(tmp_path):
     rng = np.random.default_rng(0)
     texts = [" ".join(map(str, rng.integers(1, VOCAB, size=5))) for _ in range(200)]
     spm = tokenizer.train_sentencepiece(texts, str(tmp_path / "spm" / "spm"), VOCAB)
-    evaluator = periodic_eval.WerEvaluator(
+    evaluator = periodic_wer.WerEvaluator(
         lambda: pipeline.make_dataset(pattern, global_batch_size=4, with_text=True),
         spm,
         max_batches=2,

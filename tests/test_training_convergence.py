@@ -9,7 +9,7 @@ import keras
 import pytest
 from fixtures_corpus import tiny_corpus  # noqa: F401
 
-from tfkd import evaluation
+from tfkd import split_wer
 from tfkd.data import pipeline, tokenizer
 from tfkd.models import presets
 from tfkd.training import loop, schedules, trainers
@@ -66,7 +66,7 @@ def test_training_wer_falls_on_tiny_corpus(tiny_corpus, tmp_path):  # noqa: F811
     wers = []
 
     def train_wer(trainer):
-        result = evaluation.evaluate_split(
+        result = split_wer.evaluate_split(
             trainer.model, four_utterances(with_text=True), tok, frontend=trainer.frontend
         )
         wers.append(result["wer"])

@@ -25,7 +25,7 @@ from tfkd import features
 from tfkd.data import kd_batches, pipeline
 from tfkd.models import presets
 from tfkd.study import plan as study_plan
-from tfkd.training import distillation, loop, periodic_eval, schedules, trainers
+from tfkd.training import distillation, loop, periodic_wer, schedules, trainers
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Where `gin/...` names resolve after the current directory: an installed wheel ships the configs
@@ -55,8 +55,8 @@ gin.external_configurable(keras.optimizers.Adam, name="Adam", module="keras.opti
 gin.external_configurable(pipeline.make_dataset, name="make_dataset")
 gin.external_configurable(features.LogMel, name="LogMel")
 gin.external_configurable(features.SpecAugment, name="SpecAugment")
-gin.external_configurable(periodic_eval.WerEvaluator, name="WerEvaluator")
-gin.external_configurable(periodic_eval.EvalSuite, name="EvalSuite")
+gin.external_configurable(periodic_wer.WerEvaluator, name="WerEvaluator")
+gin.external_configurable(periodic_wer.EvalSuite, name="EvalSuite")
 gin.external_configurable(study_plan.StudyPlan, name="StudyPlan")
 for _builder in (
     presets.conformer_teacher,

@@ -57,7 +57,7 @@ def missing_inputs(default_teacher_dir: str = "runs/teacher") -> str | None:
     With `SOFT_TARGETS = True` (gin/soft_kd_offline.gin) the pseudo-label command gets
     `--soft_targets`.
     PSEUDO_LABEL_DEV_RECORDS is optional: without it, training reports dev WER alone
-    (`tfkd.training.periodic_eval.WerEvaluator`).
+    (`tfkd.training.periodic_wer.WerEvaluator`).
     """
     pseudo = _macro("PSEUDO_LABEL_RECORDS")
     # A distillation run trains on pseudo-labels: the labelled training split is not read, unless

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import gin
 import tensorflow as tf
 
-from tfkd import config, evaluation, features
+from tfkd import checkpoints, config, features
 from tfkd.data.tokenizer import Tokenizer
 from tfkd.training import loop
 
@@ -147,7 +147,7 @@ def load_trained_model(
     frontend = frontend if frontend is not None else features.LogMel()
     frontend(tf.zeros([1, frontend.frame_length * 2]))  # built: exporters track built layers
     model.build_by_calling(num_features=frontend.num_mel_bins)
-    path, step = evaluation.load_checkpoint(model, model_dir, path)
+    path, step = checkpoints.load_checkpoint(model, model_dir, path)
     tokenizer = Tokenizer(spm_model) if spm_model and tf.io.gfile.exists(spm_model) else None
     return TrainedModel(
         model=model,

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from tfkd import trained_model
-    from tfkd.export import tflite, tflite_eval
+    from tfkd.export import tflite, tflite_parity
 
     if args.records and not tf.io.gfile.glob(args.records):
         raise cli.UsageError(f"--records={args.records} matches no file")
@@ -65,16 +65,16 @@ def main(argv=None) -> int:
     if student.tokenizer is None:
         raise cli.UsageError("no SentencePiece model: pass --spm_model")
     utterances = tflite.read_utterances(records, args.max_utterances)
-    keras_ids = tflite_eval.keras_greedy(student.model, student.frontend, utterances)
+    keras_ids = tflite_parity.keras_greedy(student.model, student.frontend, utterances)
     rows = [
-        tflite_eval.evaluate_model(
+        tflite_parity.evaluate_model(
             path, utterances, student.tokenizer, keras_ids, args.streaming_push_ms
         )
         for path in args.tflite
     ]
     for row in rows:
         row["records"] = records
-    print(tflite_eval.format_table(rows))
+    print(tflite_parity.format_table(rows))
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -43,7 +43,7 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    from tfkd import evaluation, trained_model
+    from tfkd import split_wer, trained_model
     from tfkd.data import pipeline
 
     for split, pattern in explicit.items():
@@ -62,7 +62,7 @@ def main(argv=None):
     log.info("restored %s (step %d)", restored.checkpoint, restored.step)
     batch_size = args.batch_size or restored.global_batch_size or 16
     model, frontend = restored.model, restored.frontend
-    decode = evaluation.make_decode_fn(
+    decode = split_wer.make_decode_fn(
         model, frontend, args.decoder, args.beam_width, args.max_symbols_per_frame
     )
     results = {}
@@ -70,7 +70,7 @@ def main(argv=None):
         dataset = pipeline.make_dataset(
             pattern, global_batch_size=batch_size, with_text=True, deterministic=True
         )
-        result = evaluation.evaluate_split(
+        result = split_wer.evaluate_split(
             model,
             dataset,
             restored.tokenizer,
@@ -88,8 +88,8 @@ def main(argv=None):
             records=pattern,
         )
         results[split] = result
-        log.info("wrote %s", evaluation.write_report(result, args.model_dir, split))
-    print(evaluation.format_table(results))
+        log.info("wrote %s", split_wer.write_report(result, args.model_dir, split))
+    print(split_wer.format_table(results))
     return 0
 
 

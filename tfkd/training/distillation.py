@@ -41,7 +41,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from tfkd import evaluation, losses
+from tfkd import checkpoints, losses
 from tfkd import features as features_lib
 from tfkd import teacher as teacher_lib
 from tfkd.data.kd_batches import (
@@ -185,7 +185,7 @@ class DistillationTrainer(trainers.LossTermsTrainer):
         teacher = teacher_fn()
         teacher.build_by_calling(num_features=self.frontend.num_mel_bins)
         try:
-            evaluation.load_checkpoint(teacher, teacher_dir, checkpoint)
+            checkpoints.load_checkpoint(teacher, teacher_dir, checkpoint)
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f"{e}: train the teacher first, e.g.\n"

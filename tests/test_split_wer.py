@@ -1,14 +1,13 @@
-"""Evaluation: decoding a dataset of pipeline batches into WER counts and reports."""
+"""Split WER: decoding a dataset of pipeline batches into WER counts and reports."""
 
 import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from decoding_fakes import make_fake_model
 
-from tfkd import evaluation, metrics
+from tfkd import metrics, split_wer
 from tfkd.data.tokenizer import Tokenizer, train_sentencepiece
 from tfkd.decoding import greedy_decode
 from tfkd.features import LogMel
@@ -52,7 +51,7 @@ def test_oracle_and_empty_decoders_give_zero_and_hundred(tokenizer):
         return batch["token_ids"], batch["label_length"]
 
     oracle.batches = list(batches)
-    result = evaluation.evaluate_split(None, batches, tokenizer, decoder=oracle)
+    result = split_wer.evaluate_split(None, batches, tokenizer, decoder=oracle)
     assert (result["wer"], result["errors"], result["reference_words"]) == (0.0, 0, 13)
     assert result["utterances"] == 3 and result["decoder"] == "oracle"
     assert result["distinct_hypotheses"] == 3
@@ -60,7 +59,7 @@ def test_oracle_and_empty_decoders_give_zero_and_hundred(tokenizer):
     def empty(waveform, num_samples):
         return np.zeros([len(num_samples), 0], np.int32), np.zeros(len(num_samples), np.int32)
 
-    result = evaluation.evaluate_split(None, batches, tokenizer, decoder=empty)
+    result = split_wer.evaluate_split(None, batches, tokenizer, decoder=empty)
     assert (result["wer"], result["deletions"], result["substitutions"]) == (100.0, 13, 0)
     assert result["distinct_hypotheses"] == 1  # the same (empty) output for every utterance
 
@@ -69,7 +68,7 @@ def test_greedy_and_beam_match_a_manual_evaluation(tokenizer):
     frontend = LogMel(num_mel_bins=6)
     model = make_fake_model(vocab_size=tokenizer.vocab_size, num_features=6, seed=3)
     batches = make_batches(tokenizer)
-    greedy = evaluation.evaluate_split(
+    greedy = split_wer.evaluate_split(
         model, batches, tokenizer, frontend=frontend, max_symbols_per_frame=2, keep_hypotheses=True
     )
     # The same decoding by hand, one utterance at a time.
@@ -86,7 +85,7 @@ def test_greedy_and_beam_match_a_manual_evaluation(tokenizer):
     assert greedy["wer"] > 0 and greedy["hypothesis_words"] > 0
     assert greedy["distinct_hypotheses"] == len(set(hyps))
     assert greedy["audio_seconds"] == pytest.approx(9600 / 16000)
-    beam = evaluation.evaluate_split(
+    beam = split_wer.evaluate_split(
         model,
         make_batches(tokenizer, batch_size=3),
         tokenizer,
@@ -101,12 +100,12 @@ def test_greedy_and_beam_match_a_manual_evaluation(tokenizer):
 
 def test_report_and_table(tmp_path):
     result = metrics.WordErrors(1, 2, 0, 10, 9, 3).as_dict()
-    path = evaluation.write_report({**result, "decoder": "greedy"}, str(tmp_path), "dev")
+    path = split_wer.write_report({**result, "decoder": "greedy"}, str(tmp_path), "dev")
     assert path == str(tmp_path / "eval" / "dev.json")
     with open(path) as f:
         loaded = json.load(f)
     assert loaded["split"] == "dev" and loaded["wer"] == pytest.approx(30.0)
-    table = evaluation.format_table({"dev": {**result, "seconds": 12.34}, "test": result})
+    table = split_wer.format_table({"dev": {**result, "seconds": 12.34}, "test": result})
     lines = table.splitlines()
     assert lines[0].split() == ["split", "WER", "%", "sub", "del", "ins", "words", "utts", "secs"]
     assert lines[2].split() == ["dev", "30.00", "1", "2", "0", "10", "3", "12.3"]
@@ -115,66 +114,4 @@ def test_report_and_table(tmp_path):
 
 def test_unknown_decoder_raises():
     with pytest.raises(ValueError, match="decoder must be one of"):
-        evaluation.make_decode_fn(None, None, decoder="viterbi")
-
-
-class _ListHolder(keras.layers.Layer):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.tracked = keras.layers.Dense(2, name="tracked")
-        self.in_list = [keras.layers.Dense(2, name="in_list")]
-
-    def call(self, x):
-        return self.in_list[0](self.tracked(x))
-
-
-def test_load_checkpoint_restores_and_refuses_untracked_weights(tmp_path):
-    model = make_fake_model(vocab_size=5, num_features=3, seed=1)
-    step = tf.Variable(5, dtype=tf.int64)
-    tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model, step=step), str(tmp_path), 1, checkpoint_name="ckpt"
-    ).save(checkpoint_number=5)
-    other = make_fake_model(vocab_size=5, num_features=3, seed=2)
-    assert not np.allclose(other.joint_out.kernel.numpy(), model.joint_out.kernel.numpy())
-    path, restored_step = evaluation.load_checkpoint(other, str(tmp_path))
-    assert (path, restored_step) == (str(tmp_path / "ckpt-5"), 5)
-    for a, b in zip(model.weights, other.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-
-    holder = _ListHolder(name="holder")
-    holder(tf.zeros([1, 2]))
-    root = tf.train.Checkpoint(model=holder)
-    assert evaluation.untracked_weights(root, holder) == [
-        "holder/in_list/kernel",
-        "holder/in_list/bias",
-    ]
-    with pytest.raises(RuntimeError, match="2 weights of holder are not tracked"):
-        evaluation.load_checkpoint(holder, str(tmp_path))
-
-
-def test_load_checkpoint_names_the_checkpoint_when_it_does_not_fit(tmp_path):
-    # Issue 21 item 11: one line naming the checkpoint and the operative config, not a raw
-    # shape error or "Read less bytes than requested".
-    model = make_fake_model(vocab_size=5, num_features=3, seed=1)
-    tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model, step=tf.Variable(5, dtype=tf.int64)),
-        str(tmp_path),
-        1,
-        checkpoint_name="ckpt",
-    ).save(checkpoint_number=5)
-    path = str(tmp_path / "ckpt-5")
-    other = make_fake_model(vocab_size=7, num_features=3, seed=2)
-    with pytest.raises(ValueError) as info:
-        evaluation.load_checkpoint(other, str(tmp_path))
-    message = str(info.value)
-    assert message.startswith(f"checkpoint {path} does not restore into {other.name} (")
-    assert message.endswith(
-        f"build the model with the bindings of {tmp_path}/operative_config.gin (the config it "
-        "was trained with), or restore the checkpoint's files if they are corrupt"
-    )
-    (data_file,) = tf.io.gfile.glob(path + ".data-*")
-    with open(data_file, "r+b") as f:
-        f.truncate(tf.io.gfile.stat(data_file).length // 2)
-    same = make_fake_model(vocab_size=5, num_features=3, seed=2)
-    with pytest.raises(ValueError, match=f"^checkpoint {path} does not restore into"):
-        evaluation.load_checkpoint(same, str(tmp_path))
+        split_wer.make_decode_fn(None, None, decoder="viterbi")

@@ -12,7 +12,7 @@ from training_records import write_tiny_records
 
 from tfkd import config, pseudo_label
 from tfkd.data import pipeline, tokenizer
-from tfkd.training import distillation, periodic_eval
+from tfkd.training import distillation, periodic_wer
 
 N = 3
 DEV_BATCH = 4
@@ -57,7 +57,7 @@ def trainer(dev):
 
 def test_pseudo_labelled_dev_reports_wer_and_the_trainers_dev_loss(dev, trainer):
     plain, pseudo, spm = dev
-    evaluator = periodic_eval.WerEvaluator(dev_data(plain), spm, nbest_file_pattern=pseudo)
+    evaluator = periodic_wer.WerEvaluator(dev_data(plain), spm, nbest_file_pattern=pseudo)
     out = evaluator(trainer)
     assert set(out) == {"dev/wer", "dev/fullsum", "dev/rnnt_gt", "dev/loss"}
     # The values of the trainer's own evaluate() on the pseudo-labelled records...
@@ -71,21 +71,21 @@ def test_pseudo_labelled_dev_reports_wer_and_the_trainers_dev_loss(dev, trainer)
     np.testing.assert_allclose(out["dev/fullsum"], terms["fullsum"].numpy().mean(), rtol=1e-5)
     assert out["dev/fullsum"] > 0 and out["dev/rnnt_gt"] == 0.0  # no `labeled` field
     # Same audio and transcripts: the WER equals that of the plain dev records.
-    plain_only = periodic_eval.WerEvaluator(dev_data(plain), spm, with_loss=False)
+    plain_only = periodic_wer.WerEvaluator(dev_data(plain), spm, with_loss=False)
     assert plain_only(trainer) == {"dev/wer": out["dev/wer"]}
 
 
 def test_missing_dev_pseudo_labels_fall_back_to_wer_with_one_warning(dev, trainer, caplog):
     plain, _, spm = dev
     missing = os.path.join(os.path.dirname(plain), "nothing", "dev-*.tfrecord")
-    evaluator = periodic_eval.WerEvaluator(dev_data(plain), spm, nbest_file_pattern=missing)
+    evaluator = periodic_wer.WerEvaluator(dev_data(plain), spm, nbest_file_pattern=missing)
     with caplog.at_level(logging.WARNING, logger="tfkd.eval"):
         first = evaluator(trainer)
         second = evaluator(trainer)
     assert set(first) == {"dev/wer"} and first == second
     warnings = [r.getMessage() for r in caplog.records if r.name == "tfkd.eval"]
     assert len(warnings) == 1, warnings
-    assert missing in warnings[0] and periodic_eval.PSEUDO_LABEL_DEV_COMMAND in warnings[0]
+    assert missing in warnings[0] and periodic_wer.PSEUDO_LABEL_DEV_COMMAND in warnings[0]
 
 
 @pytest.mark.parametrize(
@@ -119,17 +119,17 @@ def test_gin_evaluator_reads_pseudo_labelled_dev_through_dev_data(clean_gin, dev
 
 def test_eval_suite_merges_its_evaluators_and_names_a_duplicate(dev):
     plain, _, spm = dev
-    suite = periodic_eval.EvalSuite([lambda t: {"dev/wer": 1.0}, lambda t: {"train/wer": 2.0}])
+    suite = periodic_wer.EvalSuite([lambda t: {"dev/wer": 1.0}, lambda t: {"train/wer": 2.0}])
     assert suite(None) == {"dev/wer": 1.0, "train/wer": 2.0}
-    clash = periodic_eval.EvalSuite([lambda t: {"dev/wer": 1.0}, lambda t: {"dev/wer": 2.0}])
+    clash = periodic_wer.EvalSuite([lambda t: {"dev/wer": 1.0}, lambda t: {"dev/wer": 2.0}])
     with pytest.raises(ValueError, match="report 'dev/wer'"):
         clash(None)
     # Two WerEvaluators of one split are refused when the suite is built, before any training.
-    twins = [periodic_eval.WerEvaluator(dev_data(plain), spm) for _ in range(2)]
+    twins = [periodic_wer.WerEvaluator(dev_data(plain), spm) for _ in range(2)]
     with pytest.raises(ValueError, match="split 'dev'"):
-        periodic_eval.EvalSuite(twins)
+        periodic_wer.EvalSuite(twins)
     with pytest.raises(ValueError, match="at least one evaluator"):
-        periodic_eval.EvalSuite([])
+        periodic_wer.EvalSuite([])
 
 
 def _labels(dataset):
@@ -148,7 +148,7 @@ def test_train_subset_gin_adds_train_wer_beside_dev_on_top_of_teacher_gin(clean_
     bindings = [f"SPM_MODEL = '{spm}'", f"DEV_RECORDS = '{plain}'", f"TRAIN_RECORDS = '{train}'"]
     config.parse_gin(["gin/teacher.gin", "gin/eval/train_subset.gin"], bindings)
     suite = gin.query_parameter("train.eval_fn").scoped_configurable_fn()
-    assert isinstance(suite, periodic_eval.EvalSuite)
+    assert isinstance(suite, periodic_wer.EvalSuite)
     dev_eval, train_eval = suite.evaluators
     assert (dev_eval.split, dev_eval.max_batches, dev_eval.with_loss) == ("dev", 8, True)
     assert (train_eval.split, train_eval.max_batches, train_eval.with_loss) == ("train", 16, False)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-from tfkd import evaluation
+from tfkd import split_wer
 from tfkd.data import tokenizer as tokenizer_lib
 
 #: How the built-in corpus's pseudo-labelled dev records are made (named when they are missing).
@@ -96,11 +96,11 @@ class WerEvaluator:
 
     def __call__(self, trainer) -> dict[str, float]:
         if self._decode is None:
-            self._decode = evaluation.make_decode_fn(
+            self._decode = split_wer.make_decode_fn(
                 trainer.model, trainer.frontend, self.decoder, self.beam_width
             )
         dataset, with_loss = self.dataset()
-        result = evaluation.evaluate_split(
+        result = split_wer.evaluate_split(
             trainer.model,
             dataset,
             self.tokenizer,
