@@ -1,5 +1,8 @@
-"""tools/run_demo.py: stage skipping, failures naming the stage, the summary table."""
+"""tools/run_demo.py and its package side (`tfkd.study.demo`: the stages as jobs of the study's
+scheduler; `tfkd.study.demo_report`): stage skipping, failures naming the stage, the summary table.
+"""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -7,6 +10,9 @@ import sys
 
 import pytest
 from gin_settings import gin_settings
+
+from tfkd.study import demo, demo_report
+from tfkd.study.jobs import Job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +35,7 @@ def _touch_stage(name, out_file, code=0):
         f"import sys; open({out_file!r}, 'a').write({name!r} + '\\n'); "
         f"print('hello from {name}'); sys.exit({code})"
     )
-    return run_demo.Stage(name, commands=lambda ctx: [[sys.executable, "-c", script]])
+    return Job(name, [[sys.executable, "-c", script]])
 
 
 def _calls(path):
@@ -40,59 +46,59 @@ def _calls(path):
 
 
 def test_done_stages_are_skipped_and_stamped(tmp_path):
-    ctx = run_demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
+    ctx = demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
     calls = str(tmp_path / "calls.txt")
     stages = [_touch_stage("a", calls), _touch_stage("b", calls)]
 
-    report = run_demo.run_stages(stages, ctx)
+    report = demo.run_stages(stages, ctx)
     assert _calls(calls) == ["a", "b"]
-    assert [r["status"] for r in report.values()] == ["ran", "ran"]
+    assert list(report.values()) == ["done", "done"]
     stamp = json.load(open(tmp_path / "out" / "stamps" / "a.json"))
-    assert stamp["stage"] == "a" and stamp["seconds"] >= 0
+    assert stamp["job"] == "a" and stamp["seconds"] >= 0
     assert "hello from a" in open(tmp_path / "out" / "logs" / "a.log").read()
 
-    report = run_demo.run_stages(stages, ctx)
+    report = demo.run_stages(stages, ctx)
     assert _calls(calls) == ["a", "b"]  # nothing ran again
-    assert [r["status"] for r in report.values()] == ["skipped", "skipped"]
+    assert list(report.values()) == ["skipped", "skipped"]
 
     os.remove(tmp_path / "out" / "stamps" / "b.json")
-    run_demo.run_stages(stages, ctx)
+    demo.run_stages(stages, ctx)
     assert _calls(calls) == ["a", "b", "b"]
 
 
 def test_only_reruns_a_done_stage_alone(tmp_path):
-    ctx = run_demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
+    ctx = demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
     calls = str(tmp_path / "calls.txt")
     stages = [_touch_stage("a", calls), _touch_stage("b", calls)]
-    run_demo.run_stages(stages, ctx)
-    run_demo.run_stages(stages, ctx, only="a")
+    demo.run_stages(stages, ctx)
+    demo.run_stages(stages, ctx, only="a")
     assert _calls(calls) == ["a", "b", "a"]
-    with pytest.raises(run_demo.StageError, match="unknown stage 'c'"):
-        run_demo.run_stages(stages, ctx, only="c")
+    with pytest.raises(demo.StageError, match="unknown stage 'c'"):
+        demo.run_stages(stages, ctx, only="c")
 
 
 def test_outputs_decide_unstamped_stages(tmp_path):
-    ctx = run_demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
+    ctx = demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
     marker = tmp_path / "data" / "manifest.json"
     calls = str(tmp_path / "calls.txt")
-    stage = _touch_stage("corpus", calls)
-    stage.stamped = False
-    stage.outputs = lambda ctx: [str(marker)]
-    assert not stage.done(ctx)
+    stage = dataclasses.replace(
+        _touch_stage("corpus", calls), outputs=(str(marker),), stamped=False
+    )
+    assert not demo.scheduler(ctx).done(stage)
     marker.parent.mkdir(parents=True)
     marker.write_text("{}")
-    assert stage.done(ctx)
-    run_demo.run_stages([stage], ctx)
+    assert demo.scheduler(ctx).done(stage)
+    demo.run_stages([stage], ctx)
     assert _calls(calls) == []
 
 
 def test_failure_names_stage_and_log_and_stops(tmp_path):
-    ctx = run_demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
+    ctx = demo.Context(out=str(tmp_path / "out"), data=str(tmp_path / "data"))
     calls = str(tmp_path / "calls.txt")
     stages = [_touch_stage("a", calls), _touch_stage("teacher", calls, code=3)]
     stages.append(_touch_stage("c", calls))
-    with pytest.raises(run_demo.StageError) as err:
-        run_demo.run_stages(stages, ctx)
+    with pytest.raises(demo.StageError) as err:
+        demo.run_stages(stages, ctx)
     message = str(err.value)
     assert "stage 'teacher' failed (exit code 3)" in message
     assert os.path.join("logs", "teacher.log") in message
@@ -103,7 +109,7 @@ def test_failure_names_stage_and_log_and_stops(tmp_path):
     assert partial["seconds"] > 0
     # A later success counts the failed attempt's time too, and drops the partial record.
     stages[1] = _touch_stage("teacher", calls)
-    run_demo.run_stages(stages, ctx)
+    demo.run_stages(stages, ctx)
     stamp = json.load(open(tmp_path / "out" / "stamps" / "teacher.json"))
     assert stamp["seconds"] >= round(partial["seconds"], 1)
     assert not os.path.exists(tmp_path / "out" / "stamps" / "teacher.partial.json")
@@ -113,26 +119,26 @@ def test_failure_names_stage_and_log_and_stops(tmp_path):
 
 def test_main_reports_failure_with_exit_code_1(tmp_path, capsys, monkeypatch):
     calls = str(tmp_path / "calls.txt")
-    monkeypatch.setattr(run_demo, "demo_stages", lambda: [_touch_stage("spm", calls, code=2)])
+    monkeypatch.setattr(run_demo, "demo_jobs", lambda ctx: [_touch_stage("spm", calls, code=2)])
     rc = run_demo.main(["--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")])
     assert rc == 1
     assert "FAILED: stage 'spm' failed (exit code 2)" in capsys.readouterr().err
 
 
 def test_disabled_baseline_is_not_run(tmp_path):
-    ctx = run_demo.Context(out=str(tmp_path), data=str(tmp_path), baseline=False)
-    stages = {s.name: s for s in run_demo.demo_stages()}
-    assert not stages["baseline"].enabled(ctx)
-    assert stages["fullsum_kd"].enabled(ctx)
-    assert run_demo._students(ctx) == ["fullsum_kd", "hard_kd"]
+    ctx = demo.Context(out=str(tmp_path), data=str(tmp_path), baseline=False)
+    stages = {s.name: s for s in demo.demo_jobs(ctx)}
+    assert "baseline" not in stages
+    assert "fullsum_kd" in stages
+    assert demo._students(ctx) == ["fullsum_kd", "hard_kd"]
 
 
 def test_demo_commands_point_at_out_and_data(tmp_path):
     data = tmp_path / "d"
     (data / "spm").mkdir(parents=True)
     (data / "spm" / "spm.vocab").write_text("".join(f"p{i}\t0\n" for i in range(37)))
-    ctx = run_demo.Context(out="/o", data=str(data), extra_gin=("/x/tiny.gin",))
-    stages = {s.name: s for s in run_demo.demo_stages()}
+    ctx = demo.Context(out="/o", data=str(data), extra_gin=("/x/tiny.gin",))
+    stages = {s.name: s for s in demo.demo_jobs(ctx)}
     assert list(stages) == [
         "corpus",
         "spm",
@@ -148,7 +154,7 @@ def test_demo_commands_point_at_out_and_data(tmp_path):
         "export",
         "summary",
     ]
-    (kd,) = stages["fullsum_kd"].commands(ctx)
+    (kd,) = stages["fullsum_kd"].argv_lists()
     assert "--gin_file=gin/fullsum_kd.gin" in kd and "--model_dir=/o/fullsum_kd" in kd
     assert "--gin_bindings=PSEUDO_LABEL_RECORDS = '/o/pseudo/*.tfrecord'" in kd
     assert "--gin_bindings=PSEUDO_LABEL_DEV_RECORDS = '/o/pseudo-dev/*.tfrecord'" in kd
@@ -156,12 +162,12 @@ def test_demo_commands_point_at_out_and_data(tmp_path):
     assert "--gin_bindings=VOCAB_SIZE = 37" in kd
     # Extra gin files come after the demo's own, before the data bindings.
     assert kd.index("--gin_file=/x/tiny.gin") > kd.index("--gin_file=gin/demo/fullsum_kd.gin")
-    (base,) = stages["baseline"].commands(ctx)
+    (base,) = stages["baseline"].argv_lists()
     assert not any("PSEUDO_LABEL_RECORDS" in a for a in base)
     # Every shard of train-unlabeled, whatever their number.
-    (pseudo,) = stages["pseudo_labels"].commands(ctx)
+    (pseudo,) = stages["pseudo_labels"].argv_lists()
     assert f"--input_pattern={data}/records/train-unlabeled-*.tfrecord" in pseudo
-    export = stages["export"].commands(ctx)
+    export = stages["export"].argv_lists()
     assert export[0][1].endswith("bin/export") and "--output=/o/export/saved_model/1" in export[0]
     assert [c for c in export[3] if c.startswith("--tflite=")] == [
         "--tflite=/o/export/student_whole_float32.tflite",
@@ -170,7 +176,7 @@ def test_demo_commands_point_at_out_and_data(tmp_path):
         "--tflite=/o/export/student_streaming_dynamic_int8.tflite",
     ]
     for name in ("teacher", "fullsum_kd", "hard_kd", "baseline"):
-        gin_files = [a.split("=", 1)[1] for a in stages[name].commands(ctx)[0] if "gin_file" in a]
+        gin_files = [a.split("=", 1)[1] for a in stages[name].argv_lists()[0] if "gin_file" in a]
         for path in gin_files[:-1]:
             assert os.path.exists(os.path.join(REPO, path)), path
 
@@ -189,14 +195,14 @@ def test_kd_students_mix_labelled_ground_truth_into_pseudo_labels(tmp_path):
     data = tmp_path / "d"
     (data / "spm").mkdir(parents=True)
     (data / "spm" / "spm.vocab").write_text("".join(f"p{i}\t0\n" for i in range(37)))
-    ctx = run_demo.Context(out="/o", data=str(data))
-    stages = {s.name: s for s in run_demo.demo_stages()}
+    ctx = demo.Context(out="/o", data=str(data))
+    stages = {s.name: s for s in demo.demo_jobs(ctx)}
     labelled = [
         f"{data}/records/train-labeled-*.tfrecord",
         f"{data}/records/train-respoken-*.tfrecord",
     ]
     for name, nbest in (("fullsum_kd", 4), ("hard_kd", 1)):
-        (argv,) = stages[name].commands(ctx)
+        (argv,) = stages[name].argv_lists()
         dataset_fn, *values = _gin_settings(
             argv,
             "train.train_dataset_fn",
@@ -210,7 +216,7 @@ def test_kd_students_mix_labelled_ground_truth_into_pseudo_labels(tmp_path):
         share = values.pop(2)
         assert values == [labelled, "/o/pseudo/*.tfrecord", 1.0, nbest], name
         assert share == pytest.approx(5000 / 9000, abs=1e-4), name
-    (argv,) = stages["baseline"].commands(ctx)
+    (argv,) = stages["baseline"].argv_lists()
     dataset_fn, pattern = _gin_settings(
         argv, "train.train_dataset_fn", "train_data/make_dataset.file_pattern"
     )
@@ -224,7 +230,7 @@ def _write(path, obj):
 
 
 def test_summary_table_and_json(tmp_path, capsys):
-    ctx = run_demo.Context(out=str(tmp_path), data=str(tmp_path))
+    ctx = demo.Context(out=str(tmp_path), data=str(tmp_path))
     wers = {"teacher": (40.0, 42.0), "fullsum_kd": (50.0, 45.0), "baseline": (60.0, 60.0)}
     for name, (dev, test) in wers.items():
         _write(ctx.path(name, "eval", "dev.json"), {"wer": dev, "step": 7, "utterances": 64})
@@ -262,7 +268,7 @@ def test_summary_table_and_json(tmp_path, capsys):
     _write(ctx.path("export", "tflite_eval.json"), [row])
     _write(ctx.path("stamps", "teacher.json"), {"stage": "teacher", "seconds": 60.0})
     _write(ctx.path("stamps", "corpus.json"), {"stage": "corpus", "seconds": 5.0})
-    run_demo.write_summary(ctx)
+    demo_report.write_summary(ctx)
 
     summary = json.load(open(tmp_path / "summary.json"))
     by = {r["model"]: r for r in summary["wer"]}

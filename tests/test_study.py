@@ -302,6 +302,43 @@ def test_scheduler_checks_outputs_and_thread_budget(tmp_path):
     assert run.run([data]) == {"data": "skipped"}
 
 
+def test_scheduler_in_sequence_only_always_and_failures(tmp_path):
+    """What `make demo` uses: jobs one after another, `only`, jobs that always run, and why a job
+    failed."""
+    mark = tmp_path / "order.txt"
+
+    def job(name, code=0, **kw):
+        append = _py(f"open({str(mark)!r}, 'a').write({name!r} + '\\n'); raise SystemExit({code})")
+        return jobs_lib.Job(name, [append], **kw)
+
+    jobs = jobs_lib.in_sequence([job("a"), job("b", code=3), job("c"), job("r", always=True)])
+    assert [j.deps for j in jobs] == [(), ("a",), ("b",), ("c",)]
+    run = scheduler.Scheduler(str(tmp_path / "out"), progress=False)
+    assert run.run(jobs) == {"a": "done", "b": "failed", "c": "blocked", "r": "blocked"}
+    assert (
+        run.failures["b"].reason == "exit code 3" and run.failures["b"].argv == jobs[1].commands[0]
+    )
+    assert list(run.failures) == ["b"]
+    # `only` runs a job whose dependencies are not done, and a done one again.
+    assert run.run(jobs, only="c") == {"c": "done"} and not run.failures
+    assert run.run(jobs, only="a") == {"a": "done"}
+    with pytest.raises(ValueError, match="unknown job 'x'"):
+        run.run(jobs, only="x")
+    jobs[1] = job("b", deps=("a",))
+    assert run.run(jobs) == {"a": "skipped", "c": "skipped", "b": "done", "r": "done"}
+    assert run.run(jobs)["r"] == "done"  # never done: runs every time
+    assert mark.read_text().split() == ["a", "b", "c", "a", "b", "r", "r"]
+    # Commands that cannot be made fail the job with what they raised.
+    broken = jobs_lib.Job("broken", lambda: [[str(1 / 0)]])
+    assert run.run([broken]) == {"broken": "failed"}
+    assert isinstance(run.failures["broken"].error, ZeroDivisionError)
+    steps = [("x", [], ()), ("y", [], ())]
+    assert [(j.name, j.deps) for j in jobs_lib.data_jobs(steps, prefix="")] == [
+        ("x", ()),
+        ("y", ("x",)),
+    ]
+
+
 # ---- report ----------------------------------------------------------------------------------
 
 

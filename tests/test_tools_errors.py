@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tfkd.study.jobs import Job
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -86,9 +88,7 @@ def _load(name):
 def test_run_demo_failed_stage_is_one_line_naming_its_log(tmp_path, monkeypatch, capsys):
     run_demo = _load("run_demo")
     fail = [sys.executable, "-c", "raise SystemExit(3)"]
-    monkeypatch.setattr(
-        run_demo, "demo_stages", lambda: [run_demo.Stage("spm", commands=lambda ctx: [fail])]
-    )
+    monkeypatch.setattr(run_demo, "demo_jobs", lambda ctx: [Job("spm", [fail])])
     out = str(tmp_path / "out")
     assert run_demo.main(["--out", out, "--data", str(tmp_path / "data")]) == 1
     log = os.path.join(out, "logs", "spm.log")

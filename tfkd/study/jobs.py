@@ -1,12 +1,14 @@
-"""The study's job model: what the scheduler runs, how it marks a job done, and the data jobs.
+"""The job model of the study and of `make demo`: what the scheduler runs, how it marks a job done,
+and the data jobs.
 
 A `Job` is a list of the project's own CLI commands (`bin/train`, `bin/evaluate`,
 `bin/pseudo_label`, the data tools), run in order from the repository root, with the jobs it
-depends on and the outputs that show it finished. `tfkd.study.plan` expands a study into jobs,
-`tfkd.study.scheduler` runs them and writes their stamps and logs, `tfkd.study.report` reads
-what they wrote. Nothing here imports TensorFlow.
+depends on and the outputs that show it finished. `tfkd.study.plan` expands a study into jobs and
+`tfkd.study.demo` lists `make demo`'s stages as jobs; `tfkd.study.scheduler` runs them and writes
+their stamps and logs, `tfkd.study.report` and `tfkd.study.demo_report` read what they wrote.
+Nothing here imports TensorFlow.
 
-Under a study directory OUT, the scheduler keeps:
+Under a study directory OUT (or the demo's), the scheduler keeps:
 
     logs/<job>.log, stamps/<job>.json
 
@@ -39,6 +41,8 @@ class Job:
         info: what the report needs to know about the job (arm, method, seed, paths, ...).
         stamped: done also needs the scheduler's stamp; False for data whose tools write their
             own completion marks (the outputs), so data built by `make demo` is reused as is.
+        always: never counts as done: runs on every invocation (a cheap job that reflects the
+            latest state, e.g. the demo's summary).
     """
 
     name: str
@@ -48,6 +52,7 @@ class Job:
     before: Callable[[], None] | None = None
     info: dict = dataclasses.field(default_factory=dict)
     stamped: bool = True
+    always: bool = False
 
     def argv_lists(self) -> list[list[str]]:
         cmds = self.commands() if callable(self.commands) else self.commands
@@ -67,14 +72,23 @@ def read_json(path: str) -> dict | None:
         return json.load(f)
 
 
-def data_jobs(steps: Sequence[tuple]) -> list[Job]:
-    """Jobs `data-<name>` for `builtin_data_steps`, each after the one before; unstamped, since
-    the data tools write their own completion marks (so data built by `make demo` is reused)."""
-    jobs, deps = [], ()
-    for name, commands, marks in steps:
-        jobs.append(Job(f"data-{name}", commands, deps=deps, outputs=marks, stamped=False))
-        deps = (jobs[-1].name,)
-    return jobs
+def in_sequence(jobs: Sequence[Job]) -> list[Job]:
+    """The jobs, each also depending on the one before it: they run one after another, and a
+    failure blocks every later job (`make demo`'s stages)."""
+    out = []
+    for job in jobs:
+        before = (out[-1].name,) if out and out[-1].name not in job.deps else ()
+        out.append(dataclasses.replace(job, deps=job.deps + before))
+    return out
+
+
+def data_jobs(steps: Sequence[tuple], prefix: str = "data-") -> list[Job]:
+    """Jobs `<prefix><name>` for `builtin_data_steps`, each after the one before; unstamped,
+    since the data tools write their own completion marks (so data built by `make demo`, whose
+    stages have no prefix, is reused by the study and the other way round)."""
+    return in_sequence(
+        [Job(f"{prefix}{name}", cmds, outputs=marks, stamped=False) for name, cmds, marks in steps]
+    )
 
 
 def builtin_data_steps(

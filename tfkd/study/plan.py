@@ -32,8 +32,6 @@ import os
 from collections.abc import Mapping, Sequence
 
 from tfkd.study import stats
-
-# builtin_data_steps: also imported from here by tools/run_demo.py.
 from tfkd.study.jobs import Job, builtin_data_steps, copy_checkpoint, data_jobs, read_json
 
 NEEDS = ("pseudo", "soft-targets", "online", "none")

@@ -1,10 +1,12 @@
-"""Runs a study's jobs: dependencies first, several at once, resumable, one log per job.
+"""Runs jobs: dependencies first, several at once, resumable, one log per job. The study's runner
+(`tools/run_study.py`) and `make demo`'s (`tools/run_demo.py`, through `tfkd.study.demo`).
 
 A job counts as done when all its outputs exist and, unless it is unstamped (data preparation,
 whose tools mark their own completion), its stamp `OUT/stamps/<job>.json`, written after its
-commands succeeded. A rerun skips done jobs and restarts the others (training resumes from its
-checkpoints, pseudo-labelling keeps its finished shards). A failed job does not stop the others;
-the jobs that depend on it are reported as blocked.
+commands succeeded with the job's wall time (earlier failed or interrupted attempts included).
+A rerun skips done jobs and restarts the others (training resumes from its checkpoints,
+pseudo-labelling keeps its finished shards). A failed job does not stop the others; the jobs that
+depend on it are reported as blocked (`tfkd.study.jobs.in_sequence`: every later job).
 
 Parallel jobs share the machine's cores: each runs with `TF_NUM_INTRAOP_THREADS` (and inter-op)
 set to `cores // parallel`, which on a small CPU gives more throughput than one job using every
@@ -13,15 +15,18 @@ core, because small models leave threads idle between ops.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
 import tqdm
 
+from tfkd import cli
 from tfkd.study.jobs import Job, stamp_path
 
 
@@ -87,6 +92,21 @@ class WallClock:
         self.written = time.time()
 
 
+@dataclasses.dataclass
+class Failure:
+    """Why a job failed (`Scheduler.failures`).
+
+    Attributes:
+        reason: as written at the end of the job's log, e.g. "exit code 3".
+        argv: the command that failed, if one did.
+        error: what the job's `before` or `commands` raised, if they did.
+    """
+
+    reason: str
+    argv: list[str] | None = None
+    error: Exception | None = None
+
+
 class Scheduler:
     """Runs `Job`s of one study directory.
 
@@ -97,15 +117,34 @@ class Scheduler:
         cores: CPU cores to share between them (default: all the machine has).
         env: base environment of the commands (default: this process's).
         progress: show a progress bar over jobs.
+        echo: pass the commands' output through to stdout as it comes (progress bars included)
+            besides keeping it in the logs, and announce every job and command there, as
+            `[<tag>:<job>] ...` lines (`make demo`). Failed and blocked jobs are left to the
+            caller to report (`failures`).
+        tag: the driver's name at the head of the scheduler's lines, in its output and the logs.
+
+    Attributes:
+        failures: `{job: Failure}` of the last `run`.
     """
 
-    def __init__(self, out_dir, repo=".", parallel=1, cores=None, env=None, progress=True):
+    def __init__(
+        self,
+        out_dir,
+        repo=".",
+        parallel=1,
+        cores=None,
+        env=None,
+        progress=True,
+        echo=False,
+        tag="study",
+    ):
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.out_dir, self.repo, self.parallel = out_dir, repo, int(parallel)
         self.cores = int(cores or os.cpu_count() or 1)
         self.env = dict(os.environ if env is None else env)
-        self.progress = progress
+        self.progress, self.echo, self.tag = progress, echo, tag
+        self.failures: dict[str, Failure] = {}
         os.makedirs(self.path("logs"), exist_ok=True)
         os.makedirs(self.path("stamps"), exist_ok=True)
 
@@ -119,22 +158,33 @@ class Scheduler:
         return self.path("logs", f"{job.name}.log")
 
     def done(self, job: Job) -> bool:
+        if job.always:
+            return False
         stamp_ok = not job.stamped or os.path.exists(self.stamp_path(job))
         return stamp_ok and all(os.path.exists(p) for p in job.outputs)
 
     def job_env(self) -> dict[str, str]:
+        """The commands' environment: the thread budget, and `cli.TF_ENVIRONMENT` (the BFC
+        allocator, errors-only C++ logs) where the base environment does not say otherwise."""
         env = dict(self.env)
         threads = str(max(1, self.cores // self.parallel))
         env.setdefault("TF_NUM_INTRAOP_THREADS", threads)
         env.setdefault("TF_NUM_INTEROP_THREADS", threads)
-        env.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        cli.set_tf_environment(env)
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def run(self, jobs: Sequence[Job], tick=None) -> dict[str, str]:
+    def say(self, job: Job | str, text: str) -> None:
+        """`[<tag>:<job>] text` on stdout, with `echo` (the commands' output is there too)."""
+        if self.echo:
+            name = job if isinstance(job, str) else job.name
+            print(f"[{self.tag}:{name}] {text}", flush=True)
+
+    def run(self, jobs: Sequence[Job], tick=None, only: str | None = None) -> dict[str, str]:
         """Runs every job not done yet; returns `{job: "done"|"skipped"|"failed"|"blocked"}`.
-        `tick()`, if given, is called about twice a second while jobs run (e.g. `WallClock`)."""
+        `tick()`, if given, is called about twice a second while jobs run (e.g. `WallClock`).
+        `only`: run just that job, done or not, taking the jobs it depends on as done (`make demo
+        --only STAGE`)."""
         names = [j.name for j in jobs]
         if len(set(names)) != len(names):
             raise ValueError("job names repeat")
@@ -143,7 +193,14 @@ class Scheduler:
             unknown = [d for d in j.deps if d not in by_name]
             if unknown:
                 raise ValueError(f"job {j.name} depends on unknown jobs {unknown}")
+        if only is not None:
+            if only not in by_name:
+                raise ValueError(f"unknown job {only!r}")
+            jobs = [dataclasses.replace(by_name[only], deps=(), always=True)]
+        self.failures = {}
         status = {j.name: "skipped" for j in jobs if self.done(j)}
+        for name in status:
+            self.say(name, "done already, skipped")
         pending = [j for j in jobs if j.name not in status]
         running: dict[str, _Running] = {}
         bar = tqdm.tqdm(
@@ -164,18 +221,28 @@ class Scheduler:
                     del running[name]
                     status[name] = outcome
                     bar.update(1)
-                    bar.write(f"[study] {outcome}: {name} ({r.seconds():.0f} s; {r.log_path})")
+                    if r.failure is not None:
+                        self.failures[name] = r.failure
+                    if self.echo:
+                        if outcome == "done":
+                            self.say(name, f"finished in {r.seconds():.0f} s")
+                    else:
+                        line = f"{outcome}: {name} ({r.seconds():.0f} s; {r.log_path})"
+                        bar.write(f"[{self.tag}] {line}")
                 for job in list(pending):
                     failed = [d for d in job.deps if status.get(d) in ("failed", "blocked")]
                     if failed:
                         pending.remove(job)
                         status[job.name] = "blocked"
                         bar.update(1)
-                        bar.write(f"[study] blocked: {job.name} (failed: {', '.join(failed)})")
+                        if not self.echo:
+                            line = f"blocked: {job.name} (failed: {', '.join(failed)})"
+                            bar.write(f"[{self.tag}] {line}")
                         continue
                     ready = all(status.get(d) in ("done", "skipped") for d in job.deps)
                     if ready and len(running) < self.parallel:
                         pending.remove(job)
+                        self.say(job, f"running (log: {self.log_path(job)})")
                         running[job.name] = _Running(self, job)
                 if list(running) != shown:  # redraw on changes only: logs stay small
                     shown = list(running)
@@ -203,14 +270,16 @@ class _Running:
         self.earlier = (_load(self.partial) or {}).get("seconds", 0.0)
         self.start = time.time()
         self.log = open(self.log_path, "ab")  # noqa: SIM115 (closed when the job ends)
-        self.proc = None
+        self.proc = self.argv = self.tee = None
         self.queue = None
+        self.failure: Failure | None = None
         try:
             if job.before is not None:
                 job.before()
             self.queue = job.argv_lists()
         except Exception as e:  # a bad plan value must fail this job, not the study
-            self._write(f"\n[study] could not start {job.name}: {e!r}\n")
+            self._write(f"\n[{scheduler.tag}] could not start {job.name}: {e!r}\n")
+            self.failure = Failure(f"could not start: {e!r}", error=e)
             self.queue = None
         self._next()
 
@@ -222,15 +291,36 @@ class _Running:
         if not self.queue:
             self.proc = None
             return
-        argv = self.queue.pop(0)
+        self.argv = argv = self.queue.pop(0)
         self._write("\n$ " + " ".join(argv) + "\n")
+        echo = self.scheduler.echo
+        self.scheduler.say(self.job, f"$ {' '.join(argv)}")
         self.proc = subprocess.Popen(
             argv,
             cwd=self.scheduler.repo,
             env=self.scheduler.job_env(),
-            stdout=self.log,
+            stdout=subprocess.PIPE if echo else self.log,
             stderr=subprocess.STDOUT,
         )
+        if echo:
+            self.tee = threading.Thread(target=self._tee, args=(sys.stdout.buffer,), daemon=True)
+            self.tee.start()
+
+    def _tee(self, out) -> None:
+        """Copies the command's output to `out` and the log; raw chunks, not lines: tqdm redraws
+        with '\\r' and would otherwise appear only at the end."""
+        pipe = self.proc.stdout
+        while chunk := os.read(pipe.fileno(), 65536):
+            out.write(chunk)
+            out.flush()
+            self.log.write(chunk)
+            self.log.flush()
+        pipe.close()
+
+    def _join_tee(self) -> None:
+        if self.tee is not None:
+            self.tee.join(timeout=30)
+            self.tee = None
 
     def seconds(self) -> float:
         return self.earlier + time.time() - self.start
@@ -243,8 +333,10 @@ class _Running:
             rc = self.proc.poll()
             if rc is None:
                 return None
+            self._join_tee()
             if rc != 0:
-                self._write(f"\n[study] exit code {rc}\n")
+                self._write(f"\n[{self.scheduler.tag}] exit code {rc}\n")
+                self.failure = Failure(f"exit code {rc}", argv=self.argv)
                 return self._finish(False)
             self._next()
         return self._finish(True)
@@ -252,7 +344,8 @@ class _Running:
     def _finish(self, ok: bool) -> str:
         missing = [p for p in self.job.outputs if not os.path.exists(p)] if ok else []
         if missing:
-            self._write(f"\n[study] finished without its outputs: {missing}\n")
+            self._write(f"\n[{self.scheduler.tag}] finished without its outputs: {missing}\n")
+            self.failure = Failure(f"finished without its outputs: {missing}")
             ok = False
         self.log.close()
         if ok:
@@ -272,6 +365,7 @@ class _Running:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self._join_tee()
         if not self.log.closed:
             self.log.close()
             _dump(self.partial, {"job": self.job.name, "seconds": round(self.seconds(), 1)})
