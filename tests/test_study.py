@@ -135,6 +135,24 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert "--noise_rate=0.4" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
 
 
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_every_training_command_of_a_preset_parses_strictly(preset, tmp_path, clean_gin):
+    """The fast stand-in for the slow end-to-end study: each teacher and student run the plan
+    makes is a configuration bin/train accepts (a misspelt or unbound binding raises)."""
+    plan = load_preset(preset, out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
+    # (tuned runs make their commands when they start, from the tuning runs' dev WER)
+    jobs = [j for j in plan.jobs() if j.info.get("setting") != "tuned"]
+    trainings = [j.argv_lists()[0] for j in jobs if j.info.get("kind") in ("teacher", "student")]
+    assert len(trainings) >= 10
+    for argv in trainings:
+        assert argv[1].endswith("bin/train"), argv
+        files = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_file=")]
+        bindings = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_bindings=")]
+        gin.clear_config()
+        assert config.parse_gin(files, bindings).strip(), argv
+    gin.clear_config()
+
+
 def test_lean_front_ends_reach_every_training_and_build_the_named_layers(tmp_path):
     lean = "gin/study/lean_frontends.gin"
     plan = load_preset(
@@ -423,6 +441,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
 # ---- end to end ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 4-10 min on 2 cores; the fast suite parses every planned run instead
 def test_tiny_study_end_to_end_and_resume(tmp_path):
     """The real driver, data tools and CLIs on the tiny corpus: every output exists and parses."""
     out, results = tmp_path / "study", tmp_path / "results"
