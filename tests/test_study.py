@@ -185,7 +185,11 @@ def test_lean_front_ends_reach_every_training_and_build_the_named_layers(tmp_pat
     # Stacking is the CPU teacher's front end since the recipe search (docs/recipe.md).
     assert isinstance(built([teacher_gin], "conformer_teacher"), StackingSubsampler)
     assert isinstance(built([teacher_gin, lean], "conformer_teacher"), StackingSubsampler)
-    assert isinstance(built([student_gin], "conformer_student"), ConvSubsampler)
+    # The 1-D front end is the study student's own since the recipe search; the 2-D one remains
+    # the preset builder's default.
+    default_student = built([student_gin], "conformer_student")
+    assert isinstance(default_student, Conv1DSubsampler) and default_student.filters == 256
+    assert isinstance(built([teacher_gin], "conformer_student"), ConvSubsampler)
     student = built([student_gin, lean], "conformer_student")
     assert isinstance(student, Conv1DSubsampler) and student.filters == 256
     other_rate = built([student_gin, "gin/study/student_other_rate.gin", lean], "conformer_student")
