@@ -268,6 +268,8 @@ def test_summary_table_and_json(tmp_path, capsys):
     _write(ctx.path("export", "tflite_eval.json"), [row])
     _write(ctx.path("stamps", "teacher.json"), {"stage": "teacher", "seconds": 60.0})
     _write(ctx.path("stamps", "corpus.json"), {"stage": "corpus", "seconds": 5.0})
+    # a summary stamp from an earlier invocation is not a stage of the run
+    _write(ctx.path("stamps", "summary.json"), {"job": "summary", "seconds": 0.5})
     demo_report.write_summary(ctx)
 
     summary = json.load(open(tmp_path / "summary.json"))

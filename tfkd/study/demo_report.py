@@ -18,6 +18,8 @@ def _stage_seconds(ctx: Context) -> dict[str, float]:
     run skips it)."""
     out = {}
     for job in demo_jobs(dataclasses.replace(ctx, baseline=True)):
+        if job.always:  # the summary itself: not a stage of the run it reports
+            continue
         stamp = read_json(stamp_path(ctx.out, job.name))
         if stamp is not None:
             out[job.name] = stamp["seconds"]
