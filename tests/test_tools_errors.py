@@ -181,6 +181,16 @@ def test_bench_kd_step_bad_repeats(monkeypatch, capsys):
     assert _one_line(err) == "tools/bench_kd_step.py: --repeats must be >= 1, got 0"
 
 
+def test_bench_input_pipeline_without_records_names_the_data_stages(tmp_path, monkeypatch, capsys):
+    code, err = _run("bench_input_pipeline", ["--data", str(tmp_path)], monkeypatch, capsys)
+    assert code == 2
+    assert _one_line(err) == (
+        f"tools/bench_input_pipeline.py: no records match {tmp_path}/records/train-labeled-*"
+        ".tfrecord: make them with make demo's data stages (python tools/run_demo.py --only "
+        "records, then --only respoken)"
+    )
+
+
 def test_argparse_errors_keep_their_usage_and_exit_2(monkeypatch, capsys):
     code, err = _run("bench_kd_step", ["--student", "nope"], monkeypatch, capsys)
     assert code == 2 and "invalid choice: 'nope'" in err and "Traceback" not in err
