@@ -21,9 +21,10 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
+
+cli.set_tf_environment()
 
 
 def _parse_args(argv):

@@ -44,11 +44,11 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Without BFC, this VM page-faults every fresh large buffer in again (README, "CPU allocator").
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
+
+# Without BFC, this VM page-faults every fresh large buffer in again (README, "CPU allocator").
+cli.set_tf_environment()
 
 
 def _parse_args(argv):

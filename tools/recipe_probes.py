@@ -286,7 +286,8 @@ def evaluate_command(model_dir: str) -> list[str]:
 
 def _run(argv, log_path):
     print("$", shlex.join(argv), flush=True)
-    env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ)
+    cli.set_tf_environment(env)  # tfkd's defaults (BFC allocator, quiet logs), yours first
     with open(log_path, "a") as log:
         code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code:
