@@ -135,15 +135,20 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert "--noise_rate=0.4" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
 
 
+def _training_argvs(plan):
+    """The `bin/train` argv of every teacher and student run of `plan` whose command is known
+    now (tuned runs make theirs when they start, from the tuning runs' dev WER)."""
+    jobs = [j for j in plan.jobs() if j.info.get("setting") != "tuned"]
+    return [j.argv_lists()[0] for j in jobs if j.info.get("kind") in ("teacher", "student")]
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_every_training_command_of_a_preset_parses_strictly(preset, tmp_path, clean_gin):
     """The fast stand-in for the slow end-to-end study: each teacher and student run the plan
     makes is a configuration bin/train accepts (a misspelt or unbound binding raises), with a
     deterministic input pipeline."""
     plan = load_preset(preset, out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
-    # (tuned runs make their commands when they start, from the tuning runs' dev WER)
-    jobs = [j for j in plan.jobs() if j.info.get("setting") != "tuned"]
-    trainings = [j.argv_lists()[0] for j in jobs if j.info.get("kind") in ("teacher", "student")]
+    trainings = _training_argvs(plan)
     assert len(trainings) >= 10
     for argv in trainings:
         assert argv[1].endswith("bin/train"), argv
@@ -164,9 +169,7 @@ def test_lean_front_ends_reach_every_training_and_build_the_named_layers(tmp_pat
         data_dir=str(tmp_path / "data"),
         extra_gin=(lean,),
     )
-    # (tuned runs make their commands when they start, from the tuning runs' dev WER)
-    jobs = [j for j in plan.jobs() if j.info.get("setting") != "tuned"]
-    trainings = [j.argv_lists()[0] for j in jobs if j.info.get("kind") in ("teacher", "student")]
+    trainings = _training_argvs(plan)
     assert sum("--gin_file=gin/teacher.gin" in t for t in trainings) == 3
     assert len(trainings) > 50
     for argv in trainings:  # after the method and model files, so that its bindings win
