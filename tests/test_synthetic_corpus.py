@@ -10,6 +10,7 @@ import soundfile as sf
 from fixtures_corpus import TINY_SEED
 
 from tfkd.data import augment, synthetic_corpus, text_pool, tts
+from tfkd.study import jobs as jobs_lib
 
 TINY = synthetic_corpus.PRESETS["tiny"]
 
@@ -296,3 +297,184 @@ def test_respoken_split_leaves_the_other_splits_byte_identical(tiny_corpus, tmp_
 def test_negative_respoken_raises(tmp_path):
     with pytest.raises(ValueError, match="respoken must be >= 0, got -1"):
         synthetic_corpus.build_corpus(str(tmp_path), "tiny", respoken=-1, progress=False)
+
+
+def _texts(chapters) -> list[str]:
+    return [t for c in chapters for t in c.texts]
+
+
+def test_pool_plan_speaks_unused_sentences_by_new_speakers():
+    plan = synthetic_corpus.plan_corpus("tiny", TINY_SEED)
+    respoken = synthetic_corpus.plan_respoken(plan, "tiny", TINY_SEED, 2)
+    pool = synthetic_corpus.plan_pool("tiny", TINY_SEED, 8)
+    texts = _texts(pool)
+    assert len(texts) == len(set(texts)) == 8
+    for split in synthetic_corpus.SPLITS:
+        split_texts = {t for c in plan if c.speaker.split == split for t in c.texts}
+        assert not set(texts) & split_texts, split
+    # tiny's train-unlabeled has 2 speakers for 8 utterances: 8 pool utterances get 2 speakers.
+    speakers = {c.speaker.speaker_id: c.speaker for c in pool}
+    assert sorted(speakers) == [50000, 50001]
+    assert {s.split for s in speakers.values()} == {synthetic_corpus.POOL}
+    others = {c.speaker.speaker_id for c in plan + respoken}
+    assert not set(speakers) & others
+    assert not {c.chapter_id for c in pool} & {c.chapter_id for c in plan + respoken}
+    assert [c.chapter_id for c in pool] == [500000, 500001]
+    # The pool's sentences lead the leftovers of the corpus' permutation: every pool sentence
+    # but the 36 distinct sentences of the four splits.
+    unused = synthetic_corpus.unused_sentences("tiny", TINY_SEED)
+    assert texts == [s.text for s in unused[:8]]
+    assert len(unused) == len(text_pool.build_pool(vocab_limit=TINY.vocab_limit)) - 36
+    # Same seed, same pool (its own generators); another seed, other sentences and voices.
+    assert synthetic_corpus.plan_pool("tiny", TINY_SEED, 8) == pool
+    other = synthetic_corpus.plan_pool("tiny", TINY_SEED + 1, 8)
+    assert _texts(other) != texts
+    assert [c.speaker.voice for c in other] != [c.speaker.voice for c in pool]
+    assert synthetic_corpus.plan_pool("tiny", TINY_SEED, 0) == []
+
+
+@pytest.mark.parametrize(
+    "size, count, speakers",
+    [("tiny", 1, 1), ("tiny", 5, 1), ("tiny", 8, 2), ("tiny", 100, 25), ("small", 49, 1),
+     ("small", 20000, 200), ("medium", 22000, 220)],
+)  # fmt: skip
+def test_pool_speakers_scale_like_train_unlabeled(size, count, speakers):
+    assert synthetic_corpus.pool_speakers(size, count) == speakers
+
+
+def test_small_pool_of_four_times_the_labelled_set_has_new_sentences():
+    plan = synthetic_corpus.plan_corpus("small", 0)
+    pool = synthetic_corpus.plan_pool("small", 0, 20000)
+    texts = _texts(pool)
+    labeled = synthetic_corpus.PRESETS["small"].utterances["train-labeled"]
+    assert len(texts) == len(set(texts)) == 20000 == 4 * labeled
+    assert not set(texts) & set(_texts(plan))
+    assert len({c.speaker.speaker_id for c in pool}) == 200
+    assert len(pool) == 800 and {len(c.texts) for c in pool} == {25}
+    engines = [c.speaker.voice.engine for c in pool[::4]]  # one chapter of each speaker
+    assert {e: engines.count(e) for e in synthetic_corpus.ENGINE_SHARE} == {
+        "flite": 90, "festival": 70, "espeak-ng": 40,
+    }  # fmt: skip
+
+
+def test_pool_larger_than_the_unused_sentences_raises(tmp_path):
+    # 40 sentences: tiny's four splits take 36, 4 are left for the pool.
+    sentences = [text_pool.Sentence(f"sentence number {i} is here", "kjv") for i in range(40)]
+    pool = synthetic_corpus.plan_pool("tiny", TINY_SEED, 4, pool=sentences)
+    assert len(set(_texts(pool))) == 4
+    message = (
+        r"^A train-pool of 5 utterances needs 5 new sentences, but the text pool leaves only 4 "
+        r"unused by the other splits of the 'tiny' corpus; use a larger --vocab_limit or a "
+        r"smaller --pool\.$"
+    )
+    with pytest.raises(ValueError, match=message):
+        synthetic_corpus.plan_pool("tiny", TINY_SEED, 5, pool=sentences)
+    # 20 sentences: the training splits share the 8 left, none is new.
+    with pytest.raises(ValueError, match="leaves only 0 unused"):
+        synthetic_corpus.plan_pool("tiny", TINY_SEED, 1, pool=sentences[:20])
+    # Refused while planning: nothing is synthesised or written.
+    with pytest.raises(ValueError, match="needs 5 new sentences"):
+        synthetic_corpus.build_corpus(
+            str(tmp_path / "out"), "tiny", pool=sentences, pool_size=5, progress=False
+        )
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="pool_size must be >= 0, got -1"):
+        synthetic_corpus.build_corpus(str(tmp_path / "out"), "tiny", pool_size=-1, progress=False)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pool", "-1"], "--pool must be >= 0, got -1"),
+        (["--pool", "40000"], "A train-pool of 40000 utterances needs 40000 new sentences, but "
+         "the text pool leaves only 34580 unused by the other splits of the 'tiny' corpus; use "
+         "a larger --vocab_limit or a smaller --pool."),
+    ],
+)  # fmt: skip
+def test_make_corpus_cli_refuses_a_bad_pool_in_one_line(
+    tmp_path, monkeypatch, capsys, args, message
+):
+    import runpy
+    import sys
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                        "make_corpus.py")  # fmt: skip
+    monkeypatch.delenv("TFKD_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "argv", [path, "--size", "tiny", str(tmp_path / "c"), *args])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(path, run_name="__main__")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"tools/make_corpus.py: {message}\n"
+    assert not (tmp_path / "c").exists()
+
+
+def test_pool_and_respoken_compose_and_keep_the_other_splits_byte_identical(tiny_corpus, tmp_path):
+    for split in synthetic_corpus.SPLITS:  # copy the fixture, then add both splits
+        shutil.copytree(tiny_corpus / split, tmp_path / split)
+    manifest = synthetic_corpus.build_corpus(
+        str(tmp_path), "tiny", seed=TINY_SEED, jobs=1, progress=False, respoken=1, pool_size=4
+    )
+    assert list(manifest["splits"]) == [
+        *synthetic_corpus.SPLITS, synthetic_corpus.RESPOKEN, synthetic_corpus.POOL,
+    ]  # fmt: skip
+    pool = manifest["splits"][synthetic_corpus.POOL]
+    assert (pool["utterances"], pool["speakers"], pool["chapters"]) == (4, 1, 1)
+    assert manifest["splits"][synthetic_corpus.RESPOKEN]["utterances"] == 16
+    before = json.loads((tiny_corpus / "manifest.json").read_text())
+    for split in synthetic_corpus.SPLITS:
+        assert manifest["splits"][split] == before["splits"][split]
+    for sid, entry in before["speakers"].items():
+        assert manifest["speakers"][sid] == entry
+    assert _transcripts(tmp_path) == _transcripts(tiny_corpus)
+    audio = _audio(tmp_path)
+    for key, samples in _audio(tiny_corpus).items():
+        np.testing.assert_array_equal(audio[key], samples)
+    assert sum(k.startswith(synthetic_corpus.POOL) for k in audio) == 4
+    # SPEAKERS.txt and utterances.tsv: the old rows unchanged, the new splits' rows added.
+    for name, pool_rows in (("SPEAKERS.txt", 1), ("utterances.tsv", 4)):
+        old = (tiny_corpus / name).read_text().splitlines()
+        new = (tmp_path / name).read_text().splitlines()
+        assert [line for line in new if line in old] == old
+        assert sum(synthetic_corpus.POOL in line for line in new) == pool_rows
+        assert len(new) == len(old) + pool_rows + (4 if name == "SPEAKERS.txt" else 16)
+    # The pool's transcripts are plan_pool's sentences.
+    (trans,) = glob.glob(str(tmp_path / synthetic_corpus.POOL / "*" / "*" / "*.trans.txt"))
+    texts = [line.split(" ", 1)[1] for line in open(trans).read().splitlines()]
+    planned = synthetic_corpus.plan_pool("tiny", TINY_SEED, 4)
+    assert texts == [t.upper() for t in _texts(planned)]
+    # A call with --pool alone lists the pool but not train-respoken (the flags are repeated
+    # to keep both; the audio on disk stays).
+    alone = synthetic_corpus.build_corpus(
+        str(tmp_path), "tiny", seed=TINY_SEED, jobs=1, progress=False, pool_size=4
+    )
+    assert list(alone["splits"]) == [*synthetic_corpus.SPLITS, synthetic_corpus.POOL]
+    assert (tmp_path / synthetic_corpus.RESPOKEN).is_dir()
+
+
+def _argv_tool(script, *args):
+    return ["PY", script, *args]
+
+
+def test_builtin_data_steps_add_a_pool_step_after_the_others():
+    base = jobs_lib.builtin_data_steps(_argv_tool, "/d", "small", 64, respoken=2)
+    steps = jobs_lib.builtin_data_steps(_argv_tool, "/d", "small", 64, respoken=2, pool=20000)
+    assert steps[:-1] == base
+    assert [name for name, _, _ in steps] == ["corpus", "spm", "records", "respoken", "pool"]
+    name, commands, marks = steps[-1]
+    prepare = ["PY", "tools/prepare_librispeech.py", "/d/corpus/small/train-pool", "/d/records",
+               "--spm_model", "/d/spm/spm.model", "--jobs", "2"]  # fmt: skip
+    assert commands == [
+        ["PY", "tools/make_corpus.py", "--size", "small", "--jobs", "2", "--pool", "20000",
+         "--respoken", "2", "/d/corpus/small"],
+        prepare,
+    ]  # fmt: skip
+    assert marks == ("/d/records/train-pool.manifest.json",)
+    # Without respoken: no respoken step, and the pool step does not ask for it.
+    steps = jobs_lib.builtin_data_steps(_argv_tool, "/d", "tiny", 32, pool=8)
+    assert [name for name, _, _ in steps] == ["corpus", "spm", "records", "pool"]
+    make, prep = steps[-1][1]
+    assert make == ["PY", "tools/make_corpus.py", "--size", "tiny", "--jobs", "2", "--pool", "8",
+                    "/d/corpus/tiny"]  # fmt: skip
+    assert prep[2] == "/d/corpus/tiny/train-pool"
+    assert jobs_lib.builtin_data_steps(_argv_tool, "/d", "tiny", 32, pool=0) == steps[:-1]

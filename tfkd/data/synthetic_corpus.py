@@ -4,8 +4,10 @@ Layout: ``OUT/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`` with 
 ``<speaker>-<chapter>.trans.txt`` per chapter (``<utt-id> UPPER CASE TEXT``), plus
 ``OUT/SPEAKERS.txt`` and ``OUT/manifest.json`` (speaker configurations, counts and hours).
 
-Splits are disjoint in speakers and in sentences. Everything is drawn from one seed in the main
-process and every utterance has its own generator, so the corpus does not depend on `jobs`.
+Splits are disjoint in speakers and in sentences (the optional `train-respoken` speaks
+`train-labeled`'s sentences again; the optional `train-pool` speaks sentences no other split uses).
+Everything is drawn from one seed in the main process and every utterance has its own generator,
+so the corpus does not depend on `jobs`.
 """
 
 import dataclasses
@@ -30,6 +32,13 @@ RESPOKEN_STREAM = 7919  # generator stream of the respoken split, apart from the
 RESPOKEN_FIRST_SPEAKER_ID = 100000
 RESPOKEN_FIRST_CHAPTER_ID = 1000000
 RESPOKEN_ID_STRIDE = 10000  # ids of rendition k start at FIRST + k * STRIDE
+# `--pool N`: an unlabelled pool of N utterances of sentences that no other split uses, spoken by
+# new speakers (e.g. to pseudo-label far more audio than train-labeled).
+POOL = "train-pool"
+POOL_STREAM = 7927  # generator stream of the pool split, apart from the corpus plan
+POOL_FIRST_SPEAKER_ID = 50000  # below RESPOKEN_FIRST_SPEAKER_ID, above the main splits' ids
+POOL_FIRST_CHAPTER_ID = 500000  # below RESPOKEN_FIRST_CHAPTER_ID
+EXTRA_SPLITS = (RESPOKEN, POOL)  # optional splits, in the manifest's order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +172,14 @@ def assign_sentences(
     Returns:
       split -> list of Sentence, of the preset's length.
     """
+    return _split_sentences(pool, preset, rng)[0]
+
+
+def _split_sentences(
+    pool: list[text_pool.Sentence], preset: Preset, rng: np.random.Generator
+) -> tuple[dict, list]:
+    """`assign_sentences`' splits and the pool's sentences that none of them uses (the rest of
+    the same permutation, in its order: the `train-pool` split's sentences)."""
     need = preset.utterances
     held_out = need["dev"] + need["test"]
     if len(pool) < held_out + 2:
@@ -180,7 +197,7 @@ def assign_sentences(
         idx = order[start : start + avail[split]]
         start += avail[split]
         out[split] = [pool[idx[i % len(idx)]] for i in range(need[split])]
-    return out
+    return out, [pool[i] for i in order[start:]]
 
 
 def plan_corpus(
@@ -194,19 +211,37 @@ def plan_corpus(
       vocab_limit: overrides the preset's limit; 0 means no limit.
       pool: the sentence pool (default: `text_pool.build_pool` with the limit).
     """
+    return _plan(size, seed, vocab_limit, pool)[0]
+
+
+def unused_sentences(
+    size: str, seed: int, vocab_limit: int | None = None, pool: list | None = None
+) -> list[text_pool.Sentence]:
+    """The sentences of the text pool that no split of `plan_corpus` uses, in the order of the
+    corpus' permutation (the same for the same seed): the sentences of `plan_pool`."""
+    return _plan(size, seed, vocab_limit, pool)[1]
+
+
+def _text_pool(size: str, vocab_limit: int | None) -> list[text_pool.Sentence]:
     preset = PRESETS[size]
     limit = preset.vocab_limit if vocab_limit is None else (vocab_limit or None)
+    return text_pool.build_pool(vocab_limit=limit)
+
+
+def _plan(size, seed, vocab_limit, pool) -> tuple[list[Chapter], list]:
+    """`plan_corpus`' chapters and `unused_sentences`, from one draw of the corpus generator."""
+    preset = PRESETS[size]
     if pool is None:
-        pool = text_pool.build_pool(vocab_limit=limit)
+        pool = _text_pool(size, vocab_limit)
     rng = np.random.default_rng(seed)
     speakers = plan_speakers(preset, rng)
-    sentences = assign_sentences(pool, preset, rng)
+    sentences, unused = _split_sentences(pool, preset, rng)
     chapters = []
     for split in SPLITS:
         group = [s for s in speakers if s.split == split]
         first = FIRST_CHAPTER_ID + len(chapters)
         chapters += _deal_chapters(group, sentences[split], preset.chapter_size, first)
-    return chapters
+    return chapters, unused
 
 
 def _deal_chapters(group, texts, chapter_size, first_chapter_id) -> list[Chapter]:
@@ -257,6 +292,50 @@ def plan_respoken(chapters: list[Chapter], size: str, seed: int, renditions: int
         first_chapter = RESPOKEN_FIRST_CHAPTER_ID + k * RESPOKEN_ID_STRIDE
         out += _deal_chapters(group, texts, preset.chapter_size, first_chapter)
     return out
+
+
+def pool_speakers(size: str, count: int) -> int:
+    """Speakers of a `train-pool` of `count` utterances: `count` scaled by the preset's
+    train-unlabeled speakers per utterance, at least 1 (and at most `count`)."""
+    preset = PRESETS[size]
+    per = preset.speakers["train-unlabeled"] / preset.utterances["train-unlabeled"]
+    return min(count, max(1, round(count * per)))
+
+
+def plan_pool(
+    size: str, seed: int, count: int, vocab_limit: int | None = None, pool: list | None = None
+) -> list[Chapter]:
+    """The `train-pool` split: `count` utterances of new sentences, spoken by new speakers.
+
+    Its sentences are the first `count` of `unused_sentences` (no other split speaks them, and a
+    larger pool keeps the sentences of a smaller one); its `pool_speakers` speakers are drawn
+    from their own generator (`[seed, POOL_STREAM]`), with ids from `POOL_FIRST_SPEAKER_ID` and
+    chapters from `POOL_FIRST_CHAPTER_ID`. The other splits, their speakers and their audio are
+    exactly those of the corpus without it.
+
+    Args:
+      size, seed, vocab_limit, pool: those of `plan_corpus` (`pool` is the sentence pool).
+      count: utterances of the split (`--pool`); 0 gives no chapters.
+
+    Raises:
+      ValueError: count < 0, or fewer unused sentences than `count` (no sentence is repeated).
+    """
+    if count < 0:
+        raise ValueError(f"pool_size must be >= 0, got {count}")
+    if count == 0:
+        return []
+    unused = unused_sentences(size, seed, vocab_limit, pool)
+    if len(unused) < count:
+        raise ValueError(
+            f"A {POOL} of {count} utterances needs {count} new sentences, but the text pool "
+            f"leaves only {len(unused)} unused by the other splits of the {size!r} corpus; use a "
+            f"larger --vocab_limit or a smaller --pool."
+        )
+    rng = np.random.default_rng([seed, POOL_STREAM])
+    bases = _shuffled_voices(rng)
+    n = pool_speakers(size, count)
+    group = _draw_speakers(POOL, n, POOL_FIRST_SPEAKER_ID, bases, dict.fromkeys(bases, 0), rng)
+    return _deal_chapters(group, unused[:count], PRESETS[size].chapter_size, POOL_FIRST_CHAPTER_ID)
 
 
 def _utterance_rng(seed: int, chapter: Chapter, index: int) -> np.random.Generator:
@@ -325,12 +404,13 @@ def _speaker_entry(s: Speaker) -> dict:
 def write_manifest(out_dir: str, size: str, seed: int, chapters: list, records: list) -> dict:
     """Writes manifest.json, SPEAKERS.txt and utterances.tsv; returns the manifest.
 
-    Only quantities that depend on the seed go in, so equal seeds give identical files.
+    Only quantities that depend on the seed go in, so equal seeds give identical files. Lists the
+    splits of `chapters`: the four main ones and those of `EXTRA_SPLITS` that the call built.
     """
     speakers = {c.speaker.speaker_id: c.speaker for c in chapters}
     by_split = {}
-    respoken = any(c.speaker.split == RESPOKEN for c in chapters)
-    for split in SPLITS + ((RESPOKEN,) if respoken else ()):
+    built = {c.speaker.split for c in chapters}
+    for split in SPLITS + tuple(s for s in EXTRA_SPLITS if s in built):
         recs = [r for r in records if r["split"] == split]
         spk = [s for s in speakers.values() if s.split == split]
         by_split[split] = {
@@ -383,6 +463,7 @@ def build_corpus(
     progress: bool = True,
     pool: list | None = None,
     respoken: int = 0,
+    pool_size: int = 0,
 ) -> dict:
     """Builds (or completes) the corpus in `out_dir`.
 
@@ -396,20 +477,32 @@ def build_corpus(
       pool: optional pre-built sentence pool (tests); defaults to WordNet + KJV.
       respoken: renditions of `train-labeled` in the extra `train-respoken` split
         (`plan_respoken`); the other splits do not change.
+      pool_size: utterances of the extra unlabelled `train-pool` split (`plan_pool`): sentences
+        no other split uses, new speakers; the other splits do not change.
+
+    The manifest lists the four main splits and the extra ones of this call: a later call on the
+    same `out_dir` must repeat `respoken` and `pool_size` to keep them listed (their audio on disk
+    is kept either way, and complete chapters are not synthesised again).
 
     Returns:
       The manifest (also written to out_dir/manifest.json).
 
     Raises:
       tts.MissingEngineError: a TTS engine or sox is missing.
+      ValueError: a bad argument, or too few unused sentences for `pool_size` (`plan_pool`).
     """
     if size not in PRESETS:
         raise ValueError(f"Unknown size {size!r}; use one of {sorted(PRESETS)}")
     tts.check_engines(ENGINE_SHARE)
     if respoken < 0:
         raise ValueError(f"respoken must be >= 0, got {respoken}")
+    if pool_size < 0:
+        raise ValueError(f"pool_size must be >= 0, got {pool_size}")
+    if pool is None:
+        pool = _text_pool(size, vocab_limit)
     chapters = plan_corpus(size, seed, vocab_limit, pool)
     chapters += plan_respoken(chapters, size, seed, respoken)
+    chapters += plan_pool(size, seed, pool_size, vocab_limit, pool)
     os.makedirs(out_dir, exist_ok=True)
     tasks = [(out_dir, seed, c) for c in chapters]
     total = sum(len(c.texts) for c in chapters)

@@ -92,7 +92,7 @@ def data_jobs(steps: Sequence[tuple], prefix: str = "data-") -> list[Job]:
 
 
 def builtin_data_steps(
-    tool, data_dir: str, size: str, vocab_size: int, respoken: int = 0
+    tool, data_dir: str, size: str, vocab_size: int, respoken: int = 0, pool: int = 0
 ) -> list[tuple]:
     """How the built-in corpus, its SentencePiece model and its records are made in `data_dir`
     (shared by `make demo` and the study, so that both reuse the same data).
@@ -106,11 +106,15 @@ def builtin_data_steps(
         respoken: when > 0, a fourth step "respoken" adds the `train-respoken` split
             (`tools/make_corpus.py --respoken`: `train-labeled`'s sentences spoken that many
             more times by new speakers) and its records, DATA/records/train-respoken-*.
+        pool: when > 0, a last step "pool" adds the unlabelled `train-pool` split
+            (`tools/make_corpus.py --pool`: that many utterances of sentences no other split
+            uses, by new speakers; with `--respoken` too when respoken > 0, so the corpus
+            manifest lists both) and its records, DATA/records/train-pool-*.
 
     Returns:
-        `[(name, commands, completion marks)]` for "corpus", "spm", "records" (and "respoken"),
-        in order; each tool writes its marks only when it finished (and resumes where it
-        stopped).
+        `[(name, commands, completion marks)]` for "corpus", "spm", "records" (and "respoken",
+        "pool"), in order; each tool writes its marks only when it finished (and resumes where
+        it stopped).
     """
     corpus = os.path.join(data_dir, "corpus", size)
     spm_prefix = os.path.join(data_dir, "spm", "spm")
@@ -171,6 +175,17 @@ def builtin_data_steps(
                     ),
                     prepare(split),
                 ],
+                (os.path.join(records, f"{split}.manifest.json"),),
+            )
+        )
+    if pool > 0:
+        split = "train-pool"
+        also = ("--respoken", str(respoken)) if respoken > 0 else ()
+        make = ("--size", size, "--jobs", "2", "--pool", str(pool), *also, corpus)
+        steps.append(
+            (
+                "pool",
+                [tool("tools/make_corpus.py", *make), prepare(split)],
                 (os.path.join(records, f"{split}.manifest.json"),),
             )
         )
