@@ -69,6 +69,11 @@ CTC = ("SupervisedTrainer.ctc_weight = 0.3",)
 # Anneal to zero at the run's last step (WarmupDecay's cosine branch).
 COSINE = ("WarmupDecay.decay = 'cosine'", "WarmupDecay.decay_steps = %NUM_STEPS")
 SPEED = ("train_data/make_dataset.speed_factors = (0.9, 1.0, 1.1)",)
+# The lean student's front end on the teacher (after STACK, which it overrides).
+CONV1D_TEACHER = (
+    "conformer_teacher.frontend = 'conv1d'",
+    "conformer_teacher.subsampling_filters = 256",
+)
 LATE_SPECAUG = (
     "SupervisedTrainer.spec_augment = @SpecAugment()",
     "SupervisedTrainer.spec_augment_start = 2000",
@@ -172,6 +177,27 @@ PROBES = {
             "conformer_teacher.num_layers = 4",
             "conformer_teacher.dim = 176",
             "NUM_STEPS = 10000",
+        ),
+        _teacher(
+            "teacher_conv1d_respoken_cosine_speed",
+            "teacher_stack_respoken_cosine_speed",
+            "1-D convolution front end (256 filters; the lean student's)",
+            *STACK,
+            *RESPOKEN,
+            *COSINE,
+            *SPEED,
+            *CONV1D_TEACHER,
+        ),
+        _teacher(
+            "teacher_conv1d_respoken_cosine_speed_long",
+            "teacher_conv1d_respoken_cosine_speed",
+            "15,000 steps",
+            *STACK,
+            *RESPOKEN,
+            *COSINE,
+            *SPEED,
+            *CONV1D_TEACHER,
+            "NUM_STEPS = 15000",
         ),
         _student(
             "student_demo_old",
