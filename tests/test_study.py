@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -12,7 +13,7 @@ import types
 import gin
 import pytest
 
-from tfkd import config
+from tfkd import cli, config
 from tfkd.study import jobs as jobs_lib
 from tfkd.study import plan as plan_lib
 from tfkd.study import report, scheduler, stats
@@ -330,6 +331,27 @@ def test_scheduler_checks_outputs_and_thread_budget(tmp_path):
     assert run.run([data]) == {"data": "skipped"}
 
 
+def test_scheduler_calls_on_done_after_stamping_each_job_it_finishes(tmp_path, capsys):
+    """How the study copies each finished job's results to the committed mirror at once."""
+    ok = jobs_lib.Job("ok", [_py("pass")])
+    bad = jobs_lib.Job("bad", [_py("raise SystemExit(1)")])
+    after = jobs_lib.Job("after", [_py("pass")], deps=("ok",))
+    seen = []
+
+    def on_done(job):
+        seen.append((job.name, os.path.exists(jobs_lib.stamp_path(str(tmp_path), job.name))))
+        if job.name == "after":
+            raise OSError("disk full")
+
+    run = scheduler.Scheduler(str(tmp_path), parallel=1, progress=False)
+    status = run.run([ok, bad, after], on_done=on_done)
+    assert status == {"ok": "done", "bad": "failed", "after": "done"}  # the hook's error too
+    assert seen == [("ok", True), ("after", True)]
+    assert "[study] after: after it finished: OSError('disk full')" in capsys.readouterr().out
+    run.run([ok, bad, after], on_done=on_done)  # skipped jobs were handled when they finished
+    assert len(seen) == 2
+
+
 def test_scheduler_in_sequence_only_always_and_failures(tmp_path):
     """What `make demo` uses: jobs one after another, `only`, jobs that always run, and why a job
     failed."""
@@ -422,8 +444,12 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     paths = report.write(result, str(tmp_path / "results"), "python tools/run_study.py")
     loaded = json.loads(open(paths[0]).read())
     assert loaded["command"] == "python tools/run_study.py" and loaded["measured_seconds"] == 3600
-    assert loaded["jobs_done"] == 0 and loaded["jobs_total"] == len(jobs) - 3  # 3 data jobs
+    # Every job has its results (no stamps: no job seconds); 3 data jobs are not counted.
+    assert loaded["jobs_done"] == loaded["jobs_total"] == len(jobs) - 3
+    assert loaded["job_seconds"] == 0 and loaded["partial"] is False and loaded["missing"] == []
+    assert loaded["cells"][0]["convergence"] is None  # no learning curves
     md = open(paths[1]).read()
+    assert "Partial" not in md
     assert "(data preparation is not counted). Teachers carried over from another run.\n" in md
     row = "| **good** (all data, 3 layers, 3k steps) | [30.0 / 31.0](#runs-teacher-good) | 33.0 |"
     assert row in md
@@ -434,18 +460,250 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert cells[("teacher-bad", "full-sum")]["collapsed_runs"] == 1
     assert cells[("teacher-bad", "hard")]["collapsed_runs"] == 0
     assert "(#runs-teacher-bad-full-sum)<br>+19.2%<br>1 of 3 collapsed |" in md
-    assert "| 1 | 41.00 | 42.00 | **1 of 100 (collapsed)** |" in md
-    assert "| 0 | 40.00 | 41.00 | 100 of 100 |" in md
-    # A run's config is copied next to the results (run directories are not committed) ...
-    copy = tmp_path / "results" / "configs" / "students__teacher-bad__hard__default__s0.gin"
-    assert copy.read_text() == "NUM_STEPS = 1500\n"
-    assert "(../out/students/teacher-bad/hard/default/s0) | [operative_config.gin](" in md
-    assert "(configs/students__teacher-bad__hard__default__s0.gin)" in md
-    # ... and a run without one links to where it would be.
-    assert "(../out/students/teacher-bad/hard/default/s1/operative_config.gin)" in md
+    assert "| 1 | 41.00 | 42.00 | **1 of 100 (collapsed)** | – |" in md
+    assert "| 0 | 40.00 | 41.00 | 100 of 100 | – |" in md
+    assert "| teacher-good / full-sum | – | – | – | – |" in md  # the convergence table
+    # Without a mirror (collect without results_dir), runs link to their directories in OUT.
+    s0 = "../out/students/teacher-bad/hard/default/s0"
+    assert f"({s0}) | [operative_config.gin]({s0}/operative_config.gin) |" in md
+    assert not (tmp_path / "results" / "configs").exists()
     assert "soft, other frame rate: n/a" in md and "SHIFT=0 (lowest dev WER" in md
     png = open(paths[2], "rb").read()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+
+
+# ---- committed results: the mirror, partial tables, convergence -------------------------------
+
+
+def _write_history(model_dir, points, incomplete=None):
+    """eval/history.jsonl with a dev WER at each `(step, wer)`; `incomplete`: a last line cut
+    short, as a killed writer leaves it."""
+    os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
+    with open(os.path.join(model_dir, "eval", "history.jsonl"), "w") as f:
+        for step, wer in points:
+            f.write(json.dumps({"step": step, "loss": 1.0, "train/wer": 1.0, "dev/wer": wer}))
+            f.write("\n")
+        f.write("" if incomplete is None else incomplete)
+
+
+def _fake_study(tmp_path, seeds=(0, 1)):
+    """A finished tiny study written by hand: evaluations (dev WER 40 + seed for students, 50 +
+    seed for the baseline, test 1 more; teachers 30 / 31), configs, stamps of 100 s each,
+    manifests, records and checkpoints (which the mirror must not copy), the driver's wall time,
+    and the learning curves of the hard-KD students of the teachers' arms."""
+    plan = load_preset(
+        "tiny", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"), seeds=seeds
+    )
+    jobs = plan.jobs()
+    os.makedirs(os.path.join(plan.out_dir, "stamps"))
+    for j in jobs:
+        info = j.info
+        if "kind" not in info:
+            continue
+        if info["kind"] == "pseudo":
+            os.makedirs(info["dir"])
+            with open(os.path.join(info["dir"], "manifest.json"), "w") as f:
+                json.dump({"teacher_wer": 33.0, "label_wer": 33.0 + 100 * info["noise"]}, f)
+            open(os.path.join(info["dir"], "train-00000.tfrecord"), "wb").close()
+        else:
+            model_dir = info["model_dir"]
+            if info["kind"] == "teacher":
+                _fake_eval(model_dir, 30.0, 31.0)
+            else:
+                wer = (50.0 if info["method"] == "no-kd" else 40.0) + info["seed"]
+                _fake_eval(model_dir, wer, wer + 1.0)
+            with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+                f.write(f"# {j.name}\n")
+            open(os.path.join(model_dir, "ckpt-4.index"), "wb").close()
+            if info["kind"] == "student" and info["method"] == "hard":
+                # teacher-good: 50 -> 39.5 / 41.2 and 52 -> 41.9 / 41.0: means 40.7 -> 41.1
+                # teacher-bad: 60 -> 55: not converged. noise arm: no curve.
+                tails = {
+                    ("teacher-good", 0): [(2, 50.0), (4, 39.5), (6, 41.2)],
+                    ("teacher-good", 1): [(2, 52.0), (4, 41.9), (6, 41.0)],
+                    ("teacher-bad", 0): [(4, 60.0), (6, 55.0)],
+                    ("teacher-bad", 1): [(4, 61.0), (6, 56.0)],
+                }
+                points = tails.get((info["arm"], info["seed"]))
+                if points:
+                    _write_history(model_dir, points, incomplete='{"step": 8, "dev/w')
+        with open(jobs_lib.stamp_path(plan.out_dir, j.name), "w") as f:
+            json.dump({"job": j.name, "seconds": 100.0}, f)
+    with open(os.path.join(plan.out_dir, "wall_time.json"), "w") as f:
+        json.dump({"seconds": 7200.0}, f)
+    return plan, jobs
+
+
+def _numbers(result):
+    """What the tables show, without where the runs were read from."""
+    cells = {
+        (c["arm"], c["method"]): (c["dev"], c["test"], c["convergence"], c["num_runs"])
+        for c in result["cells"]
+    }
+    teachers = [(t["name"], t["dev_wer"], t["test_wer"], t["train_unlabeled_wer"]) for t in
+                result["teachers"]]  # fmt: skip
+    keys = ("measured_seconds", "job_seconds", "jobs_done", "jobs_total", "partial")
+    return (
+        cells,
+        teachers,
+        result["baseline"]["test"],
+        result["chosen_on_dev"],
+        result["noise_labels"],
+        [(r["method"], r["values"], r["dev_wer"]) for r in result["tuning_runs"]],
+        {k: result[k] for k in keys},
+    )
+
+
+def test_finished_jobs_are_mirrored_and_a_clone_without_out_rebuilds_the_same_tables(tmp_path):
+    plan, jobs = _fake_study(tmp_path)
+    results = str(tmp_path / "results")
+    from_out = report.collect(plan, jobs, results_dir=results)
+    assert {r["read_from"] for c in from_out["cells"] for r in c["runs"]} == {"out"}
+    copies = report.mirror_study(plan, jobs, results)
+    mirror = tmp_path / "results" / "runs"
+    good = mirror / "teachers" / "good"
+    assert sorted(str(p.relative_to(good)) for p in good.rglob("*") if p.is_file()) == [
+        "eval/dev.json",
+        "eval/test.json",
+        "operative_config.gin",
+        "stamp.json",
+    ]
+    hard = mirror / "students" / "teacher-good" / "hard" / "default" / "s1"
+    assert (hard / "eval" / "history.jsonl").read_text().endswith('"dev/w')  # copied as it is
+    assert json.loads((hard / "stamp.json").read_text())["seconds"] == 100.0
+    assert sorted(os.listdir(mirror / "pseudo" / "good-noise0.2")) == [
+        "manifest.json",
+        "stamp.json",
+    ]
+    # Tiny files only: never a checkpoint or a record.
+    names = {os.path.basename(p) for p in copies}
+    assert names == {"dev.json", "test.json", "operative_config.gin", "history.jsonl",
+                     "manifest.json", "stamp.json", "wall_time.json"}  # fmt: skip
+    # The run directories are gone (a fresh clone): the same numbers from the mirror alone.
+    shutil.rmtree(plan.out_dir)
+    from_mirror = report.collect(plan, jobs, results_dir=results)
+    assert _numbers(from_mirror) == _numbers(from_out)
+    assert {r["read_from"] for c in from_mirror["cells"] for r in c["runs"]} == {"mirror"}
+    assert from_mirror["measured_seconds"] == 7200.0 and from_mirror["job_seconds"] == 100.0 * 34
+    assert from_mirror["chosen_on_dev"]["soft"]["values"] == {"SHIFT": 0}
+    md = open(report.write(from_mirror, results, "python tools/run_study.py")[1]).read()
+    # Numbers link to the committed copies, not to the run directories.
+    s1 = "runs/students/teacher-good/hard/default/s1"
+    assert f"]({s1}) | [operative_config.gin]({s1}/operative_config.gin) |" in md
+    assert "Measured: 2.00 h of wall time" in md and "34 of 34 teacher" in md
+    assert not (tmp_path / "results" / "configs").exists()
+    # Without the mirror either, nothing is left to report.
+    assert report.collect(plan, jobs)["jobs_done"] == 0
+
+
+def test_the_mirror_holds_the_runs_of_one_command(tmp_path):
+    results = str(tmp_path / "results")
+    report.claim_mirror(results, "python tools/run_study.py --preset small")
+    report.claim_mirror(results, "python tools/run_study.py --preset small")
+    with pytest.raises(ValueError, match="holds the runs of `python tools/run_study.py --preset "
+                       "small`, not of `python tools/run_study.py --preset tiny`"):  # fmt: skip
+        report.claim_mirror(results, "python tools/run_study.py --preset tiny")
+
+
+def _run_study_module():
+    spec = importlib.util.spec_from_file_location(
+        "run_study", os.path.join(REPO, "tools", "run_study.py")
+    )
+    run_study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_study)
+    return run_study
+
+
+def test_report_only_from_the_committed_results_alone(tmp_path, monkeypatch, clean_gin):
+    """tools/run_study.py --report_only on a clone with RESULTS but without OUT."""
+    run_study = _run_study_module()
+    monkeypatch.setattr(run_study.signal, "signal", lambda *args: None)  # pytest keeps its own
+    plan, jobs = _fake_study(tmp_path, seeds=(0,))
+    out, data, results = plan.out_dir, plan.data_dir, str(tmp_path / "results")
+    argv = ["--preset", "tiny", "--out", out, "--data", data, "--results", results]
+    argv += ["--report_only"]
+    assert run_study.main(argv) == 0  # mirrors the finished jobs of OUT, then reports
+    first = json.loads(open(os.path.join(results, "study.json")).read())
+    shutil.rmtree(out)
+    assert run_study.main(argv) == 0
+    again = json.loads(open(os.path.join(results, "study.json")).read())
+    assert _numbers(again) == _numbers(first) and again["jobs_done"] == 21
+    assert again["teachers"][1]["read_from"] == "mirror"
+    with pytest.raises(cli.UsageError, match="holds the runs of"):
+        run_study.main([*argv[:-1], "--gin_bindings", "StudyPlan.seeds = (0, 1)", "--report_only"])
+
+
+def test_report_marks_a_partial_table_and_names_what_is_missing(tmp_path):
+    plan, jobs = _fake_study(tmp_path)
+    for path in (
+        plan.teacher_dir("good"),
+        plan.pseudo_dir("good", 0.2),
+        plan.student_dir("teacher-good", "full-sum", "default", 1),
+        plan.student_dir("teacher-bad", "full-sum", "default", 0),
+        plan.student_dir("teacher-bad", "full-sum", "default", 1),
+        plan.student_dir("teacher-bad", "soft", "SHIFT=1", 0),
+        plan.student_dir("no-kd", "no-kd", "default", 1),
+    ):
+        for name in ("eval/dev.json", "manifest.json"):
+            if os.path.exists(os.path.join(path, name)):
+                os.remove(os.path.join(path, name))
+    result = report.collect(plan, jobs, results_dir=str(tmp_path / "results"))
+    assert result["partial"] is True
+    assert (result["jobs_done"], result["jobs_total"]) == (27, 34)
+    assert result["missing"] == [
+        "teacher good",
+        "pseudo-labels good-noise0.2",
+        "teacher-bad / soft SHIFT=1 (tuning, seed 0)",
+        "teacher-bad / full-sum (seeds 0, 1)",
+        "no-KD baseline (seed 1)",
+        "teacher-good / full-sum (seed 1)",
+    ]  # in the order of the jobs
+    assert len(result["missing_jobs"]) == 7 and "teacher-good" in result["missing_jobs"]
+    paths = report.write(result, str(tmp_path / "results"), "python tools/run_study.py")
+    assert json.loads(open(paths[0]).read())["partial"] is True
+    md = open(paths[1]).read()
+    title, blank, partial = md.split("\n")[:3]
+    assert title.startswith("# Student WER") and blank == ""
+    assert partial == (
+        "**Partial: 27 of 34 jobs finished** (teacher, pseudo-label and student jobs with results "
+        "in the study directory or in `runs/`). Missing: teacher good; pseudo-labels "
+        "good-noise0.2; teacher-bad / soft SHIFT=1 (tuning, seed 0); teacher-bad / full-sum "
+        "(seeds 0, 1); no-KD baseline (seed 1); teacher-good / full-sum (seed 1)."
+    )
+
+
+def test_report_shows_the_dev_wer_of_the_last_two_evaluations(tmp_path):
+    plan, jobs = _fake_study(tmp_path)
+    result = report.collect(plan, jobs, results_dir=str(tmp_path / "results"))
+    cells = {(c["arm"], c["method"]): c for c in result["cells"]}
+    good = cells[("teacher-good", "hard")]
+    assert good["runs"][0]["dev_wer_last_evals"] == [
+        {"step": 4, "dev_wer": 39.5},
+        {"step": 6, "dev_wer": 41.2},
+    ]  # the incomplete line of step 8 is skipped
+    conv = good["convergence"]
+    assert conv["steps"] == [4, 6] and conv["dev_wer"] == pytest.approx([40.7, 41.1])
+    assert conv["change"] == pytest.approx(0.4) and conv["converged"] is True
+    assert (conv["num_runs"], conv["of_runs"]) == (2, 2)
+    bad = cells[("teacher-bad", "hard")]["convergence"]
+    assert bad["change"] == pytest.approx(-5.0) and bad["converged"] is False
+    assert cells[("noise-0.2", "hard")]["convergence"] is None
+    assert result["teachers"][0]["convergence"] is None
+    md = open(report.write(result, str(tmp_path / "results"), "cmd")[1]).read()
+    assert "**Converged**: |last − previous| ≤ 1 point." in md
+    assert "| teacher-good / hard | 4 / 6 | 40.7 / 41.1 | +0.4 | yes |" in md
+    assert "| teacher-bad / hard | 4 / 6 | 60.5 / 55.5 | -5.0 | **no** |" in md
+    assert "| noise-0.2 / hard | – | – | – | – |" in md
+    assert "| teacher good | – | – | – | – |" in md
+    assert "(#runs-teacher-bad-hard)<br>+19.4%<br>[not converged](#convergence) |" in md
+    assert "(#runs-teacher-good-hard)<br>+19.4% |" in md
+    assert "| 1 | 41.00 | 42.00 | 100 of 100 | 41.9 / 41.0 (steps 4 / 6) |" in md
+
+
+def test_history_file_name_matches_training():
+    from tfkd.training import history
+
+    assert report.HISTORY_FILE == history.HISTORY_FILE
 
 
 # ---- end to end ------------------------------------------------------------------------------
@@ -472,12 +730,15 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     for c in result["cells"]:
         for r in c["runs"]:
             assert os.path.exists(r["operative_config"]) and 0.0 <= r["test_wer"]
-            assert os.path.dirname(r["config_copy"]) == str(results / "configs")
-            assert open(r["config_copy"]).read() == open(r["operative_config"]).read()
+            rel = os.path.relpath(r["model_dir"], out)
+            assert r["mirror_dir"] == str(results / "runs" / rel)  # the committed copy
+            copy = os.path.join(r["mirror_dir"], "operative_config.gin")
+            assert open(copy).read() == open(r["operative_config"]).read()
     assert result["chosen_on_dev"]["soft"]["values"] in ({"SHIFT": 0}, {"SHIFT": 1})
     md = (results / "study.md").read_text()
     assert md.startswith("# Student WER by distillation method") and "| **bad** (2 steps) |" in md
     assert result["jobs_done"] == result["jobs_total"] and result["job_seconds"] > 0
+    assert result["partial"] is False
     assert (results / "study.png").read_bytes().startswith(PNG_MAGIC)
     # Resumable: a rerun finds every job done and only rewrites the results.
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -504,11 +765,7 @@ def test_librispeech_preset_documents_the_paper_scale_runs(tmp_path):
 
 
 def test_results_name_the_command_that_runs_the_study_not_the_report():
-    spec = importlib.util.spec_from_file_location(
-        "run_study", os.path.join(REPO, "tools", "run_study.py")
-    )
-    run_study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_study)
+    run_study = _run_study_module()
     argv = ["--report_only", "--results", "/tmp/r", "--parallel", "1", "--out", "runs/s"]
     argv += ["--gin_bindings", "StudyPlan.seeds = (0,)"]
     assert run_study._command_line(run_study._parse_args(argv)) == (

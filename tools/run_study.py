@@ -11,9 +11,11 @@ seeds, hyper-parameter grids chosen on dev, the controlled label-noise arm); `--
 `--gin_bindings` add to it; the per-run overlays it gives to `bin/train` are in `gin/study/`.
 Every run is one of the project's CLIs (`bin/train`, `bin/evaluate`, `bin/pseudo_label`, the data
 tools) in its own directory under `--out`, with a log in OUT/logs/. Interrupted, it picks up
-where it stopped: finished jobs are skipped, training resumes from checkpoints. At the end (and
-with `--report_only`) it writes RESULTS/study.md, study.json and study.png from what the runs
-wrote.
+where it stopped: finished jobs are skipped, training resumes from checkpoints. Each finished
+job's small result files (eval reports, operative config, learning curve, pseudo-label manifest)
+are copied to RESULTS/runs/<run under OUT>/ at once, to be committed. At the end (and with
+`--report_only`) it writes RESULTS/study.md, study.json and study.png from the runs, read from
+OUT, else from RESULTS/runs (a clone without OUT rebuilds the same tables).
 """
 
 import argparse
@@ -34,7 +36,9 @@ def _parse_args(argv):
     p.add_argument("--preset", default="small", help=f"{PRESET_DIR}/<preset>.gin")
     p.add_argument("--out", default=None, help="study directory (default runs/study/<preset>)")
     p.add_argument("--data", default=None, help="data directory (default: the preset's)")
-    p.add_argument("--results", default="results", help="where study.{md,json,png} go")
+    p.add_argument(
+        "--results", default="results", help="where study.{md,json,png} and runs/ (the mirror) go"
+    )
     p.add_argument("--parallel", type=int, default=2, help="jobs at once")
     p.add_argument("--gin_file", action="append", default=[], help="repeatable, after the preset")
     p.add_argument("--gin_bindings", action="append", default=[], help="repeatable")
@@ -123,21 +127,36 @@ def main(argv=None) -> int:
             print(f"{job.name}{deps}")
         print(f"{len(jobs)} jobs; study directory {plan.out_dir}")
         return 0
-    status = {}
-    clock = scheduler.WallClock(os.path.join(plan.out_dir, "wall_time.json"))
+    results_dir = os.path.abspath(args.results)
+    command = _command_line(args)
+    try:  # RESULTS/runs holds this study's runs, never another's
+        report.claim_mirror(results_dir, command)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from e
+    status, stopped = {}, None
+    clock = scheduler.WallClock(os.path.join(plan.out_dir, report.WALL_TIME))
     if not args.report_only:
         clock.start()
         runner = scheduler.Scheduler(plan.out_dir, repo=REPO, parallel=args.parallel)
         try:
-            status = runner.run(jobs, tick=clock.tick)
+            # Each finished job's results go to the committed mirror at once.
+            status = runner.run(
+                jobs,
+                tick=clock.tick,
+                on_done=lambda job: report.mirror_job(plan, job, results_dir),
+            )
         except KeyboardInterrupt as stop:
-            print(f"[study] stopped ({stop}); finished jobs are kept, rerun to resume")
-            return 130
+            stopped = stop
         finally:
             clock.stop()
-    result = report.collect(plan, jobs, seconds=clock.seconds())
-    results_dir = os.path.abspath(args.results)
-    paths = report.write(result, results_dir, _command_line(args))
+    # Also jobs finished before (or by a driver without the mirror), and the wall time.
+    report.mirror_study(plan, jobs, results_dir)
+    if stopped is not None:
+        print(f"[study] stopped ({stopped}); finished jobs are kept, rerun to resume")
+        print(f"[study] their results are in {report.mirror_root(results_dir)}")
+        return 130
+    result = report.collect(plan, jobs, results_dir=results_dir)
+    paths = report.write(result, results_dir, command)
     print("\n".join(f"[study] wrote {p}" for p in paths))
     bad = {k: v for k, v in status.items() if v in ("failed", "blocked")}
     if bad:

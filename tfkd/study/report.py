@@ -3,10 +3,21 @@
 Every number comes from a `bin/evaluate` report (`<model dir>/eval/{dev,test}.json`) or a
 `bin/pseudo_label` manifest; the JSON keeps, for every cell, the runs it averages with their
 model directories and operative configs, and the markdown links each number to them.
+
+The mirror. Run directories hold checkpoints and records and are not committed; the small files
+the report reads are, in `RESULTS/runs/<path of the run under OUT>/` (`MIRROR`): a teacher's or
+student's `eval/dev.json`, `eval/test.json`, `operative_config.gin` and learning curve
+`eval/history.jsonl`, a pseudo-label job's `manifest.json`, and each job's stamp (`stamp.json`,
+its seconds), copied when the job finishes (`mirror_job`, the scheduler's `on_done`) and again for
+every finished job when the report is written (`mirror_study`). `collect` reads each run from OUT
+when it is there, else from the mirror, so a clone without OUT rebuilds the same tables.
+`RESULTS/runs/mirror.json` names the command whose runs the mirror holds (`claim_mirror`): the
+runs of two different studies never mix in one table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,13 +28,133 @@ from tfkd.study.jobs import Job, read_json, stamp_path
 from tfkd.study.plan import StudyPlan, setting_name
 
 SPLITS = ("dev", "test")
+EVAL_FILES = tuple(os.path.join("eval", f"{s}.json") for s in SPLITS)
+# tfkd.training.history.HISTORY_FILE (that module imports TensorFlow; the report does not).
+HISTORY_FILE = os.path.join("eval", "history.jsonl")
+MODEL_FILES = (*EVAL_FILES, "operative_config.gin", HISTORY_FILE)
+MANIFEST = "manifest.json"
+MIRROR = "runs"
+MIRROR_STAMP = "stamp.json"
+MIRROR_ID = "mirror.json"
+WALL_TIME = "wall_time.json"
+# OUT/wall_time.note: what the measured times leave out or add by hand (e.g. jobs carried over
+# from another run of the same configuration), shown after the "Measured" line.
+WALL_TIME_NOTE = "wall_time.note"
+# A run has converged when its dev WER moved by at most this many points between its last two
+# periodic evaluations.
+CONVERGED_WITHIN = 1.0
 
 
-def _run_record(model_dir: str) -> dict | None:
-    """WERs of one evaluated run, with where it lives; None before it is evaluated."""
-    evals = {s: read_json(os.path.join(model_dir, "eval", f"{s}.json")) for s in SPLITS}
-    if any(e is None for e in evals.values()):
+# ---- the mirror of finished jobs ----------------------------------------------------------------
+
+
+def mirror_root(results_dir: str) -> str:
+    return os.path.join(results_dir, MIRROR)
+
+
+def _mirrored(plan: StudyPlan, mirror: str | None, path: str) -> str | None:
+    """Where `path` (under OUT) lives in the mirror; None without a mirror."""
+    if mirror is None:
         return None
+    rel = os.path.relpath(path, plan.out_dir)
+    if rel.startswith(os.pardir):
+        raise ValueError(f"{path} is not under the study directory {plan.out_dir}")
+    return os.path.join(mirror, rel)
+
+
+def _job_dir(job: Job) -> str | None:
+    """The run directory of a teacher, student or pseudo-label job (None for data jobs)."""
+    kind = job.info.get("kind")
+    if kind in ("teacher", "student"):
+        return job.info["model_dir"]
+    return job.info["dir"] if kind == "pseudo" else None
+
+
+def _job_files(job: Job) -> tuple[str, ...]:
+    return (MANIFEST,) if job.info.get("kind") == "pseudo" else MODEL_FILES
+
+
+def claim_mirror(results_dir: str, command: str) -> None:
+    """Records in `RESULTS/runs/mirror.json` that the mirror holds the runs of `command`.
+
+    Raises:
+        ValueError: it holds the runs of another command (another preset, `--out` or bindings).
+    """
+    path = os.path.join(mirror_root(results_dir), MIRROR_ID)
+    held = (read_json(path) or {}).get("command")
+    if held is not None and held != command:
+        raise ValueError(
+            f"{mirror_root(results_dir)} holds the runs of `{held}`, not of `{command}`: run that "
+            "command (with --report_only to rebuild its tables), or give this study its own "
+            "--results"
+        )
+    if held is None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"command": command}, f, indent=1)
+
+
+def mirror_job(plan: StudyPlan, job: Job, results_dir: str) -> list[str]:
+    """Copies a finished job's small result files (never checkpoints or records) and its stamp
+    to `RESULTS/runs/<run dir under OUT>/`; returns the copies."""
+    run_dir = _job_dir(job)
+    if run_dir is None:
+        return []
+    dst_dir = _mirrored(plan, mirror_root(results_dir), run_dir)
+    pairs = [(os.path.join(run_dir, name), os.path.join(dst_dir, name)) for name in _job_files(job)]
+    pairs.append((stamp_path(plan.out_dir, job.name), os.path.join(dst_dir, MIRROR_STAMP)))
+    copied = []
+    for src, dst in pairs:
+        if os.path.exists(src):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst)
+            copied.append(dst)
+    return copied
+
+
+def mirror_study(plan: StudyPlan, jobs: Sequence[Job], results_dir: str) -> list[str]:
+    """`mirror_job` for every finished job in OUT (stamp and outputs exist), and OUT's wall time
+    and its note; returns the copies."""
+    copied = []
+    for job in jobs:
+        done = os.path.exists(stamp_path(plan.out_dir, job.name))
+        if done and job.outputs and all(os.path.exists(p) for p in job.outputs):
+            copied += mirror_job(plan, job, results_dir)
+    for name in (WALL_TIME, WALL_TIME_NOTE):
+        src = os.path.join(plan.out_dir, name)
+        if os.path.exists(src):
+            dst = os.path.join(mirror_root(results_dir), name)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst)
+            copied.append(dst)
+    return copied
+
+
+def _source(plan: StudyPlan, mirror: str | None, run_dir: str, needed: Sequence[str]) -> str | None:
+    """`run_dir` when it holds the `needed` files, else its mirror copy when that does, else
+    None."""
+    for candidate in (run_dir, _mirrored(plan, mirror, run_dir)):
+        if candidate and all(os.path.exists(os.path.join(candidate, n)) for n in needed):
+            return candidate
+    return None
+
+
+# ---- reading runs -------------------------------------------------------------------------------
+
+
+def _run_record(plan: StudyPlan, model_dir: str, mirror: str | None) -> dict | None:
+    """WERs of one evaluated run (from OUT, else the mirror), with where it lives and its last
+    two periodic dev WERs; None before it is evaluated."""
+    src = _source(plan, mirror, model_dir, EVAL_FILES)
+    if src is None:
+        return None
+    evals = {s: read_json(os.path.join(src, "eval", f"{s}.json")) for s in SPLITS}
+    copy = _mirrored(plan, mirror, model_dir)
+    if copy is not None and not os.path.exists(os.path.join(copy, EVAL_FILES[0])):
+        copy = None  # not mirrored (yet)
+    config = os.path.join(model_dir, "operative_config.gin")
+    if not os.path.exists(config) and copy and os.path.exists(os.path.join(copy, MODEL_FILES[2])):
+        config = os.path.join(copy, MODEL_FILES[2])
     return {
         "dev_wer": evals["dev"]["wer"],
         "test_wer": evals["test"]["wer"],
@@ -31,7 +162,49 @@ def _run_record(model_dir: str) -> dict | None:
         "dev_distinct_hypotheses": evals["dev"].get("distinct_hypotheses"),
         "dev_utterances": evals["dev"].get("utterances"),
         "model_dir": model_dir,
-        "operative_config": os.path.join(model_dir, "operative_config.gin"),
+        "read_from": "out" if src == model_dir else "mirror",
+        "mirror_dir": copy,
+        "operative_config": config,
+        "dev_wer_last_evals": last_dev_wers(os.path.join(src, HISTORY_FILE)),
+    }
+
+
+def last_dev_wers(history_path: str, count: int = 2) -> list[dict]:
+    """`[{"step", "dev_wer"}]` of the last `count` periodic evaluations with a dev WER in a
+    learning curve (`eval/history.jsonl`), oldest first; [] without one. Lines that are not
+    complete records (a writer killed mid-line) are skipped."""
+    if not os.path.exists(history_path):
+        return []
+    with open(history_path, encoding="utf-8") as f:
+        lines = f.read().split("\n")[:-1]  # the text after the last newline is incomplete
+    by_step = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record and record.get("dev/wer") is not None:
+            by_step[int(record["step"])] = float(record["dev/wer"])
+    return [{"step": s, "dev_wer": by_step[s]} for s in sorted(by_step)[-count:]]
+
+
+def convergence(runs: Sequence[Mapping]) -> dict | None:
+    """Over the runs with two periodic dev WERs: their means at the last two evaluations, the
+    change, and `converged` (|change| <= `CONVERGED_WITHIN`); `steps` when the runs share them.
+    None when no run has two."""
+    tails = [r["dev_wer_last_evals"] for r in runs if len(r.get("dev_wer_last_evals") or ()) == 2]
+    if not tails:
+        return None
+    steps = {tuple(e["step"] for e in tail) for tail in tails}
+    means = [sum(t[i]["dev_wer"] for t in tails) / len(tails) for i in (0, 1)]
+    change = means[1] - means[0]
+    return {
+        "steps": list(steps.pop()) if len(steps) == 1 else None,
+        "dev_wer": means,
+        "change": change,
+        "converged": abs(change) <= CONVERGED_WITHIN,
+        "num_runs": len(tails),
+        "of_runs": len(runs),
     }
 
 
@@ -47,50 +220,56 @@ def _summary(runs: Sequence[dict]) -> dict:
         if values:
             mean, half = stats.mean_ci95(values)
             out[split] = {"mean": mean, "ci95": half, "values": values}
+    out["convergence"] = convergence(runs)
     return out
 
 
-# OUT/wall_time.note: what the measured times leave out or add by hand (e.g. jobs carried over
-# from another run of the same configuration), shown after the "Measured" line.
-WALL_TIME_NOTE = "wall_time.note"
-
-
-def _read_text(path: str) -> str | None:
-    if not os.path.exists(path):
+def _read_text(path: str | None) -> str | None:
+    if not path or not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:
         return " ".join(f.read().split()) or None
 
 
-def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) -> dict:
-    """Gathers everything the tables and the plot show (works on a partly finished study)."""
+def collect(
+    plan: StudyPlan,
+    jobs: Sequence[Job],
+    seconds: float | None = None,
+    results_dir: str | None = None,
+) -> dict:
+    """Gathers everything the tables and the plot show (works on a partly finished study).
+
+    Args:
+        plan, jobs: the study and its jobs.
+        seconds: the driver's wall time; None: read from OUT's `wall_time.json`, else the
+            mirror's.
+        results_dir: RESULTS, whose mirror (`RESULTS/runs`) gives the runs OUT lacks; None: OUT
+            only.
+    """
+    mirror = mirror_root(results_dir) if results_dir is not None else None
     teachers = []
     for t in plan.teachers:
-        record = _run_record(plan.teacher_dir(t.name)) or {}
-        manifest = read_json(os.path.join(plan.pseudo_dir(t.name), "manifest.json")) or {}
+        record = _run_record(plan, plan.teacher_dir(t.name), mirror) or {}
+        manifest = _read_manifest(plan, mirror, plan.pseudo_dir(t.name)) or {}
         teachers.append(
             {
                 "name": t.name,
                 "description": t.description,
                 "num_steps": t.num_steps,
                 **record,
+                "convergence": convergence([record]) if record else None,
                 "train_unlabeled_wer": manifest.get("teacher_wer"),
                 "pseudo_label_utterances": manifest.get("utterances"),
             }
         )
-    chosen = {}
-    for method in plan.tuning:
-        try:
-            chosen[method] = plan.tuned_values(method)
-        except RuntimeError:
-            chosen[method] = None
+    chosen = {m: _tuned_values(plan, mirror, m) for m in plan.tuning}
     cells: dict[tuple[str, str], list[dict]] = {}
     tuning_runs = []
     for job in jobs:
         info = job.info
         if info.get("kind") != "student":
             continue
-        record = _run_record(info["model_dir"])
+        record = _run_record(plan, info["model_dir"], mirror)
         if record is None:
             continue
         record = {**record, "seed": info["seed"], "setting": info["setting"]}
@@ -111,17 +290,19 @@ def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) 
         out_cells.append(cell)
     noise = []
     for rate in plan.noise_rates:
-        manifest = read_json(
-            os.path.join(plan.pseudo_dir(plan.noise_teacher, rate), "manifest.json")
-        )
+        manifest = _read_manifest(plan, mirror, plan.pseudo_dir(plan.noise_teacher, rate))
         noise.append({"noise_rate": rate, **_label_quality(manifest)})
+    if seconds is None:
+        seconds = _measured_seconds(plan, mirror)
     return {
         "preset": plan.name,
         "out_dir": plan.out_dir,
+        "mirror": mirror,
         "seeds": list(plan.seeds),
         "measured_seconds": seconds,
-        "measured_note": _read_text(os.path.join(plan.out_dir, WALL_TIME_NOTE)),
-        **_job_progress(plan, jobs),
+        "measured_note": _read_text(_study_file(plan, mirror, WALL_TIME_NOTE)),
+        **_job_progress(plan, jobs, mirror),
+        "converged_within": CONVERGED_WITHIN,
         "teachers": teachers,
         "baseline": {**baseline, "runs": sorted(baseline_runs, key=lambda r: r["seed"])},
         "methods": [
@@ -140,16 +321,93 @@ def collect(plan: StudyPlan, jobs: Sequence[Job], seconds: float | None = None) 
     }
 
 
-def _job_progress(plan: StudyPlan, jobs: Sequence[Job]) -> dict:
-    """`job_seconds` (the sum of the stamped jobs' own wall times), `jobs_done` and `jobs_total`
-    over the teacher, pseudo-label and student jobs (data jobs are not stamped)."""
-    stamps = [read_json(stamp_path(plan.out_dir, j.name)) for j in jobs if "kind" in j.info]
-    done = [s for s in stamps if s is not None]
+def _read_manifest(plan: StudyPlan, mirror: str | None, pseudo_dir: str) -> dict | None:
+    src = _source(plan, mirror, pseudo_dir, (MANIFEST,))
+    return read_json(os.path.join(src, MANIFEST)) if src else None
+
+
+def _tuned_values(plan: StudyPlan, mirror: str | None, method: str) -> dict | None:
+    """`plan.tuned_values(method)` from OUT's tuning runs, else from the mirror's; None until
+    every tuning run of the method is evaluated in one of them."""
+    plans = [plan]
+    if mirror is not None:
+        plans.append(dataclasses.replace(plan, out_dir=mirror))
+    for p in plans:
+        try:
+            return p.tuned_values(method)
+        except RuntimeError:
+            continue
+    return None
+
+
+def _study_file(plan: StudyPlan, mirror: str | None, name: str) -> str | None:
+    """OUT/<name>, else its copy in the mirror; None when neither exists."""
+    for d in (plan.out_dir, mirror):
+        if d is not None and os.path.exists(os.path.join(d, name)):
+            return os.path.join(d, name)
+    return None
+
+
+def _measured_seconds(plan: StudyPlan, mirror: str | None) -> float | None:
+    from tfkd.study.scheduler import WallClock
+
+    path = _study_file(plan, mirror, WALL_TIME)
+    return WallClock(path).seconds() if path else None
+
+
+def _job_progress(plan: StudyPlan, jobs: Sequence[Job], mirror: str | None) -> dict:
+    """Over the teacher, pseudo-label and student jobs (data jobs are not counted):
+    `jobs_total`; `jobs_done`, those whose results (their outputs: eval reports or manifest)
+    are in OUT or the mirror; `job_seconds`, the sum of their stamped wall times (OUT's stamp,
+    else the mirror's copy); `partial` when some are missing, `missing_jobs` their names and
+    `missing` the same grouped by teacher, pseudo-labels and cell (`_missing_groups`)."""
+    planned = [j for j in jobs if "kind" in j.info]
+    done, missing, seconds = [], [], 0.0
+    for job in planned:
+        run_dir = _job_dir(job)
+        names = [os.path.relpath(p, run_dir) for p in job.outputs]
+        if _source(plan, mirror, run_dir, names) is None:
+            missing.append(job)
+            continue
+        done.append(job)
+        stamp = read_json(stamp_path(plan.out_dir, job.name))
+        if stamp is None and mirror is not None:
+            stamp = read_json(os.path.join(_mirrored(plan, mirror, run_dir), MIRROR_STAMP))
+        seconds += (stamp or {}).get("seconds", 0.0)
     return {
-        "job_seconds": sum(s.get("seconds", 0.0) for s in done),
+        "job_seconds": seconds,
         "jobs_done": len(done),
-        "jobs_total": len(stamps),
+        "jobs_total": len(planned),
+        "partial": bool(missing),
+        "missing_jobs": [j.name for j in missing],
+        "missing": _missing_groups(missing),
     }
+
+
+def _missing_groups(missing: Sequence[Job]) -> list[str]:
+    """The missing jobs, compactly: `teacher bad`, `pseudo-labels good-noise0.2`, `teacher-good /
+    hard (seeds 1, 2)`, `teacher-bad / soft SHIFT=1 (tuning, seed 0)`, `no-KD baseline (seed 2)`."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for job in missing:
+        info = job.info
+        if info["kind"] == "teacher":
+            groups.setdefault((f"teacher {info['teacher']}", ""), [])
+        elif info["kind"] == "pseudo":
+            groups.setdefault((f"pseudo-labels {os.path.basename(info['dir'])}", ""), [])
+        elif info["arm"] == "no-kd":
+            groups.setdefault(("no-KD baseline", ""), []).append(info["seed"])
+        elif "tuning" in info:
+            name = f"{info['arm']} / {info['method']} {info['setting']}"
+            groups.setdefault((name, "tuning, "), []).append(info["seed"])
+        else:
+            groups.setdefault((f"{info['arm']} / {info['method']}", ""), []).append(info["seed"])
+    out = []
+    for (name, prefix), seeds in groups.items():
+        if seeds:
+            label = "seed" if len(seeds) == 1 else "seeds"
+            name += f" ({prefix}{label} {', '.join(map(str, sorted(seeds)))})"
+        out.append(name)
+    return out
 
 
 def _label_quality(manifest: dict | None) -> dict:
@@ -187,9 +445,10 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
     lines = [
         f"# Student WER by distillation method × teacher quality ({result['preset']} preset)",
         "",
-        f"Command: `{command}`",
-        "",
     ]
+    if result.get("partial"):
+        lines += [_partial_line(result), ""]
+    lines += [f"Command: `{command}`", ""]
     if result.get("measured_seconds"):
         lines += [
             f"Measured: {result['measured_seconds'] / 3600:.2f} h of wall time over every "
@@ -206,7 +465,9 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
         f'"k of n collapsed": k seeds emit (nearly) one output for every utterance (distinct '
         f"dev outputs fewer than {stats.COLLAPSED_BELOW:.0%} of the utterances); near 90 % WER "
         "such a constant guess scores like a student that learned a little, so those cells say "
-        "nothing about the method.",
+        'nothing about the method. "not converged": the cell\'s mean dev WER still moved by more '
+        f"than {result.get('converged_within', CONVERGED_WITHIN):g} point between the last two "
+        "evaluations during training ([Convergence](#convergence)).",
         "",
     ]
     base = result["baseline"]
@@ -268,26 +529,33 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
                 f"that did not collapse, with teacher "
                 f"{c['teacher']}, seed {c['seed']}; tried {tried or 'nothing yet'})"
             )
+    lines += ["", *_convergence_section(result)]
     lines += ["", "## Runs", ""]
     for t in result["teachers"]:
         if "dev_wer" not in t:
             continue
         anchor = _anchor("teacher", t["name"])
         lines += [f'<a id="{anchor}"></a>', f"**teacher {t['name']}**", ""]
-        lines += ["| dev WER | test WER | run | config |", "|---|---|---|---|"]
-        lines += [f"| {t['dev_wer']:.2f} | {t['test_wer']:.2f} | {_run_links(link_root, t)} |", ""]
+        lines += [
+            "| dev WER | test WER | dev WER during training | run | config |",
+            "|---|---|---|---|---|",
+            f"| {t['dev_wer']:.2f} | {t['test_wer']:.2f} | {_last_evals(t)} | "
+            f"{_run_links(link_root, t)} |",
+            "",
+        ]
     groups = [("no-kd", "baseline", base.get("runs", []))]
     groups += [(c["arm"], c["method"], c["runs"]) for c in result["cells"]]
     for arm, method, runs in groups:
         lines += [f'<a id="{_anchor(arm, method)}"></a>', f"**{arm} / {method}**", ""]
         lines += [
-            "| seed | dev WER | test WER | distinct dev outputs | run | config |",
-            "|---|---|---|---|---|---|",
+            "| seed | dev WER | test WER | distinct dev outputs | dev WER during training | run "
+            "| config |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in runs:
             lines.append(
                 f"| {r['seed']} | {r['dev_wer']:.2f} | {r['test_wer']:.2f} | "
-                f"{_distinct(r)} | {_run_links(link_root, r)} |"
+                f"{_distinct(r)} | {_last_evals(r)} | {_run_links(link_root, r)} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -302,32 +570,77 @@ def _distinct(run: Mapping) -> str:
 
 
 def _run_links(link_root: str, run: dict) -> str:
-    """`run dir | config` cells: the run directory, and the committed copy of its config."""
+    """`run dir | config` cells: the run directory as it was under OUT, linked to its committed
+    copy in the mirror when there is one (else to the run directory), and its config likewise."""
     shown = os.path.relpath(run["model_dir"])
     if shown.startswith(".."):
         shown = run["model_dir"]
-    config = run.get("config_copy", run["operative_config"])
+    where = run.get("mirror_dir") or run["model_dir"]
+    config = os.path.join(where, "operative_config.gin")
+    if not os.path.exists(config):
+        config = run["operative_config"]
     return (
-        f"[{shown}]({_rel(link_root, run['model_dir'])}) | "
-        f"[operative_config.gin]({_rel(link_root, config)})"
+        f"[{shown}]({_rel(link_root, where)}) | [operative_config.gin]({_rel(link_root, config)})"
     )
 
 
-def _copy_configs(result: dict, results_dir: str) -> None:
-    """Copies each run's operative config to `results_dir/configs/` and records the copy as
-    `config_copy`: run directories are not committed, the results and their configs are."""
-    runs = [t for t in result["teachers"] if "operative_config" in t]
-    runs += result["baseline"].get("runs", []) + result["tuning_runs"]
-    runs += [r for c in result["cells"] for r in c["runs"]]
-    for run in runs:
-        src = run["operative_config"]
-        if not os.path.exists(src):
+def _last_evals(run: Mapping) -> str:
+    """`31.5 / 31.0 (steps 800 / 1,000)`: the run's dev WER at its last two periodic
+    evaluations; `–` without a learning curve."""
+    tail = run.get("dev_wer_last_evals") or []
+    if not tail:
+        return "–"
+    wers = " / ".join(f"{e['dev_wer']:.1f}" for e in tail)
+    steps = " / ".join(f"{e['step']:,}" for e in tail)
+    return f"{wers} (step{'s' if len(tail) > 1 else ''} {steps})"
+
+
+def _partial_line(result: Mapping) -> str:
+    """`**Partial: 40 of 75 jobs finished.** Missing: ...` (at most 12 groups named)."""
+    groups = result.get("missing", [])
+    shown = groups[:12]
+    more = ""
+    if len(groups) > len(shown):
+        more = f"; and {len(groups) - len(shown)} more (`missing_jobs` in study.json)"
+    return (
+        f"**Partial: {result['jobs_done']} of {result['jobs_total']} jobs finished** (teacher, "
+        "pseudo-label and student jobs with results in the study directory or in "
+        f"`{MIRROR}/`). Missing: {'; '.join(shown)}{more}."
+    )
+
+
+def _convergence_section(result: Mapping) -> list[str]:
+    """`## Convergence`: per teacher, the baseline and every cell, the mean dev WER over seeds at
+    the last two periodic evaluations during training."""
+    within = result.get("converged_within", CONVERGED_WITHIN)
+    lines = [
+        "## Convergence",
+        "",
+        "Dev WER % at the last two periodic evaluations during training (the run's "
+        "`eval/history.jsonl`; the dev batches that evaluation reads, which may be fewer than the "
+        "whole dev set of the table), mean over the seeds that have them. **Converged**: "
+        f'|last − previous| ≤ {within:g} point. "–": no learning curve with two evaluations.',
+        "",
+        "| run | steps | dev WER, previous / last | change | converged |",
+        "|---|---|---|---|---|",
+    ]
+    rows = [(f"teacher {t['name']}", t.get("convergence")) for t in result["teachers"]]
+    rows.append(("no-KD baseline", result["baseline"].get("convergence")))
+    rows += [(f"{c['arm']} / {c['method']}", c.get("convergence")) for c in result["cells"]]
+    for name, conv in rows:
+        if not conv:
+            lines.append(f"| {name} | – | – | – | – |")
             continue
-        name = os.path.relpath(run["model_dir"], result["out_dir"]).replace(os.sep, "__")
-        dst = os.path.join(results_dir, "configs", name + ".gin")
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copyfile(src, dst)
-        run["config_copy"] = dst
+        steps = " / ".join(f"{s:,}" for s in conv["steps"]) if conv["steps"] else "differ"
+        prev, last = conv["dev_wer"]
+        seeds = ""
+        if conv.get("of_runs", 1) > 1 and conv["num_runs"] < conv["of_runs"]:
+            seeds = f" ({conv['num_runs']} of {conv['of_runs']} seeds)"
+        lines.append(
+            f"| {name} | {steps} | {prev:.1f} / {last:.1f}{seeds} | {conv['change']:+.1f} | "
+            f"{'yes' if conv['converged'] else '**no**'} |"
+        )
+    return lines
 
 
 def _cell(cell: dict | None) -> str:
@@ -338,6 +651,9 @@ def _cell(cell: dict | None) -> str:
     rel = cell.get("test_rel_wer_reduction")
     if rel is not None:
         lines.append(f"{rel:+.1%}")
+    conv = cell.get("convergence")
+    if conv and not conv["converged"]:
+        lines.append("[not converged](#convergence)")
     return "<br>".join(lines + _collapsed_note(cell))
 
 
@@ -419,7 +735,6 @@ def _baseline_band(ax, baseline: Mapping) -> None:
 def write(result: dict, results_dir: str, command: str) -> list[str]:
     """Writes study.json, study.md and study.png into `results_dir`; returns their paths."""
     os.makedirs(results_dir, exist_ok=True)
-    _copy_configs(result, results_dir)
     paths = [os.path.join(results_dir, f"study.{ext}") for ext in ("json", "md", "png")]
     with open(paths[0], "w", encoding="utf-8") as f:
         json.dump({**result, "command": command}, f, indent=1)

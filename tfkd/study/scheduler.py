@@ -180,11 +180,15 @@ class Scheduler:
             name = job if isinstance(job, str) else job.name
             print(f"[{self.tag}:{name}] {text}", flush=True)
 
-    def run(self, jobs: Sequence[Job], tick=None, only: str | None = None) -> dict[str, str]:
+    def run(
+        self, jobs: Sequence[Job], tick=None, only: str | None = None, on_done=None
+    ) -> dict[str, str]:
         """Runs every job not done yet; returns `{job: "done"|"skipped"|"failed"|"blocked"}`.
         `tick()`, if given, is called about twice a second while jobs run (e.g. `WallClock`).
         `only`: run just that job, done or not, taking the jobs it depends on as done (`make demo
-        --only STAGE`)."""
+        --only STAGE`). `on_done(job)`, if given, is called when a job of this run has finished
+        and been stamped (the study copies its results to the committed mirror); what it raises
+        is reported and does not stop the run."""
         names = [j.name for j in jobs]
         if len(set(names)) != len(names):
             raise ValueError("job names repeat")
@@ -223,6 +227,11 @@ class Scheduler:
                     bar.update(1)
                     if r.failure is not None:
                         self.failures[name] = r.failure
+                    if outcome == "done" and on_done is not None:
+                        try:
+                            on_done(r.job)
+                        except Exception as e:  # e.g. a full disk: the job itself succeeded
+                            bar.write(f"[{self.tag}] {name}: after it finished: {e!r}")
                     if self.echo:
                         if outcome == "done":
                             self.say(name, f"finished in {r.seconds():.0f} s")
