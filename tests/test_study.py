@@ -1,5 +1,6 @@
 """The study driver (`tools/run_study.py`, `tfkd.study`): plan, statistics, scheduler, report."""
 
+import dataclasses
 import glob
 import importlib.util
 import json
@@ -83,15 +84,19 @@ def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
         assert set(job.deps) <= seen, job.name
         seen.add(job.name)
     kinds = [j.info.get("kind") for j in jobs]
+    assert names[:5] == ["data-corpus", "data-spm", "data-records", "data-respoken", "data-pool"]
     assert kinds.count("teacher") == 3
     # N-best per teacher and per noise rate; soft targets (1-best) per teacher
-    assert kinds.count("pseudo") == 3 + 3 + 3
+    assert kinds.count("pseudo") == 3 + 1 + 3
     students = [j.info for j in jobs if j.info.get("kind") == "student"]
-    # baseline 3 seeds; 3 teachers x 5 methods x 3 seeds; noise 3 rates x 2 methods x 3 seeds;
-    # tuning: soft 2 shifts and disc 2 temperatures, one of each being a seed-0 run.
-    assert len(students) == 3 + 45 + 18 + 1 + 1
+    # baseline 3 seeds; 3 teachers x 5 methods x 3 seeds; full-sum + labelled with the bad
+    # teacher, 3 seeds; noise 1 rate x 2 methods x 3 seeds; tuning: soft 2 shifts, full-sum 2
+    # length norms, disc 2 x 2 (eta, tau), one of each grid being a seed-0 run.
+    assert len(students) == 3 + 45 + 3 + 6 + 1 + 1 + 3
     cell = [s for s in students if s["arm"] == "teacher-good" and s["method"] == "full-sum"]
     assert sorted(s["seed"] for s in cell) == [0, 1, 2]
+    mixed = {s["arm"] for s in students if s["method"] == "full-sum + labelled"}
+    assert mixed == {"teacher-bad"}
 
 
 def test_student_commands_point_at_their_teacher(tmp_path):
@@ -111,36 +116,94 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert f"--output_dir={soft_dir}" in soft_pl
     hard_pl = jobs["pseudo-medium"].argv_lists()[0]
     assert "--soft_targets" not in hard_pl and f"--nbest={plan.nbest}" in hard_pl
-    full_sum = jobs["student-teacher-medium-full-sum-default-s0"].argv_lists()[0]
+    # Full-sum is tuned on the medium teacher: its seed-0 runs there are the tuning runs.
+    full_sum_job = jobs["student-teacher-medium-full-sum-LENGTH_NORM=True-s0"]
+    assert full_sum_job.deps == ("pseudo-medium",)
+    full_sum = full_sum_job.argv_lists()[0]
     nbest = os.path.join(plan.pseudo_dir("medium"), "*.tfrecord")
     assert f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{nbest}'" in full_sum
+    assert "--gin_bindings=LENGTH_NORM = True" in full_sum
+    assert "--gin_file=gin/fullsum_kd.gin" in full_sum
     assert "--gin_bindings=train.seed = 0" in train
     assert evaluate[1].endswith("bin/evaluate") and "--split=test" in evaluate
-    noisy = jobs["student-noise-0.2-hard-default-s1"]
-    assert noisy.deps == ("pseudo-good-noise0.2",)
+    noisy = jobs["student-noise-0.3-hard-default-s1"]
+    assert noisy.deps == ("pseudo-good-noise0.3",)
     assert "--gin_bindings=train.seed = 1" in noisy.argv_lists()[0]
     baseline = jobs["student-no-kd-no-kd-default-s2"].argv_lists()[0]
     assert not any("PSEUDO_LABEL" in a or "TEACHER_DIR" in a for a in baseline)
-    # The teachers differ in labelled data, size and steps (the good one continues medium).
-    half = "--gin_bindings=TRAIN_RECORDS = '{}/records/train-labeled-0000[0-4]-*.tfrecord'"
-    half = half.format(plan.data_dir)
+    assert "--gin_file=gin/study/labelled_respoken.gin" in baseline
+    respoken = os.path.join(plan.data_dir, "records", "train-respoken-*.tfrecord")
+    assert f"--gin_bindings=RESPOKEN_RECORDS = '{respoken}'" in baseline
+    # Every teacher learns from scratch after the data; they differ in labelled data and steps.
     bad, medium, good = (jobs[f"teacher-{t}"] for t in ("bad", "medium", "good"))
-    assert bad.deps == medium.deps == ("data-records",)
-    assert good.deps == ("data-records", "teacher-medium")
-    bad_train, medium_train = bad.argv_lists()[0], medium.argv_lists()[0]
-    assert half in bad_train and "--gin_bindings=conformer_teacher.num_layers = 2" in bad_train
-    assert half in medium_train and "--gin_bindings=NUM_STEPS = 2000" in medium_train
-    assert not any("num_layers" in a for a in medium_train)
-    assert not any("TRAIN_RECORDS" in a and "0000[0-4]" in a for a in good.argv_lists()[0])
-    pl = jobs["pseudo-good-noise0.4"].argv_lists()[0]
-    assert "--noise_rate=0.4" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
+    assert bad.deps == medium.deps == good.deps == ("data-pool",)
+    only_labelled = "--gin_bindings=train_data/make_dataset.file_pattern = %TRAIN_RECORDS"
+    assert only_labelled in bad.argv_lists()[0]
+    assert not any("file_pattern" in a for a in medium.argv_lists()[0] + good.argv_lists()[0])
+    assert "--gin_bindings=NUM_STEPS = 12000" in good.argv_lists()[0]
+    assert "--gin_file=gin/study/teacher_recipe.gin" in good.argv_lists()[0]
+    pl = jobs["pseudo-good-noise0.3"].argv_lists()[0]
+    assert "--noise_rate=0.3" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
+    pool = os.path.join(plan.data_dir, "records", "train-pool-*.tfrecord")
+    assert f"--input_pattern={pool}" in pl
+
+
+def test_tuning_from_runs_after_the_source_tuning_and_uses_its_choice(tmp_path):
+    plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
+    jobs = {j.name: j for j in plan.jobs()}
+    source = (
+        "student-teacher-medium-full-sum-LENGTH_NORM=False-s0",
+        "student-teacher-medium-full-sum-LENGTH_NORM=True-s0",
+    )
+    disc_tuning = jobs["student-teacher-medium-full-sum-disc-ETA=4.0,TAU=2.0-s0"]
+    assert disc_tuning.deps == ("pseudo-medium",) + source
+    other_rate = jobs["student-teacher-good-full-sum-other-frame-rate-tuned-s1"]
+    assert set(source) <= set(other_rate.deps)
+    # Dev WER picks LENGTH_NORM = True for full-sum; the disc. run adds its own grid on top.
+    for values, wer in (({"LENGTH_NORM": False}, 60.0), ({"LENGTH_NORM": True}, 40.0)):
+        eval_dir = os.path.join(plan.tuning_dir("full-sum", values), "eval")
+        os.makedirs(eval_dir)
+        with open(os.path.join(eval_dir, "dev.json"), "w") as f:
+            json.dump({"wer": wer, "distinct_hypotheses": 90, "utterances": 100}, f)
+    train = disc_tuning.argv_lists()[0]
+    assert "--gin_bindings=LENGTH_NORM = True" in train
+    assert "--gin_bindings=ETA = 4.0" in train and "--gin_bindings=TAU = 2.0" in train
+    assert "--gin_bindings=LENGTH_NORM = True" in other_rate.argv_lists()[0]
+    mixed = jobs["student-teacher-bad-full-sum-labelled-tuned-s0"].argv_lists()[0]
+    assert "--gin_bindings=LENGTH_NORM = True" in mixed
+    assert "--gin_file=gin/data/mixed_labeled.gin" in mixed
+
+
+def test_plan_refuses_tuning_from_an_untuned_method_and_unknown_teachers(tmp_path):
+    plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
+    methods = [dataclasses.replace(m, tuning_from=None) for m in plan.methods]
+    methods[1] = dataclasses.replace(methods[1], tuning_from="no-kd", teachers=("best",))
+    with pytest.raises(ValueError) as err:
+        dataclasses.replace(plan, methods=methods)
+    assert "method hard: unknown teachers ['best']" in str(err.value)
+    assert "method hard: tuning_from 'no-kd' must name a tuned method" in str(err.value)
 
 
 def _training_argvs(plan):
-    """The `bin/train` argv of every teacher and student run of `plan` whose command is known
-    now (tuned runs make theirs when they start, from the tuning runs' dev WER)."""
-    jobs = [j for j in plan.jobs() if j.info.get("setting") != "tuned"]
+    """The `bin/train` argv of every teacher and student run of `plan`. Tuned runs make theirs
+    when they start, from the dev WER of the tuning runs they depend on (their own method's,
+    and full-sum's for the methods that take its setting: `tuning_from`), so those dev
+    evaluations are faked first, the last setting of each grid scoring lowest (for full-sum,
+    LENGTH_NORM = True)."""
+    jobs = plan.jobs()
+    for job in jobs:
+        if "tuning" in job.info:
+            grid = plan_lib.grid_settings(plan.tuning[job.info["method"]])
+            _write_dev(job.info["model_dir"], 50.0 - grid.index(job.info["tuning"]))
     return [j.argv_lists()[0] for j in jobs if j.info.get("kind") in ("teacher", "student")]
+
+
+# Trainings: teachers + students. Students binding LENGTH_NORM = True (full-sum's choice above):
+# small (3 seeds, tuned on medium): full-sum's tuning run of it 1 and its other cells 3 x 3 - 1
+# = 8, disc's 2 x 2 tuning runs 4 and other cells 8, other frame rate 3 x 3 = 9, + labelled with
+# bad 3, noise arm 1 rate x 3 seeds = 3: 36. tiny (seed 0, tuned on bad): full-sum 1 + 1, disc
+# (no own grid) 2, other frame rate 2, + labelled 1, noise 1: 8.
+TRAININGS = {"tiny": (2 + 16, 8), "small": (3 + 62, 36)}
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
@@ -150,7 +213,9 @@ def test_every_training_command_of_a_preset_parses_strictly(preset, tmp_path, cl
     deterministic input pipeline."""
     plan = load_preset(preset, out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
     trainings = _training_argvs(plan)
-    assert len(trainings) >= 10
+    count, length_norm = TRAININGS[preset]
+    assert len(trainings) == count
+    assert sum("--gin_bindings=LENGTH_NORM = True" in argv for argv in trainings) == length_norm
     for argv in trainings:
         assert argv[1].endswith("bin/train"), argv
         files = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_file=")]
@@ -172,7 +237,7 @@ def test_lean_front_ends_reach_every_training_and_build_the_named_layers(tmp_pat
     )
     trainings = _training_argvs(plan)
     assert sum("--gin_file=gin/teacher.gin" in t for t in trainings) == 3
-    assert len(trainings) > 50
+    assert len(trainings) == TRAININGS["small"][0]
     for argv in trainings:  # after the method and model files, so that its bindings win
         files = [a for a in argv if a.startswith("--gin_file=")]
         assert files[-1] == f"--gin_file={lean}", argv
@@ -434,24 +499,42 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert good["test"]["ci95"] == pytest.approx(4.303 / math.sqrt(3))
     assert good["test_rel_wer_reduction"] == pytest.approx((52.0 - 42.0) / 52.0)
     assert [r["model_dir"] for r in good["runs"]][0].endswith(
-        "students/teacher-good/full-sum/default/s0"
+        "students/teacher-good/full-sum/tuned/s0"
     )
     # Tuning: every value ties on dev, the first is chosen, and only its run joins the cell.
-    assert result["chosen_on_dev"]["soft"]["values"] == {"SHIFT": 0}
-    assert len(cells[("teacher-medium", "soft")]["runs"]) == 3
-    assert len(result["tuning_runs"]) == 4
-    assert result["noise_labels"][1] == {"noise_rate": 0.2, "teacher_wer": 33.0, "label_wer": 53.0}
+    assert {m: c["values"] for m, c in result["chosen_on_dev"].items()} == {
+        "soft": {"SHIFT": 0},
+        "full-sum": {"LENGTH_NORM": False},
+        "full-sum disc.": {"ETA": 1.0, "TAU": 1.0},
+    }
+    for method in ("soft", "full-sum", "full-sum disc."):
+        chosen = plan_lib.setting_name(result["chosen_on_dev"][method]["values"])
+        runs = cells[("teacher-medium", method)]["runs"]
+        assert [r["setting"] for r in runs] == [chosen, "tuned", "tuned"]
+    # soft 2 shifts + full-sum 2 length norms + disc. 2 etas x 2 taus
+    assert len(result["tuning_runs"]) == 2 + 2 + 4
+    # The methods that take full-sum's setting make ordinary cells; the mixed arm only with bad.
+    other_rate = cells[("teacher-medium", "full-sum, other frame rate")]
+    assert [r["setting"] for r in other_rate["runs"]] == ["tuned"] * 3
+    mixed = {arm for arm, method in cells if method == "full-sum + labelled"}
+    assert mixed == {"teacher-bad"}
+    assert cells[("teacher-bad", "full-sum + labelled")]["test"]["values"] == [41.0, 42.0, 43.0]
+    assert result["noise_labels"] == [{"noise_rate": 0.3, "teacher_wer": 33.0, "label_wer": 63.0}]
     paths = report.write(result, str(tmp_path / "results"), "python tools/run_study.py")
     loaded = json.loads(open(paths[0]).read())
     assert loaded["command"] == "python tools/run_study.py" and loaded["measured_seconds"] == 3600
-    # Every job has its results (no stamps: no job seconds); 3 data jobs are not counted.
-    assert loaded["jobs_done"] == loaded["jobs_total"] == len(jobs) - 3
+    # Every job has its results (no stamps: no job seconds); 5 data jobs are not counted:
+    # 3 teachers + 7 pseudo-labelling + 62 students = 72.
+    assert loaded["jobs_done"] == loaded["jobs_total"] == len(jobs) - 5 == 3 + 7 + 62
     assert loaded["job_seconds"] == 0 and loaded["partial"] is False and loaded["missing"] == []
     assert loaded["cells"][0]["convergence"] is None  # no learning curves
     md = open(paths[1]).read()
     assert "Partial" not in md
     assert "(data preparation is not counted). Teachers carried over from another run.\n" in md
-    row = "| **good** (all data, 3 layers, 3k steps) | [30.0 / 31.0](#runs-teacher-good) | 33.0 |"
+    row = (
+        "| **good** (all labelled audio (15,000 utterances), 12k steps) | "
+        "[30.0 / 31.0](#runs-teacher-good) | 33.0 |"
+    )
     assert row in md
     assert '<a id="runs-teacher-good"></a>' in md and "(../out/teachers/good) |" in md
     assert "[41.0 ± 2.5 / 42.0 ± 2.5](#runs-teacher-bad-hard)<br>+19.2%" in md
@@ -468,6 +551,18 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert f"({s0}) | [operative_config.gin]({s0}/operative_config.gin) |" in md
     assert not (tmp_path / "results" / "configs").exists()
     assert "soft, other frame rate: n/a" in md and "SHIFT=0 (lowest dev WER" in md
+    # The settings taken from full-sum's choice are named; the mixed arm is not run with the
+    # teachers it leaves out (not "–", which is a result still missing).
+    assert "- **full-sum disc.**: ETA=1.0,TAU=1.0 on top of full-sum's LENGTH_NORM=False (" in md
+    assert "- **full-sum, other frame rate**: full-sum's LENGTH_NORM=False\n" in md
+    assert "- **full-sum + labelled**: full-sum's LENGTH_NORM=False\n" in md
+    header = next(line for line in md.split("\n") if line.startswith("| teacher | "))
+    column = header.split(" | ").index("full-sum + labelled")
+    rows = {line.split(" ")[1]: line.split(" | ") for line in md.split("\n") if line[:4] == "| **"}
+    assert rows["**bad**"][column] == (
+        "[41.0 ± 2.5 / 42.0 ± 2.5](#runs-teacher-bad-full-sum---labelled)<br>+19.2%"
+    )
+    assert rows["**medium**"][column] == rows["**good**"][column] == "not run"
     png = open(paths[2], "rb").read()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
 
@@ -584,13 +679,20 @@ def test_finished_jobs_are_mirrored_and_a_clone_without_out_rebuilds_the_same_ta
     from_mirror = report.collect(plan, jobs, results_dir=results)
     assert _numbers(from_mirror) == _numbers(from_out)
     assert {r["read_from"] for c in from_mirror["cells"] for r in c["runs"]} == {"mirror"}
-    assert from_mirror["measured_seconds"] == 7200.0 and from_mirror["job_seconds"] == 100.0 * 34
-    assert from_mirror["chosen_on_dev"]["soft"]["values"] == {"SHIFT": 0}
+    # 2 teachers + 5 pseudo-labelling (N-best 2 + noise 1 + soft 2) + 30 students (baseline 2;
+    # 2 teachers x 5 methods x 2 seeds = 20; + labelled with bad 2; noise 1 rate x 2 methods x 2
+    # seeds = 4; tuning 1 soft + 1 full-sum besides the seed-0 runs) = 37 jobs of 100 s.
+    assert from_mirror["measured_seconds"] == 7200.0 and from_mirror["job_seconds"] == 100.0 * 37
+    assert {m: c["values"] for m, c in from_mirror["chosen_on_dev"].items()} == {
+        "soft": {"SHIFT": 0},
+        "full-sum": {"LENGTH_NORM": False},
+    }
     md = open(report.write(from_mirror, results, "python tools/run_study.py")[1]).read()
     # Numbers link to the committed copies, not to the run directories.
     s1 = "runs/students/teacher-good/hard/default/s1"
     assert f"]({s1}) | [operative_config.gin]({s1}/operative_config.gin) |" in md
-    assert "Measured: 2.00 h of wall time" in md and "34 of 34 teacher" in md
+    assert "Measured: 2.00 h of wall time" in md and "37 of 37 teacher" in md
+    assert "- **full-sum, other frame rate**: full-sum's LENGTH_NORM=False\n" in md
     assert not (tmp_path / "results" / "configs").exists()
     # Without the mirror either, nothing is left to report.
     assert report.collect(plan, jobs)["jobs_done"] == 0
@@ -627,7 +729,9 @@ def test_report_only_from_the_committed_results_alone(tmp_path, monkeypatch, cle
     shutil.rmtree(out)
     assert run_study.main(argv) == 0
     again = json.loads(open(os.path.join(results, "study.json")).read())
-    assert _numbers(again) == _numbers(first) and again["jobs_done"] == 21
+    # 2 teachers + 5 pseudo-labelling + 16 students (baseline 1; 2 x 5 methods; + labelled with
+    # bad 1; noise 2; tuning 1 soft + 1 full-sum besides the seed-0 runs) = 23
+    assert _numbers(again) == _numbers(first) and again["jobs_done"] == 23
     assert again["teachers"][1]["read_from"] == "mirror"
     with pytest.raises(cli.UsageError, match="holds the runs of"):
         run_study.main([*argv[:-1], "--gin_bindings", "StudyPlan.seeds = (0, 1)", "--report_only"])
@@ -638,9 +742,9 @@ def test_report_marks_a_partial_table_and_names_what_is_missing(tmp_path):
     for path in (
         plan.teacher_dir("good"),
         plan.pseudo_dir("good", 0.2),
-        plan.student_dir("teacher-good", "full-sum", "default", 1),
-        plan.student_dir("teacher-bad", "full-sum", "default", 0),
-        plan.student_dir("teacher-bad", "full-sum", "default", 1),
+        plan.student_dir("teacher-good", "full-sum", "tuned", 0),
+        plan.student_dir("teacher-good", "full-sum", "tuned", 1),
+        plan.student_dir("teacher-bad", "full-sum-labelled", "tuned", 1),
         plan.student_dir("teacher-bad", "soft", "SHIFT=1", 0),
         plan.student_dir("no-kd", "no-kd", "default", 1),
     ):
@@ -649,26 +753,28 @@ def test_report_marks_a_partial_table_and_names_what_is_missing(tmp_path):
                 os.remove(os.path.join(path, name))
     result = report.collect(plan, jobs, results_dir=str(tmp_path / "results"))
     assert result["partial"] is True
-    assert (result["jobs_done"], result["jobs_total"]) == (27, 34)
+    # 37 jobs (test_finished_jobs_are_mirrored_...), 7 of them without their results
+    assert (result["jobs_done"], result["jobs_total"]) == (30, 37)
     assert result["missing"] == [
         "teacher good",
         "pseudo-labels good-noise0.2",
         "teacher-bad / soft SHIFT=1 (tuning, seed 0)",
-        "teacher-bad / full-sum (seeds 0, 1)",
+        "teacher-good / full-sum (seeds 0, 1)",
         "no-KD baseline (seed 1)",
-        "teacher-good / full-sum (seed 1)",
-    ]  # in the order of the jobs
+        "teacher-bad / full-sum + labelled (seed 1)",
+    ]  # in the order of the jobs (seed 0's, then seed 1's)
     assert len(result["missing_jobs"]) == 7 and "teacher-good" in result["missing_jobs"]
+    assert "student-teacher-bad-full-sum-labelled-tuned-s1" in result["missing_jobs"]
     paths = report.write(result, str(tmp_path / "results"), "python tools/run_study.py")
     assert json.loads(open(paths[0]).read())["partial"] is True
     md = open(paths[1]).read()
     title, blank, partial = md.split("\n")[:3]
     assert title.startswith("# Student WER") and blank == ""
     assert partial == (
-        "**Partial: 27 of 34 jobs finished** (teacher, pseudo-label and student jobs with results "
+        "**Partial: 30 of 37 jobs finished** (teacher, pseudo-label and student jobs with results "
         "in the study directory or in `runs/`). Missing: teacher good; pseudo-labels "
-        "good-noise0.2; teacher-bad / soft SHIFT=1 (tuning, seed 0); teacher-bad / full-sum "
-        "(seeds 0, 1); no-KD baseline (seed 1); teacher-good / full-sum (seed 1)."
+        "good-noise0.2; teacher-bad / soft SHIFT=1 (tuning, seed 0); teacher-good / full-sum "
+        "(seeds 0, 1); no-KD baseline (seed 1); teacher-bad / full-sum + labelled (seed 1)."
     )
 
 
@@ -723,7 +829,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
         assert 0.0 <= t["dev_wer"] and t["train_unlabeled_wer"] is not None
     methods = [m["name"] for m in result["methods"]]
     cells = {(c["arm"], c["method"]) for c in result["cells"]}
-    assert cells == {(f"teacher-{t}", m) for t in ("bad", "good") for m in methods} | {
+    every_teacher = {(f"teacher-{t}", m) for t in ("bad", "good") for m in methods}
+    # the mixed arm runs with the bad teacher only (MIXED_TEACHERS)
+    assert cells == every_teacher - {("teacher-good", "full-sum + labelled")} | {
         ("noise-0.2", "hard"),
         ("noise-0.2", "full-sum"),
     }
@@ -749,11 +857,20 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
 def test_librispeech_preset_documents_the_paper_scale_runs(tmp_path):
     plan = load_preset("librispeech", out_dir=str(tmp_path), data_dir="/data/ls")
     jobs = {j.name: j for j in plan.jobs()}
-    assert len(jobs) == 79 and not any(n.startswith("data-") for n in jobs)
+    # 3 teachers + 6 N-best pseudo-labelling (3 teachers, 3 noise rates; soft KD is online) + 74
+    # students: baseline 3; 3 teachers x 5 methods x 3 seeds = 45; + labelled with bad 3; noise
+    # 3 rates x 2 methods x 3 seeds = 18; tuning soft 3 - 1, full-sum 2 - 1, disc. 3 - 1 = 5.
+    assert len(jobs) == 3 + 6 + 74 == 83 and not any(n.startswith("data-") for n in jobs)
+    assert [n for n in jobs if "labelled" in n] == [
+        f"student-teacher-bad-full-sum-labelled-tuned-s{seed}" for seed in (0, 1, 2)
+    ]
     bad = jobs["teacher-bad"].argv_lists()[0]
     assert "--gin_bindings=TRAIN_RECORDS = '/data/ls/records/train-labeled-100-*.tfrecord'" in bad
     assert "--gin_file=gin/study/librispeech_hardware.gin" in bad
-    student = jobs["student-teacher-good-full-sum-default-s1"].argv_lists()[0]
+    for length_norm, wer in ((False, 30.0), (True, 25.0)):  # full-sum's tuning on dev
+        _write_dev(plan.tuning_dir("full-sum", {"LENGTH_NORM": length_norm}), wer)
+    student = jobs["student-teacher-good-full-sum-tuned-s1"].argv_lists()[0]
+    assert "--gin_bindings=LENGTH_NORM = True" in student
     assert "--gin_file=gin/study/librispeech_student.gin" in student
     assert student.index("--gin_file=gin/study/librispeech_data.gin") > student.index(
         "--gin_file=gin/fullsum_kd.gin"

@@ -58,6 +58,10 @@ class Method:
             (a teacher checkpoint), or `"none"` (ground truth only: the baseline).
         frame_rate_differs: the student's frame rate differs from the teachers'.
         note: shown in the tables, e.g. why a cell is n/a.
+        teachers: the teachers whose students use this method (an arm run for fewer teachers,
+            e.g. ground truth mixed in); None: every teacher.
+        tuning_from: a tuned method whose setting chosen on dev this one uses too (e.g. the
+            same loss at another frame rate); its own grid, if any, is tuned on top of it.
     """
 
     name: str
@@ -65,6 +69,8 @@ class Method:
     needs: str = "pseudo"
     frame_rate_differs: bool = False
     note: str = ""
+    teachers: tuple[str, ...] | None = None
+    tuning_from: str | None = None
 
     @property
     def slug(self) -> str:
@@ -100,7 +106,15 @@ class Teacher:
 
 
 def _as_methods(methods) -> tuple[Method, ...]:
-    return tuple(m if isinstance(m, Method) else Method(**m) for m in methods)
+    out = []
+    for m in methods:
+        if not isinstance(m, Method):
+            m = dict(m)
+            if m.get("teachers") is not None:
+                m["teachers"] = tuple(m["teachers"])
+            m = Method(**m)
+        out.append(m)
+    return tuple(out)
 
 
 def _as_teachers(teachers) -> tuple[Teacher, ...]:
@@ -131,6 +145,11 @@ class StudyPlan:
         data_dir: corpus, SentencePiece model and records (shared with `make demo`).
         corpus_size: `tools/make_corpus.py --size` when the study builds the data itself;
             None: the data must exist (e.g. LibriSpeech, prepared beforehand).
+        respoken: renditions of `train-labeled` by new speakers in the built-in corpus
+            (`tools/make_corpus.py --respoken`, split `train-respoken`; its records are
+            RESPOKEN_RECORDS in every training); 0: none.
+        pool: utterances of the built-in corpus's unlabelled `train-pool` split
+            (`tools/make_corpus.py --pool`: sentences no other split uses); 0: none.
         vocab_size: SentencePiece pieces (blank included).
         teacher_gin: gin files of every teacher, before its own bindings.
         teachers: `Teacher`s (or dicts of their fields), best first is not required.
@@ -157,6 +176,8 @@ class StudyPlan:
     out_dir: str = "runs/study"
     data_dir: str = "data"
     corpus_size: str | None = "small"
+    respoken: int = 0
+    pool: int = 0
     vocab_size: int = 256
     teacher_gin: tuple[str, ...] = ("gin/teacher.gin",)
     teachers: Sequence = ()
@@ -197,6 +218,9 @@ class StudyPlan:
         elif methods[self.baseline_method].needs != "none":
             problems.append(f"baseline method {self.baseline_method!r} must need no teacher")
         for m in self.methods:
+            unknown = sorted(set(m.teachers or ()) - set(names))
+            if unknown:
+                problems.append(f"method {m.name}: unknown teachers {unknown} (teachers: {names})")
             if m.needs not in NEEDS:
                 problems.append(f"method {m.name}: needs must be one of {', '.join(NEEDS)}")
         if not self.seeds:
@@ -204,12 +228,29 @@ class StudyPlan:
         for key in list(self.tuning) + list(self.noise_methods):
             if key not in methods:
                 problems.append(f"unknown method {key!r} (methods: {sorted(methods)})")
+        for m in self.methods:
+            source = methods.get(m.tuning_from)
+            if m.tuning_from is not None and (
+                m.tuning_from not in self.tuning or source is None or source.tuning_from
+            ):
+                problems.append(
+                    f"method {m.name}: tuning_from {m.tuning_from!r} must name a tuned method "
+                    "that takes no setting from another"
+                )
+        for key in self.tuning:
+            teachers = methods[key].teachers if key in methods else None
+            if teachers is not None and self.tuning_teacher not in teachers:
+                problems.append(f"method {key} is tuned on {self.tuning_teacher}, not its teacher")
         if self.tuning and self.tuning_teacher not in names:
             problems.append(f"tuning_teacher {self.tuning_teacher!r} is not a teacher")
         if self.noise_rates and self.noise_teacher not in names:
             problems.append(f"noise_teacher {self.noise_teacher!r} is not a teacher")
         if not 1 <= self.nbest <= self.beam_width:
             problems.append(f"need 1 <= nbest <= beam_width, got {self.nbest}, {self.beam_width}")
+        if (self.respoken or self.pool) and self.corpus_size is None:
+            problems.append("respoken and pool need the built-in corpus (corpus_size)")
+        if self.respoken < 0 or self.pool < 0:
+            problems.append(f"respoken and pool must be >= 0, got {self.respoken}, {self.pool}")
         if problems:
             raise ValueError("invalid study plan: " + "; ".join(problems))
 
@@ -237,6 +278,12 @@ class StudyPlan:
     def student_dir(self, arm: str, method: str, setting: str, seed: int) -> str:
         return self.path("students", arm, method, setting, f"s{seed}")
 
+    def teachers_of(self, method: Method) -> list[str]:
+        """The names of the teachers whose students use `method`."""
+        return [
+            t.name for t in self.teachers if method.teachers is None or t.name in method.teachers
+        ]
+
     def method(self, name: str) -> Method:
         return next(m for m in self.methods if m.name == name)
 
@@ -256,12 +303,15 @@ class StudyPlan:
 
     def data_flags(self) -> list[str]:
         """Data macros of every training (call when the job starts: the data exist then)."""
-        return [
+        flags = [
             f"--gin_bindings=TRAIN_RECORDS = '{self.records('train-labeled')}'",
             f"--gin_bindings=DEV_RECORDS = '{self.records('dev')}'",
             f"--gin_bindings=SPM_MODEL = '{self.spm_model}'",
             f"--gin_bindings=VOCAB_SIZE = {self.spm_vocab_size()}",
         ]
+        if self.respoken:
+            flags.append(f"--gin_bindings=RESPOKEN_RECORDS = '{self.records('train-respoken')}'")
+        return flags
 
     def _evaluate(self, model_dir: str) -> list[str]:
         return self.tool(
@@ -281,12 +331,23 @@ class StudyPlan:
     def data_jobs(self) -> list[Job]:
         if self.corpus_size is None:
             return []
-        return data_jobs(
-            builtin_data_steps(self.tool, self.data_dir, self.corpus_size, self.vocab_size)
+        return data_jobs(self._data_steps())
+
+    def _data_steps(self) -> list[tuple]:
+        return builtin_data_steps(
+            self.tool,
+            self.data_dir,
+            self.corpus_size,
+            self.vocab_size,
+            respoken=self.respoken,
+            pool=self.pool,
         )
 
     def _data_deps(self) -> tuple[str, ...]:
-        return ("data-records",) if self.corpus_size is not None else ()
+        """The last data job (each runs after the one before)."""
+        if self.corpus_size is None:
+            return ()
+        return (f"data-{self._data_steps()[-1][0]}",)
 
     def teacher_jobs(self) -> list[Job]:
         jobs = []
@@ -327,7 +388,7 @@ class StudyPlan:
         wanted += [(t, r, False) for t, r in noise_arms]
         for m in self.methods:
             if m.needs == "soft-targets":
-                arms = [(t.name, 0.0) for t in self.teachers]
+                arms = [(t, 0.0) for t in self.teachers_of(m)]
                 arms += noise_arms if m.name in self.noise_methods else []
                 wanted += [(t, r, True) for t, r in arms if (t, r, True) not in wanted]
         inputs = os.path.join(self.data_dir, "records", self.pseudo_label_pattern)
@@ -456,6 +517,14 @@ class StudyPlan:
         listening = [c for c in candidates if not c[0]] or candidates
         return min(listening, key=lambda c: c[1])[2]
 
+    def chosen_values(self, method: Method) -> dict:
+        """The macros of `method`'s runs: the setting chosen for `tuning_from`, then its own."""
+        return self._on_top_of_source(method, self.tuned_values(method.name))
+
+    def _on_top_of_source(self, method: Method, values: Mapping) -> dict:
+        inherited = self.tuned_values(method.tuning_from) if method.tuning_from else {}
+        return {**inherited, **values}
+
     def student_jobs(self) -> list[Job]:
         jobs = []
         base = self.method(self.baseline_method)
@@ -470,6 +539,15 @@ class StudyPlan:
                 continue
             grid = self.tuning.get(method.name)
             tuning_jobs = ()
+            source_jobs = ()
+            if method.tuning_from is not None:
+                source = self.method(method.tuning_from)
+                source_jobs = tuple(
+                    f"student-teacher-{self.tuning_teacher}-{source.slug}-"
+                    f"{setting_name(values)}-s{self.seeds[0]}"
+                    for values in grid_settings(self.tuning[method.tuning_from])
+                )
+            tuning_jobs = source_jobs
             if grid:
                 t = self.tuning_teacher
                 for values in grid_settings(grid):
@@ -480,13 +558,13 @@ class StudyPlan:
                         0.0,
                         self.seeds[0],
                         setting_name(values),
-                        values,
-                        self._method_deps(method, t),
+                        functools.partial(self._on_top_of_source, method, values),
+                        self._method_deps(method, t) + source_jobs,
                         {"tuning": values},
                     )
                     jobs.append(job)
                     tuning_jobs += (job.name,)
-            arms = [(t.name, 0.0) for t in self.teachers]
+            arms = [(t, 0.0) for t in self.teachers_of(method)]
             if method.name in self.noise_methods:
                 arms += [(self.noise_teacher, r) for r in self.noise_rates]
             for teacher, noise in arms:
@@ -501,8 +579,8 @@ class StudyPlan:
                             teacher,
                             noise,
                             seed,
-                            "tuned" if grid else "default",
-                            functools.partial(self.tuned_values, method.name),
+                            "tuned" if grid or method.tuning_from else "default",
+                            functools.partial(self.chosen_values, method),
                             self._method_deps(method, teacher, noise) + tuning_jobs,
                             {},
                         )

@@ -306,7 +306,13 @@ def collect(
         "teachers": teachers,
         "baseline": {**baseline, "runs": sorted(baseline_runs, key=lambda r: r["seed"])},
         "methods": [
-            {"name": m.name, "note": m.note, "frame_rate_differs": m.frame_rate_differs}
+            {
+                "name": m.name,
+                "note": m.note,
+                "frame_rate_differs": m.frame_rate_differs,
+                "teachers": plan.teachers_of(m),
+                "tuning_from": m.tuning_from,
+            }
             for m in plan.methods
             if m.name != plan.baseline_method
         ],
@@ -483,13 +489,16 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
             else f"[{t['dev_wer']:.1f} / {t['test_wer']:.1f}]({runs_link})",
             "–" if t.get("train_unlabeled_wer") is None else f"{t['train_unlabeled_wer']:.1f}",
         ]
-        for m in methods:
-            row.append(_cell(cells.get((arm, m))))
+        for m in result["methods"]:
+            if t["name"] not in m.get("teachers", [t["name"]]):
+                row.append("not run")  # an arm of fewer teachers (`Method.teachers`)
+            else:
+                row.append(_cell(cells.get((arm, m["name"]))))
         row += ["n/a"] * len(na)
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
-        f"**No-KD baseline** (ground truth of `train-labeled` only): dev {_fmt(base, 'dev')}, "
+        f"**No-KD baseline** (ground truth of the labelled audio only): dev {_fmt(base, 'dev')}, "
         f"test {_fmt(base, 'test')}"
         + "".join(f", {note}" for note in _collapsed_note(base))
         + f" ([runs](#{_anchor('no-kd', 'baseline')})).",
@@ -507,7 +516,7 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
             "Pseudo-labels of the noise teacher corrupted at a word-piece error rate, then "
             "rescored by that teacher (its scores reflect its belief in the corrupted labels).",
             "",
-            "| noise | label WER on train-unlabeled | " + " | ".join(noise_methods) + " |",
+            "| noise | label WER on the pseudo-labelled data | " + " | ".join(noise_methods) + " |",
             "|---|---|" + "---|" * len(noise_methods),
         ]
         for n in result["noise_labels"]:
@@ -518,17 +527,28 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
             lines.append("| " + " | ".join(row) + " |")
     if result["chosen_on_dev"]:
         lines += ["", "## Hyper-parameters chosen on dev", ""]
-        for m, c in result["chosen_on_dev"].items():
+        chosen = result["chosen_on_dev"]
+        # Methods that take another's choice (`Method.tuning_from`): "full-sum's LENGTH_NORM=True".
+        inherited = {}
+        for method in result["methods"]:
+            src = method.get("tuning_from")
+            if src:
+                values = chosen.get(src, {}).get("values")
+                shown = "setting (not chosen yet)" if values is None else setting_name(values)
+                inherited[method["name"]] = f"{src}'s {shown}"
+        for m, c in chosen.items():
             runs = [r for r in result["tuning_runs"] if r["method"] == m]
             tried = ", ".join(
                 f"{setting_name(r['values'])}: dev {r['dev_wer']:.1f}"
                 for r in sorted(runs, key=lambda r: setting_name(r["values"]))
             )
+            on_top = f" on top of {inherited[m]}" if m in inherited else ""
             lines.append(
-                f"- **{m}**: {setting_name(c['values'] or {})} (lowest dev WER of the runs "
+                f"- **{m}**: {setting_name(c['values'] or {})}{on_top} (lowest dev WER of the runs "
                 f"that did not collapse, with teacher "
                 f"{c['teacher']}, seed {c['seed']}; tried {tried or 'nothing yet'})"
             )
+        lines += [f"- **{m}**: {inherited[m]}" for m in inherited if m not in chosen]
     lines += ["", *_convergence_section(result)]
     lines += ["", "## Runs", ""]
     for t in result["teachers"]:
@@ -667,7 +687,7 @@ def _collapsed_note(summary: Mapping) -> list[str]:
 
 
 def plot(result: dict, path: str) -> None:
-    """Student test WER against teacher WER on train-unlabeled, one line per method, with
+    """Student test WER against teacher WER on the pseudo-labelled split, one line per method, with
     95 % CI error bars; the no-KD baseline as a band; the noise arm in a second panel."""
     import matplotlib
 
@@ -679,7 +699,7 @@ def plot(result: dict, path: str) -> None:
     noise = {f"noise-{n['noise_rate']:g}": n for n in result["noise_labels"]}
     noise_wer = {arm: n.get("label_wer", n.get("teacher_wer")) for arm, n in noise.items()}
     panels = [
-        (quality, "teacher WER on train-unlabeled (pseudo-label quality), %",
+        (quality, "teacher WER on the pseudo-labelled split (pseudo-label quality), %",
          "Student WER vs teacher WER"),
     ]  # fmt: skip
     if any(c["arm"] in noise_wer for c in result["cells"]):
