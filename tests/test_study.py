@@ -202,11 +202,13 @@ def _training_argvs(plan):
 # small (3 seeds, tuned on medium): full-sum's tuning run of it 1 and its other cells 3 x 3 - 1
 # = 8, disc's 2 x 2 tuning runs 4 and other cells 8, other frame rate 3 x 3 = 9, + labelled with
 # bad 3, noise arm 1 rate x 3 seeds = 3: 36. tiny (seed 0, tuned on bad): full-sum 1 + 1, disc
-# (no own grid) 2, other frame rate 2, + labelled 1, noise 1: 8.
-TRAININGS = {"tiny": (2 + 16, 8), "small": (3 + 62, 36)}
+# (no own grid) 2, other frame rate 2, + labelled 1, noise 1: 8. librispeech (3 seeds, tuned on
+# medium, 3 noise rates): full-sum 1 + 8, disc's 3 tuning runs + 8, other frame rate 9,
+# + labelled 3, noise 3 x 3 = 9: 41.
+TRAININGS = {"tiny": (2 + 16, 8), "small": (3 + 62, 36), "librispeech": (3 + 74, 41)}
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "librispeech"])
 def test_every_training_command_of_a_preset_parses_strictly(preset, tmp_path, clean_gin):
     """The fast stand-in for the slow end-to-end study: each teacher and student run the plan
     makes is a configuration bin/train accepts (a misspelt or unbound binding raises), with a
