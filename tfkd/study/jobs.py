@@ -13,7 +13,8 @@ Under a study directory OUT (or the demo's), the scheduler keeps:
     logs/<job>.log, stamps/<job>.json
 
 The built-in corpus, its SentencePiece model and its records are made by the same steps for
-`make demo` and for the study (`builtin_data_steps`), so that both reuse the same data.
+`make demo` and for the study (`builtin_data_steps`), so that both reuse the same data; each step
+checks that data it finds was made with this run's sizes (`Job.check`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Job:
             own completion marks (the outputs), so data built by `make demo` is reused as is.
         always: never counts as done: runs on every invocation (a cheap job that reflects the
             latest state, e.g. the demo's summary).
+        check: for a job whose outputs exist, why they do not fit this run (one line naming the
+            file and the fix), or None when they do. A job done but not fitting fails with that
+            message instead of being skipped: no command runs, and the jobs that need it are
+            blocked, done or not. Also asked when the job's commands have finished. None (the
+            default): what exists fits; the data steps (`builtin_data_steps`) check their sizes.
     """
 
     name: str
@@ -53,6 +59,7 @@ class Job:
     info: dict = dataclasses.field(default_factory=dict)
     stamped: bool = True
     always: bool = False
+    check: Callable[[], str | None] | None = None
 
     def argv_lists(self) -> list[list[str]]:
         cmds = self.commands() if callable(self.commands) else self.commands
@@ -82,13 +89,118 @@ def in_sequence(jobs: Sequence[Job]) -> list[Job]:
     return out
 
 
+class DataStep(tuple):
+    """A step of `builtin_data_steps`: the tuple `(name, commands, marks)` (it unpacks and
+    compares as that tuple), and `check`, its job's `Job.check` (None: none)."""
+
+    check: Callable[[], str | None] | None
+
+    def __new__(cls, name: str, commands, marks: tuple[str, ...], check=None):
+        step = super().__new__(cls, (name, commands, marks))
+        step.check = check
+        return step
+
+
 def data_jobs(steps: Sequence[tuple], prefix: str = "data-") -> list[Job]:
     """Jobs `<prefix><name>` for `builtin_data_steps`, each after the one before; unstamped,
     since the data tools write their own completion marks (so data built by `make demo`, whose
-    stages have no prefix, is reused by the study and the other way round)."""
-    return in_sequence(
-        [Job(f"{prefix}{name}", cmds, outputs=marks, stamped=False) for name, cmds, marks in steps]
-    )
+    stages have no prefix, is reused by the study and the other way round), and checked
+    (`DataStep.check`) when the step is a `DataStep`."""
+    jobs = []
+    for step in steps:
+        name, cmds, marks = step
+        check = getattr(step, "check", None)
+        jobs.append(Job(f"{prefix}{name}", cmds, outputs=marks, stamped=False, check=check))
+    return in_sequence(jobs)
+
+
+_REBUILD = "to rebuild {}, or use another data directory"
+
+
+def _read_manifest(path: str) -> tuple[dict | None, str | None]:
+    """`(manifest, None)`, or `(None, why it cannot be read)`."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        return None, f"{path} cannot be read ({e})"
+    if data is None:
+        return None, f"{path} is missing"
+    if not isinstance(data, dict):
+        return None, f"{path} is not a manifest"
+    return data, None
+
+
+def _and(items: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def preset_utterances(size: str) -> dict[str, int] | None:
+    """Utterances of the four main splits of corpus preset `size`
+    (`tfkd.data.synthetic_corpus.PRESETS`), or None for no preset (`tools/make_corpus.py`
+    refuses it)."""
+    from tfkd.data.synthetic_corpus import PRESETS  # numpy and the TTS: only when asked
+
+    return dict(PRESETS[size].utterances) if size in PRESETS else None
+
+
+def check_records(
+    records: str, want: dict[str, int], asks: str, delete: Sequence[str] = ()
+) -> str | None:
+    """Whether records made by `tools/prepare_librispeech.py` have the sizes this run asks for.
+
+    Args:
+        records: DATA/records, with `<split>.manifest.json`.
+        want: utterances each split must have (`num_utterances`; a split whose `num_candidates`,
+            the utterances found before decoding, match also fits: utterances that
+            `prepare_librispeech` dropped as bad input are its own report, not another size).
+        asks: the flag asking for these sizes, for the message (e.g. "--pool 20000").
+        delete: what to delete besides the records of the splits that do not fit (their corpus
+            splits), for the message.
+
+    Returns:
+        None when every split fits, else one line: the first split that does not, what this run
+        asks for and what to delete to rebuild the ones that do not.
+    """
+    wrong = []
+    for split, count in want.items():
+        path = os.path.join(records, f"{split}.manifest.json")
+        manifest, problem = _read_manifest(path)
+        if problem is None:
+            have = manifest.get("num_utterances")
+            if count in (have, manifest.get("num_candidates")):
+                continue
+            problem = f"{path} has {have} utterances, but this run asks for {count} ({asks})"
+        wrong.append((split, problem))
+    if not wrong:
+        return None
+    paths = [*delete, *(os.path.join(records, split) + "*" for split, _ in wrong)]
+    them = "it" if len(wrong) == 1 else "them"
+    return f"{wrong[0][1]}; delete {_and(paths)} {_REBUILD.format(them)}"
+
+
+def check_corpus(corpus: str, size: str) -> str | None:
+    """Whether `corpus/manifest.json` (`tools/make_corpus.py`) is of preset `size`, with its
+    four splits of the preset's utterances; None when it is, else one line saying what differs
+    and what to delete."""
+    path = os.path.join(corpus, "manifest.json")
+    fix = f"delete {corpus} {_REBUILD.format('it')}"
+    manifest, problem = _read_manifest(path)
+    if problem is not None:
+        return f"{problem}; {fix}"
+    made = manifest.get("size")
+    if made != size:
+        return f"{path} is of a corpus of size {made}, but this run asks for {size}; {fix}"
+    splits = manifest.get("splits") or {}
+    for split, count in (preset_utterances(size) or {}).items():
+        have = (splits.get(split) or {}).get("utterances")
+        if have != count:
+            return (
+                f"{path} has {have} utterances in {split}, but this run asks for {count} "
+                f"(--size {size}); {fix}"
+            )
+    return None
 
 
 def builtin_data_steps(
@@ -112,9 +224,13 @@ def builtin_data_steps(
             manifest lists both) and its records, DATA/records/train-pool-*.
 
     Returns:
-        `[(name, commands, completion marks)]` for "corpus", "spm", "records" (and "respoken",
-        "pool"), in order; each tool writes its marks only when it finished (and resumes where
-        it stopped).
+        `DataStep`s `(name, commands, completion marks)` for "corpus", "spm", "records" (and
+        "respoken", "pool"), in order; each tool writes its marks only when it finished (and
+        resumes where it stopped). Their `check`s refuse data made with other sizes, which the
+        marks do not tell apart: a corpus manifest of another preset or preset sizes
+        (`check_corpus`), records of the four splits with other than the preset's utterances,
+        `train-respoken` with other than `respoken` x train-labeled's, `train-pool` with other
+        than `pool` (`check_records`).
     """
     corpus = os.path.join(data_dir, "corpus", size)
     spm_prefix = os.path.join(data_dir, "spm", "spm")
@@ -131,13 +247,25 @@ def builtin_data_steps(
             "2",
         )
 
+    def check(want, asks, delete=()):
+        """A step's check of its records: `want(preset's utterances) -> {split: utterances}`."""
+
+        def run():
+            sizes = preset_utterances(size)
+            if sizes is None:  # no such preset: the corpus step refuses it
+                return None
+            return check_records(records, want(sizes), asks, delete)
+
+        return run
+
     steps = [
-        (
+        DataStep(
             "corpus",
             [tool("tools/make_corpus.py", "--size", size, "--jobs", "2", corpus)],
             (os.path.join(corpus, "manifest.json"),),
+            check=lambda: check_corpus(corpus, size),
         ),
-        (
+        DataStep(
             "spm",
             [
                 tool(
@@ -151,16 +279,17 @@ def builtin_data_steps(
             ],
             (spm_prefix + ".model",),
         ),
-        (
+        DataStep(
             "records",
             [prepare(split) for split in SPLITS],
             tuple(os.path.join(records, f"{s}.manifest.json") for s in SPLITS),
+            check=check(lambda sizes: sizes, f"--size {size}"),
         ),
     ]
     if respoken > 0:
         split = "train-respoken"
         steps.append(
-            (
+            DataStep(
                 "respoken",
                 [
                     tool(
@@ -176,6 +305,11 @@ def builtin_data_steps(
                     prepare(split),
                 ],
                 (os.path.join(records, f"{split}.manifest.json"),),
+                check=check(
+                    lambda sizes: {"train-respoken": respoken * sizes["train-labeled"]},
+                    f"--respoken {respoken}",
+                    (os.path.join(corpus, split),),
+                ),
             )
         )
     if pool > 0:
@@ -183,10 +317,13 @@ def builtin_data_steps(
         also = ("--respoken", str(respoken)) if respoken > 0 else ()
         make = ("--size", size, "--jobs", "2", "--pool", str(pool), *also, corpus)
         steps.append(
-            (
+            DataStep(
                 "pool",
                 [tool("tools/make_corpus.py", *make), prepare(split)],
                 (os.path.join(records, f"{split}.manifest.json"),),
+                check=check(
+                    lambda _: {"train-pool": pool}, f"--pool {pool}", (os.path.join(corpus, split),)
+                ),
             )
         )
     return steps

@@ -4,6 +4,9 @@
 A job counts as done when all its outputs exist and, unless it is unstamped (data preparation,
 whose tools mark their own completion), its stamp `OUT/stamps/<job>.json`, written after its
 commands succeeded with the job's wall time (earlier failed or interrupted attempts included).
+A done job whose `Job.check` says its outputs do not fit this run (data made with other sizes)
+is not skipped: it fails with that message, no command runs, and the jobs that need it are
+blocked, even those done already.
 A rerun skips done jobs and restarts the others (training resumes from its checkpoints,
 pseudo-labelling keeps its finished shards). A failed job does not stop the others; the jobs that
 depend on it are reported as blocked (`tfkd.study.jobs.in_sequence`: every later job).
@@ -163,6 +166,20 @@ class Scheduler:
         stamp_ok = not job.stamped or os.path.exists(self.stamp_path(job))
         return stamp_ok and all(os.path.exists(p) for p in job.outputs)
 
+    def misfit(self, job: Job) -> Failure | None:
+        """Why `job`'s outputs do not fit this run (`Job.check`), as a failure; None if they do."""
+        if job.check is None:
+            return None
+        try:
+            reason = job.check()
+        except Exception as e:  # a bad plan value must fail this job, not the study
+            return Failure(f"could not check its outputs: {e!r}", error=e)
+        return None if reason is None else Failure(reason)
+
+    def _log(self, job: Job, text: str) -> None:
+        with open(self.log_path(job), "a", encoding="utf-8") as f:
+            f.write(f"\n[{self.tag}] {text}\n")
+
     def job_env(self) -> dict[str, str]:
         """The commands' environment: the thread budget, and `cli.TF_ENVIRONMENT` (the BFC
         allocator, errors-only C++ logs) where the base environment does not say otherwise."""
@@ -183,7 +200,8 @@ class Scheduler:
     def run(
         self, jobs: Sequence[Job], tick=None, only: str | None = None, on_done=None
     ) -> dict[str, str]:
-        """Runs every job not done yet; returns `{job: "done"|"skipped"|"failed"|"blocked"}`.
+        """Runs every job not done yet; returns `{job: "done"|"skipped"|"failed"|"blocked"}`
+        (a done job whose outputs do not fit this run, `Job.check`, is "failed" without running).
         `tick()`, if given, is called about twice a second while jobs run (e.g. `WallClock`).
         `only`: run just that job, done or not, taking the jobs it depends on as done (`make demo
         --only STAGE`). `on_done(job)`, if given, is called when a job of this run has finished
@@ -202,9 +220,18 @@ class Scheduler:
                 raise ValueError(f"unknown job {only!r}")
             jobs = [dataclasses.replace(by_name[only], deps=(), always=True)]
         self.failures = {}
-        status = {j.name: "skipped" for j in jobs if self.done(j)}
-        for name in status:
-            self.say(name, "done already, skipped")
+        status = {}
+        for j in jobs:
+            if self.done(j):
+                failure = self.misfit(j)
+                status[j.name] = "skipped" if failure is None else "failed"
+                if failure is not None:
+                    self.failures[j.name] = failure
+                    self._log(j, f"its outputs exist but do not fit this run: {failure.reason}")
+        held = _block_done(jobs, status)
+        for name, outcome in status.items():
+            if outcome == "skipped":
+                self.say(name, "done already, skipped")
         pending = [j for j in jobs if j.name not in status]
         running: dict[str, _Running] = {}
         bar = tqdm.tqdm(
@@ -215,6 +242,11 @@ class Scheduler:
             file=sys.stdout,
             dynamic_ncols=True,
         )
+        if not self.echo:
+            for name, failure in self.failures.items():
+                bar.write(f"[{self.tag}] failed: {name} ({failure.reason})")
+            for name, failed in held.items():
+                bar.write(f"[{self.tag}] blocked: {name} (failed: {', '.join(failed)})")
         shown = None
         try:
             while pending or running:
@@ -267,6 +299,24 @@ class Scheduler:
                 r.stop()
             bar.close()
         return status
+
+
+def _block_done(jobs: Sequence[Job], status: dict[str, str]) -> dict[str, list[str]]:
+    """Done jobs ("skipped" in `status`) that need a failed or blocked one become "blocked";
+    returns them with the jobs they need that did not finish."""
+    held = {}
+    changed = True
+    while changed:
+        changed = False
+        for j in jobs:
+            if status.get(j.name) != "skipped":
+                continue
+            failed = [d for d in j.deps if status.get(d) in ("failed", "blocked")]
+            if failed:
+                status[j.name] = "blocked"
+                held[j.name] = failed
+                changed = True
+    return held
 
 
 class _Running:
@@ -356,6 +406,9 @@ class _Running:
             self._write(f"\n[{self.scheduler.tag}] finished without its outputs: {missing}\n")
             self.failure = Failure(f"finished without its outputs: {missing}")
             ok = False
+        elif ok and (misfit := self.scheduler.misfit(self.job)) is not None:
+            self._write(f"\n[{self.scheduler.tag}] finished, but does not fit: {misfit.reason}\n")
+            self.failure, ok = misfit, False
         self.log.close()
         if ok:
             stamp = {"job": self.job.name, "seconds": round(self.seconds(), 1)}
