@@ -463,6 +463,11 @@ class StudyPlan:
             deps += (f"teacher-{teacher}",)
         return deps
 
+    @staticmethod
+    def student_job_name(arm: str, method: Method, setting: str, seed: int) -> str:
+        """`student-<arm>-<method slug>-<setting>-s<seed>`."""
+        return f"student-{arm}-{method.slug}-{setting}-s{seed}"
+
     def _student_job(self, method, arm, teacher, noise, seed, setting, values, deps, info) -> Job:
         """`values`: tuned macros, a dict or a function called at start (after tuning)."""
         model_dir = self.student_dir(arm, method.slug, setting, seed)
@@ -474,7 +479,7 @@ class StudyPlan:
             return [argv, self._evaluate(model_dir)]
 
         return Job(
-            f"student-{arm}-{method.slug}-{setting}-s{seed}",
+            self.student_job_name(arm, method, setting, seed),
             commands,
             deps=deps,
             outputs=self._eval_outputs(model_dir),
@@ -538,13 +543,16 @@ class StudyPlan:
             if method.name == self.baseline_method:
                 continue
             grid = self.tuning.get(method.name)
-            tuning_jobs = ()
             source_jobs = ()
             if method.tuning_from is not None:
                 source = self.method(method.tuning_from)
                 source_jobs = tuple(
-                    f"student-teacher-{self.tuning_teacher}-{source.slug}-"
-                    f"{setting_name(values)}-s{self.seeds[0]}"
+                    self.student_job_name(
+                        f"teacher-{self.tuning_teacher}",
+                        source,
+                        setting_name(values),
+                        self.seeds[0],
+                    )
                     for values in grid_settings(self.tuning[method.tuning_from])
                 )
             tuning_jobs = source_jobs

@@ -31,7 +31,8 @@ SPLITS = ("dev", "test")
 EVAL_FILES = tuple(os.path.join("eval", f"{s}.json") for s in SPLITS)
 # tfkd.training.history.HISTORY_FILE (that module imports TensorFlow; the report does not).
 HISTORY_FILE = os.path.join("eval", "history.jsonl")
-MODEL_FILES = (*EVAL_FILES, "operative_config.gin", HISTORY_FILE)
+OPERATIVE_CONFIG = "operative_config.gin"
+MODEL_FILES = (*EVAL_FILES, OPERATIVE_CONFIG, HISTORY_FILE)
 MANIFEST = "manifest.json"
 MIRROR = "runs"
 MIRROR_STAMP = "stamp.json"
@@ -103,6 +104,11 @@ def mirror_job(plan: StudyPlan, job: Job, results_dir: str) -> list[str]:
     dst_dir = _mirrored(plan, mirror_root(results_dir), run_dir)
     pairs = [(os.path.join(run_dir, name), os.path.join(dst_dir, name)) for name in _job_files(job)]
     pairs.append((stamp_path(plan.out_dir, job.name), os.path.join(dst_dir, MIRROR_STAMP)))
+    return _copy_present(pairs)
+
+
+def _copy_present(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Copies each `(src, dst)` whose source exists (making dst's directory); returns the copies."""
     copied = []
     for src, dst in pairs:
         if os.path.exists(src):
@@ -120,14 +126,11 @@ def mirror_study(plan: StudyPlan, jobs: Sequence[Job], results_dir: str) -> list
         done = os.path.exists(stamp_path(plan.out_dir, job.name))
         if done and job.outputs and all(os.path.exists(p) for p in job.outputs):
             copied += mirror_job(plan, job, results_dir)
-    for name in (WALL_TIME, WALL_TIME_NOTE):
-        src = os.path.join(plan.out_dir, name)
-        if os.path.exists(src):
-            dst = os.path.join(mirror_root(results_dir), name)
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.copyfile(src, dst)
-            copied.append(dst)
-    return copied
+    names = (WALL_TIME, WALL_TIME_NOTE)
+    pairs = [
+        (os.path.join(plan.out_dir, n), os.path.join(mirror_root(results_dir), n)) for n in names
+    ]
+    return copied + _copy_present(pairs)
 
 
 def _source(plan: StudyPlan, mirror: str | None, run_dir: str, needed: Sequence[str]) -> str | None:
@@ -152,9 +155,9 @@ def _run_record(plan: StudyPlan, model_dir: str, mirror: str | None) -> dict | N
     copy = _mirrored(plan, mirror, model_dir)
     if copy is not None and not os.path.exists(os.path.join(copy, EVAL_FILES[0])):
         copy = None  # not mirrored (yet)
-    config = os.path.join(model_dir, "operative_config.gin")
-    if not os.path.exists(config) and copy and os.path.exists(os.path.join(copy, MODEL_FILES[2])):
-        config = os.path.join(copy, MODEL_FILES[2])
+    config = os.path.join(model_dir, OPERATIVE_CONFIG)
+    if not os.path.exists(config) and copy and os.path.exists(os.path.join(copy, OPERATIVE_CONFIG)):
+        config = os.path.join(copy, OPERATIVE_CONFIG)
     return {
         "dev_wer": evals["dev"]["wer"],
         "test_wer": evals["test"]["wer"],
