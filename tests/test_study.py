@@ -139,8 +139,15 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert bad.deps == medium.deps == good.deps == ("data-pool",)
     steps = {t: f"--gin_bindings=NUM_STEPS = {n}" for t, n in (("bad", 3000), ("medium", 6000))}
     assert steps["bad"] in bad.argv_lists()[0] and steps["medium"] in medium.argv_lists()[0]
-    assert "--gin_bindings=NUM_STEPS = 12000" in good.argv_lists()[0]
-    assert not any("file_pattern" in a for t in (bad, medium, good) for a in t.argv_lists()[0])
+    assert "--gin_bindings=NUM_STEPS = 20000" in good.argv_lists()[0]
+    assert not any("file_pattern" in a for t in (bad, medium) for a in t.argv_lists()[0])
+    # The good teacher also learns from train-unlabeled with its transcripts.
+    unlabeled = os.path.join(plan.data_dir, "records", "train-unlabeled-*.tfrecord")
+    want = (
+        "--gin_bindings=train_data/make_dataset.file_pattern = "
+        f"[%TRAIN_RECORDS, %RESPOKEN_RECORDS, '{unlabeled}']"
+    )
+    assert want in good.argv_lists()[0]
     assert "--gin_file=gin/study/teacher_recipe.gin" in good.argv_lists()[0]
     pl = jobs["pseudo-good-noise0.3"].argv_lists()[0]
     assert "--noise_rate=0.3" in pl and f"--teacher_dir={plan.teacher_dir('good')}" in pl
@@ -534,7 +541,8 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert "Partial" not in md
     assert "(data preparation is not counted). Teachers carried over from another run.\n" in md
     row = (
-        "| **good** (all labelled audio (15,000 utterances), 12k steps) | "
+        "| **good** (all labelled audio and train-unlabeled transcribed (19,000 utterances, "
+        "9,000 sentences), 20k steps) | "
         "[30.0 / 31.0](#runs-teacher-good) | 33.0 |"
     )
     assert row in md
