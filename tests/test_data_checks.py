@@ -233,3 +233,21 @@ def test_the_small_preset_refuses_a_smaller_pool(tmp_path):
         "20000 (--pool 20000); delete "
     )
     assert not ran.exists()
+
+
+def test_the_demo_says_to_delete_refused_data_not_to_rerun_the_stage(tmp_path):
+    data = str(tmp_path / "data")
+    _fake_data(data, respoken=2)
+    _write(f"{data}/records/train-respoken.manifest.json", {"num_utterances": 48})
+    jobs = jobs_lib.data_jobs(_steps(tmp_path, data, respoken=2), prefix="")
+    ctx = demo.Context(out=str(tmp_path / "out"), data=data, size="tiny")
+    with pytest.raises(demo.StageError) as err:
+        demo.run_stages(jobs, ctx)
+    assert str(err.value) == (
+        f"stage 'respoken' refused the data it found: {data}/records/train-respoken.manifest.json"
+        " has 48 utterances, but this run asks for 32 (--respoken 2); delete "
+        f"{data}/corpus/tiny/train-respoken and {data}/records/train-respoken* to rebuild it, or "
+        f"use another data directory\n  then rerun: python tools/run_demo.py --out {ctx.out} "
+        f"--data {data}"
+    )
+    assert "--only" not in str(err.value)

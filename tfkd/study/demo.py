@@ -302,6 +302,11 @@ def run_stages(
     for name, failure in runner.failures.items():  # at most one: the stages after it are blocked
         if failure.error is not None:
             raise failure.error
+        if failure.misfit:  # rerunning the stage alone would be refused again: delete first
+            raise StageError(
+                f"stage '{name}' refused the data it found: {failure.reason}\n"
+                f"  then rerun: python tools/run_demo.py --out {ctx.out} --data {ctx.data}"
+            )
         command = f" running: {' '.join(failure.argv)}" if failure.argv else ""
         raise StageError(
             f"stage '{name}' failed ({failure.reason}){command}\n"

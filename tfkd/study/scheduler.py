@@ -103,11 +103,14 @@ class Failure:
         reason: as written at the end of the job's log, e.g. "exit code 3".
         argv: the command that failed, if one did.
         error: what the job's `before` or `commands` raised, if they did.
+        misfit: the job did not run: its outputs exist but do not fit this run (`Job.check`);
+            `reason` says what to delete.
     """
 
     reason: str
     argv: list[str] | None = None
     error: Exception | None = None
+    misfit: bool = False
 
 
 class Scheduler:
@@ -174,7 +177,7 @@ class Scheduler:
             reason = job.check()
         except Exception as e:  # a bad plan value must fail this job, not the study
             return Failure(f"could not check its outputs: {e!r}", error=e)
-        return None if reason is None else Failure(reason)
+        return None if reason is None else Failure(reason, misfit=True)
 
     def _log(self, job: Job, text: str) -> None:
         with open(self.log_path(job), "a", encoding="utf-8") as f:
