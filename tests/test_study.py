@@ -40,6 +40,34 @@ def test_mean_ci95_uses_student_t():
         stats.relative_reduction(1.0, 0.0)
 
 
+def test_paired_difference_uses_the_seeds_both_have():
+    a = {0: 30.0, 1: 31.0, 2: 29.5, 3: 99.0}  # seed 3: not in b, left out
+    b = {0: 31.0, 1: 32.5, 2: 30.0}
+    diff = stats.paired_difference(a, b)
+    # d = [-1.0, -1.5, -0.5]: mean -1.0, s = 0.5, half-width t_{0.975,2} * s / sqrt(3)
+    assert diff == {"mean": -1.0, "ci95": pytest.approx(4.303 * 0.5 / math.sqrt(3)),
+                    "seeds": [0, 1, 2], "n": 3}  # fmt: skip
+    assert diff["ci95"] == pytest.approx(1.2422, abs=1e-4)
+    assert stats.paired_difference({1: 30.0, 2: 31.0}, {1: 32.5}) == {
+        "mean": -2.5, "ci95": None, "seeds": [1], "n": 1
+    }  # fmt: skip
+    assert stats.paired_difference({0: 30.0}, {1: 30.0}) is None
+    assert stats.paired_difference({}, {}) is None
+
+
+def test_paired_verdict_says_which_is_better_only_when_the_interval_excludes_zero():
+    def verdict(mean, ci95, n=3):
+        return stats.paired_verdict({"mean": mean, "ci95": ci95, "n": n}, "full-sum", "hard")
+
+    assert verdict(-1.0, 0.5) == "full-sum better"  # lower WER is better
+    assert verdict(1.0, 0.5) == "hard better"
+    assert verdict(-1.0, 1.2422) == "no separation"
+    assert verdict(-1.0, 1.0) == "no separation"  # touching 0 does not exclude it
+    assert verdict(-1.0, None, n=1) == "one seed: no interval"
+    assert stats.paired_verdict(None, "full-sum", "hard") == "no common seed"
+    assert stats.paired_verdict({"mean": -1.0, "ci95": 0.5, "n": 3}) == "A better"
+
+
 # ---- plan ------------------------------------------------------------------------------------
 
 
@@ -575,6 +603,108 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert rows["**medium**"][column] == rows["**good**"][column] == "not run"
     png = open(paths[2], "rb").read()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+
+
+# Test WER of the comparison study (`_comparison_study`) by cell and seed; dev is half of it.
+# Cells not named: 45 + (0, 1, -0.5)[seed].
+_COMPARED_TEST_WER = {
+    ("teacher-bad", "hard"): {0: 31.0, 1: 32.5, 2: 30.0},
+    ("teacher-bad", "full-sum"): {0: 30.0, 1: 31.0, 2: 29.5},
+    ("teacher-good", "hard"): {0: 41.0, 1: 42.2, 2: 40.3},
+    ("teacher-good", "full-sum"): {0: 40.0, 1: 41.0, 2: 39.5},
+    ("teacher-good", "full-sum disc."): {0: 42.0, 1: 43.5, 2: 41.0},
+    ("no-kd", "no-kd"): {0: 50.0, 1: 51.0, 2: 49.5},
+}
+# Cells evaluated for some seeds only (teacher-good / soft: for none).
+_COMPARED_SEEDS = {
+    ("teacher-good", "soft"): (),
+    ("noise-0.2", "hard"): (1,),
+    ("noise-0.2", "full-sum"): (0, 2),
+}
+
+
+def _comparison_study(tmp_path):
+    """The tiny preset with seeds 0-2 and the student evaluations of `_COMPARED_TEST_WER` (every
+    tuning setting ties, so the first is chosen); seed 2 of teacher-bad / hard collapsed."""
+    plan = load_preset(
+        "tiny", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"), seeds=(0, 1, 2)
+    )
+    jobs = plan.jobs()
+    for j in jobs:
+        info = j.info
+        if info.get("kind") != "student":
+            continue
+        cell, seed = (info["arm"], info["method"]), info["seed"]
+        if seed not in _COMPARED_SEEDS.get(cell, (seed,)):
+            continue
+        test = _COMPARED_TEST_WER.get(cell, {}).get(seed, 45.0 + (0.0, 1.0, -0.5)[seed])
+        distinct = 1 if (cell, seed) == (("teacher-bad", "hard"), 2) else 100
+        _fake_eval(info["model_dir"], test / 2, test, distinct)
+    return plan, jobs
+
+
+def test_report_compares_methods_paired_by_seed(tmp_path):
+    plan, jobs = _comparison_study(tmp_path)
+    result = json.loads(json.dumps(report.collect(plan, jobs)))  # as study.json holds it
+    found = [(c["arm"], c["a"], c["b"], c["kind"]) for c in result["comparisons"]]
+    # The claims in every arm that runs both methods (teachers in the plan's order, then noise),
+    # then every KD method against the no-KD baseline in each of its arms.
+    assert found[:10] == [
+        ("teacher-bad", "full-sum", "hard", "claim"),
+        ("teacher-good", "full-sum", "hard", "claim"),
+        ("noise-0.2", "full-sum", "hard", "claim"),
+        ("teacher-bad", "full-sum", "soft", "claim"),
+        ("teacher-good", "full-sum", "soft", "claim"),
+        ("teacher-bad", "full-sum disc.", "full-sum", "claim"),
+        ("teacher-good", "full-sum disc.", "full-sum", "claim"),
+        ("teacher-bad", "full-sum, other frame rate", "full-sum", "claim"),
+        ("teacher-good", "full-sum, other frame rate", "full-sum", "claim"),
+        ("teacher-bad", "full-sum + labelled", "full-sum", "claim"),  # the mixed arm: bad only
+    ]
+    assert [(arm, a) for arm, a, b, kind in found[10:]] == [
+        ("teacher-bad", "hard"), ("teacher-good", "hard"), ("noise-0.2", "hard"),
+        ("teacher-bad", "soft"), ("teacher-good", "soft"),
+        ("teacher-bad", "full-sum"), ("teacher-good", "full-sum"), ("noise-0.2", "full-sum"),
+        ("teacher-bad", "full-sum disc."), ("teacher-good", "full-sum disc."),
+        ("teacher-bad", "full-sum, other frame rate"),
+        ("teacher-good", "full-sum, other frame rate"),
+        ("teacher-bad", "full-sum + labelled"),
+    ]  # fmt: skip
+    assert {(b, kind) for arm, a, b, kind in found[10:]} == {("no-kd", "against baseline")}
+    bad = result["comparisons"][0]
+    # d = [-1.0, -1.5, -0.5] on test, half that on dev; seed 0 of full-sum is its tuning run.
+    assert bad["test"] == {"mean": -1.0, "ci95": pytest.approx(1.2422, abs=1e-4),
+                           "seeds": [0, 1, 2], "n": 3, "verdict": "no separation"}  # fmt: skip
+    assert bad["dev"]["mean"] == -0.5 and bad["dev"]["ci95"] == pytest.approx(0.6211, abs=1e-4)
+    assert bad["missing"] == [] and bad["collapsed_seeds"] == [2]
+    md = report.format_markdown(result, str(tmp_path / "results"), "cmd")
+    section = md.split("## Comparisons (paired by seed)\n")[1].split("\n## ")[0]
+    assert "A run's seed fixes its student's initial weights and the order" in section
+    rows = [line for line in section.split("\n") if line.startswith("| ")]
+    assert rows[0] == "| arm | A | B | test A − B | dev A − B | seeds | verdict (test) |"
+    assert rows[1:6] == [
+        "| teacher-bad | full-sum | hard | -1.0 ± 1.2 | -0.5 ± 0.6 | 0, 1, 2 | no separation "
+        "(seed 2 collapsed) |",
+        # d = [-1.0, -1.2, -0.8]: s = 0.2, half-width 0.50
+        "| teacher-good | full-sum | hard | -1.0 ± 0.5 | -0.5 ± 0.2 | 0, 1, 2 | full-sum better |",
+        # hard has seed 1 only, full-sum seeds 0 and 2
+        "| noise-0.2 | full-sum | hard | – | – | – | no common seed |",
+        # soft: 45 + (0, 1, -0.5), full-sum 15 points lower at every seed
+        "| teacher-bad | full-sum | soft | -15.0 ± 0.0 | -7.5 ± 0.0 | 0, 1, 2 | full-sum better |",
+        "| teacher-good | full-sum | soft | – | – | – | missing: soft |",
+    ]
+    for row in (
+        # the variant is worse: B better
+        "| teacher-good | full-sum disc. | full-sum | +2.0 ± 1.2 | +1.0 ± 0.6 | 0, 1, 2 | "
+        "full-sum better |",
+        "| noise-0.2 | hard | no-kd | -5.0 | -2.5 | 1 | one seed: no interval |",
+        "| noise-0.2 | full-sum | no-kd | -5.0 ± 0.0 | -2.5 ± 0.0 | 0, 2 | full-sum better |",
+    ):
+        assert row in rows
+    assert len(rows) == 1 + len(found)
+    # After the main table and its notes, before the noise arm's table.
+    assert md.index("- **full-sum + labelled**") < md.index("## Comparisons (paired by seed)")
+    assert md.index("## Comparisons (paired by seed)") < md.index("## Controlled label noise")
 
 
 # ---- committed results: the mirror, partial tables, convergence -------------------------------

@@ -44,6 +44,19 @@ WALL_TIME_NOTE = "wall_time.note"
 # A run has converged when its dev WER moved by at most this many points between its last two
 # periodic evaluations.
 CONVERGED_WITHIN = 1.0
+# The paper's claims, tested as paired comparisons (`comparisons`): `(A, B)` is A's WER minus B's,
+# seed by seed, in every arm (teacher or noise rate) where the plan trains both methods; a pair
+# with a method the plan lacks is left out. Every KD method is also compared with the no-KD
+# baseline in each of its arms (`AGAINST_BASELINE`).
+CLAIMS = (
+    ("full-sum", "hard"),  # the teacher's full-sum scores of its N-best teach more than its 1-best
+    ("full-sum", "soft"),  # ... and more than its collapsed lattice
+    ("full-sum disc.", "full-sum"),  # the discriminative term adds to the full-sum distance
+    ("full-sum, other frame rate", "full-sum"),  # full-sum KD costs little at another frame rate
+    ("full-sum + labelled", "full-sum"),  # mixing in ground truth makes up for a bad teacher
+)
+CLAIM = "claim"
+AGAINST_BASELINE = "against baseline"
 
 
 # ---- the mirror of finished jobs ----------------------------------------------------------------
@@ -281,6 +294,7 @@ def collect(
             if chosen.get(info["method"]) != info["tuning"]:
                 continue  # a value not chosen: reported with the tuning runs only
         cells.setdefault((info["arm"], info["method"]), []).append(record)
+    comparisons = _comparisons(plan, jobs, cells)
     baseline_runs = cells.pop(("no-kd", plan.baseline_method), [])
     baseline = _summary(baseline_runs)
     out_cells = []
@@ -321,6 +335,7 @@ def collect(
         ],
         "not_applicable": dict(plan.not_applicable),
         "cells": out_cells,
+        "comparisons": comparisons,
         "chosen_on_dev": {
             m: {"values": v, "teacher": plan.tuning_teacher, "seed": plan.seeds[0]}
             for m, v in chosen.items()
@@ -328,6 +343,66 @@ def collect(
         "tuning_runs": tuning_runs,
         "noise_labels": noise,
     }
+
+
+# ---- paired comparisons ------------------------------------------------------------------------
+
+
+def comparison_pairs(plan: StudyPlan) -> list[tuple[str, str, str]]:
+    """`(A, B, kind)` of every comparison of the plan: the `CLAIMS` whose methods it has, then
+    each KD method against its baseline method (`kind`: `CLAIM`, `AGAINST_BASELINE`)."""
+    names = {m.name for m in plan.methods}
+    pairs = [(a, b, CLAIM) for a, b in CLAIMS if a in names and b in names]
+    return pairs + [
+        (m.name, plan.baseline_method, AGAINST_BASELINE)
+        for m in plan.methods
+        if m.name != plan.baseline_method
+    ]
+
+
+def _student_arms(plan: StudyPlan, jobs: Sequence[Job]) -> tuple[list[str], set[tuple[str, str]]]:
+    """The KD arms of the student jobs (the teachers' in the plan's order, then the noise rates'
+    in increasing order) and every planned `(arm, method)` cell, the baseline's included."""
+    order, cells = {}, set()
+    for job in jobs:
+        info = job.info
+        if info.get("kind") == "student":
+            cells.add((info["arm"], info["method"]))
+            if info["teacher"] is not None:
+                teacher = [t.name for t in plan.teachers].index(info["teacher"])
+                order[info["arm"]] = (info["noise"] > 0, teacher, info["noise"])
+    return sorted(order, key=order.get), cells
+
+
+def _comparisons(
+    plan: StudyPlan, jobs: Sequence[Job], cells: Mapping[tuple[str, str], Sequence[dict]]
+) -> list[dict]:
+    """Every comparison of `comparison_pairs` in every arm where both cells are planned, in the
+    order of the pairs, then of the arms. `cells`: `(arm, method)` -> evaluated runs."""
+    arms, planned = _student_arms(plan, jobs)
+    out = []
+    for a, b, kind in comparison_pairs(plan):
+        for arm in arms:
+            b_cell = ("no-kd", b) if kind == AGAINST_BASELINE else (arm, b)
+            if (arm, a) in planned and b_cell in planned:
+                pair = paired_comparison(cells.get((arm, a), []), cells.get(b_cell, []), a, b)
+                out.append({"arm": arm, "a": a, "b": b, "kind": kind, **pair})
+    return out
+
+
+def paired_comparison(runs_a: Sequence[Mapping], runs_b: Sequence[Mapping], a: str, b: str) -> dict:
+    """A's WER minus B's over the seeds both cells have, per split (`stats.paired_difference`
+    with its `verdict`; None without a common seed); `missing`: the cells (`a`, `b`) with no
+    evaluated run; `collapsed_seeds`: the common seeds where either run collapsed."""
+    by_seed = [{r["seed"]: r for r in runs} for runs in (runs_a, runs_b)]
+    out = {"missing": [name for name, runs in ((a, runs_a), (b, runs_b)) if not runs]}
+    for split in SPLITS:
+        values = [{s: r[f"{split}_wer"] for s, r in runs.items()} for runs in by_seed]
+        diff = stats.paired_difference(*values)
+        out[split] = None if diff is None else {**diff, "verdict": stats.paired_verdict(diff, a, b)}
+    common = sorted(set(by_seed[0]) & set(by_seed[1]))
+    out["collapsed_seeds"] = [s for s in common if any(collapsed(r[s]) for r in by_seed)]
+    return out
 
 
 def _read_manifest(plan: StudyPlan, mirror: str | None, pseudo_dir: str) -> dict | None:
@@ -511,6 +586,8 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
     notes = [m for m in result["methods"] if m["note"]]
     if notes:
         lines += [""] + [f"- **{m['name']}**: {m['note']}" for m in notes]
+    if result.get("comparisons"):
+        lines += ["", *_comparisons_section(result["comparisons"])]
     noise_cells = [c for c in result["cells"] if c["arm"].startswith("noise-")]
     if noise_cells:
         lines += ["", "## Controlled label noise", ""]
@@ -630,6 +707,51 @@ def _partial_line(result: Mapping) -> str:
         "pseudo-label and student jobs with results in the study directory or in "
         f"`{MIRROR}/`). Missing: {'; '.join(shown)}{more}."
     )
+
+
+def _comparisons_section(comparisons: Sequence[Mapping]) -> list[str]:
+    """`## Comparisons (paired by seed)`: one row per comparison (`paired_comparison`)."""
+    lines = [
+        "## Comparisons (paired by seed)",
+        "",
+        "WER of method A minus WER of method B, in points: the mean over the seeds both have of "
+        "the per-seed difference ± the 95 % CI (t-interval) of that mean (negative: A is better). "
+        "A run's seed fixes its student's initial weights and the order in which it reads its "
+        "data, so two runs of one seed differ mostly in what they learn from; pairing them "
+        "removes the spread they share, which the intervals of the table above include (less "
+        "so against the baseline and for the other frame rate or mixed data, where the data or "
+        'the student differ). "A better" / "B better": the interval excludes 0; "no '
+        'separation": it does not.',
+        "",
+        "| arm | A | B | test A − B | dev A − B | seeds | verdict (test) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        test = c["test"] or {}
+        seeds = ", ".join(map(str, test.get("seeds", []))) or "–"
+        row = [c["arm"], c["a"], c["b"], _difference(c["test"]), _difference(c["dev"]), seeds]
+        lines.append("| " + " | ".join(row + [_comparison_verdict(c)]) + " |")
+    return lines
+
+
+def _difference(diff: Mapping | None) -> str:
+    """`-1.0 ± 1.2`, `-1.0` with one seed, `–` without a common seed."""
+    if diff is None:
+        return "–"
+    if diff["ci95"] is None:
+        return f"{diff['mean']:+.1f}"
+    return f"{diff['mean']:+.1f} ± {diff['ci95']:.1f}"
+
+
+def _comparison_verdict(comparison: Mapping) -> str:
+    """The test verdict, `missing: <method>` for a cell without runs, and the collapsed seeds."""
+    if comparison["missing"]:
+        return "missing: " + "; ".join(comparison["missing"])  # names may hold commas
+    text = stats.paired_verdict(comparison["test"], comparison["a"], comparison["b"])
+    seeds = comparison["collapsed_seeds"]
+    if seeds:
+        text += f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} collapsed)"
+    return text
 
 
 def _convergence_section(result: Mapping) -> list[str]:

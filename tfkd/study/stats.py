@@ -1,9 +1,10 @@
-"""Summary statistics of runs: mean, 95 % confidence interval, relative reduction, collapse."""
+"""Summary statistics of runs: mean, 95 % confidence interval, paired per-seed differences,
+relative reduction, collapse."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 # Two-sided 95 % quantiles t_{0.975, df} of Student's t distribution, df = 1..30 (standard table
 # values); beyond 30 the normal quantile is within 2 % and is used instead.
@@ -55,3 +56,40 @@ def collapsed(distinct: int | None, utterances: int | None) -> bool:
     `distinct_hypotheses`, `utterances`) are fewer than `COLLAPSED_BELOW` of them; False when
     either is unknown."""
     return distinct is not None and bool(utterances) and distinct < COLLAPSED_BELOW * utterances
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> dict | None:
+    """The mean per-seed difference `a[s] − b[s]` over the seeds both have, with its 95 %
+    t-interval (`mean_ci95` of the differences).
+
+    Pairing by seed removes what two runs of one seed share (for the study's students: the initial
+    weights and the order of the data) from the spread, so a consistent difference is detected
+    with fewer seeds than by comparing two independent means.
+
+    Args:
+        a, b: `{seed: value}` of two configurations (e.g. test WER of two methods).
+
+    Returns:
+        `{"mean", "ci95" (half-width; None with one common seed), "seeds" (sorted), "n"}`; None
+        when no seed is common.
+    """
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    mean, half = mean_ci95([a[s] - b[s] for s in seeds])
+    return {"mean": mean, "ci95": half, "seeds": seeds, "n": len(seeds)}
+
+
+def paired_verdict(diff: Mapping | None, a: str = "A", b: str = "B") -> str:
+    """What a `paired_difference` of error rates (lower is better) says: `"<a> better"` or
+    `"<b> better"` when its 95 % interval excludes 0, else `"no separation"`;
+    `"one seed: no interval"` with one common seed, `"no common seed"` for None."""
+    if diff is None:
+        return "no common seed"
+    if diff["ci95"] is None:
+        return "one seed: no interval"
+    if diff["mean"] + diff["ci95"] < 0:
+        return f"{a} better"
+    if diff["mean"] - diff["ci95"] > 0:
+        return f"{b} better"
+    return "no separation"
