@@ -1029,3 +1029,9 @@ def test_results_name_the_command_that_runs_the_study_not_the_report():
         "python tools/run_study.py --preset small --out runs/s "
         "'--gin_bindings=StudyPlan.seeds = (0,)'"
     )
+
+
+def test_a_difference_that_rounds_to_zero_has_no_sign_of_its_own():
+    assert report._difference({"mean": -0.04, "ci95": 0.5}) == "+0.0 ± 0.5"
+    assert report._difference({"mean": -1.26, "ci95": None}) == "-1.3"
+    assert report._difference(None) == "–"

@@ -738,9 +738,10 @@ def _difference(diff: Mapping | None) -> str:
     """`-1.0 ± 1.2`, `-1.0` with one seed, `–` without a common seed."""
     if diff is None:
         return "–"
+    mean = round(diff["mean"], 1) + 0.0  # + 0.0: "+0.0", never "-0.0"
     if diff["ci95"] is None:
-        return f"{diff['mean']:+.1f}"
-    return f"{diff['mean']:+.1f} ± {diff['ci95']:.1f}"
+        return f"{mean:+.1f}"
+    return f"{mean:+.1f} ± {diff['ci95']:.1f}"
 
 
 def _comparison_verdict(comparison: Mapping) -> str:
