@@ -775,7 +775,7 @@ def _numbers(result):
         (c["arm"], c["method"]): (c["dev"], c["test"], c["convergence"], c["num_runs"])
         for c in result["cells"]
     }
-    teachers = [(t["name"], t["dev_wer"], t["test_wer"], t["train_unlabeled_wer"]) for t in
+    teachers = [(t["name"], t["dev_wer"], t["test_wer"], t["pseudo_label_wer"]) for t in
                 result["teachers"]]  # fmt: skip
     keys = ("measured_seconds", "job_seconds", "jobs_done", "jobs_total", "partial")
     return (
@@ -966,7 +966,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     result = json.loads((results / "study.json").read_text())
     assert [t["name"] for t in result["teachers"]] == ["bad", "good"]
     for t in result["teachers"]:
-        assert 0.0 <= t["dev_wer"] and t["train_unlabeled_wer"] is not None
+        assert 0.0 <= t["dev_wer"] and t["pseudo_label_wer"] is not None
     methods = [m["name"] for m in result["methods"]]
     cells = {(c["arm"], c["method"]) for c in result["cells"]}
     every_teacher = {(f"teacher-{t}", m) for t in ("bad", "good") for m in methods}

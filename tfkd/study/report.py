@@ -274,7 +274,7 @@ def collect(
                 "num_steps": t.num_steps,
                 **record,
                 "convergence": convergence([record]) if record else None,
-                "train_unlabeled_wer": manifest.get("teacher_wer"),
+                "pseudo_label_wer": manifest.get("teacher_wer"),
                 "pseudo_label_utterances": manifest.get("utterances"),
             }
         )
@@ -565,7 +565,7 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
             "–"
             if "dev_wer" not in t
             else f"[{t['dev_wer']:.1f} / {t['test_wer']:.1f}]({runs_link})",
-            "–" if t.get("train_unlabeled_wer") is None else f"{t['train_unlabeled_wer']:.1f}",
+            "–" if t.get("pseudo_label_wer") is None else f"{t['pseudo_label_wer']:.1f}",
         ]
         for m in result["methods"]:
             if t["name"] not in m.get("teachers", [t["name"]]):
@@ -821,7 +821,7 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     teachers = {f"teacher-{t['name']}": t for t in result["teachers"]}
-    quality = {arm: t.get("train_unlabeled_wer") or t.get("dev_wer") for arm, t in teachers.items()}
+    quality = {arm: t.get("pseudo_label_wer") or t.get("dev_wer") for arm, t in teachers.items()}
     noise = {f"noise-{n['noise_rate']:g}": n for n in result["noise_labels"]}
     noise_wer = {arm: n.get("label_wer", n.get("teacher_wer")) for arm, n in noise.items()}
     panels = [
