@@ -208,7 +208,7 @@ def test_steps_unpack_and_compare_as_before_and_every_caller_checks(tmp_path):
     # make demo: its data stages are checked.
     ctx = demo.Context(out=str(tmp_path / "out"), data="/d", size="tiny")
     checked = [j.name for j in demo.demo_jobs(ctx) if j.check is not None]
-    assert checked == ["corpus", "records", "respoken"]
+    assert checked == ["corpus", "spm", "records", "respoken"]
 
 
 def test_the_small_preset_refuses_a_smaller_pool(tmp_path):
@@ -251,3 +251,44 @@ def test_the_demo_says_to_delete_refused_data_not_to_rerun_the_stage(tmp_path):
         f"--data {data}"
     )
     assert "--only" not in str(err.value)
+
+
+def _spm_manifest(data, input_dir, vocab_size=32):
+    _write(f"{data}/spm/spm.json", {"input": input_dir, "vocab_size": vocab_size, "pieces": 30})
+
+
+def test_a_sentencepiece_model_of_another_corpus_or_size_is_refused(tmp_path):
+    data = str(tmp_path / "data")
+    _fake_data(data)
+    jobs = jobs_lib.data_jobs(_steps(tmp_path, data))
+    spm = {j.name: j for j in jobs}["data-spm"]
+    assert spm.check() is None  # no manifest (a model made before manifests): nothing to compare
+    # Trained on this corpus with this size: fits, also in a data directory moved since.
+    _spm_manifest(data, "/elsewhere/data/corpus/tiny/train-labeled")
+    assert spm.check() is None
+    fix = (
+        f"delete {data}/spm/spm.* and {data}/records/* to rebuild them, or use another data "
+        "directory"
+    )
+    _spm_manifest(data, "/elsewhere/data/corpus/small/train-labeled")
+    runner, status, ran = _run(tmp_path, jobs)
+    assert (status["data-spm"], status["data-records"], status["after"]) == (
+        "failed",
+        "blocked",
+        "blocked",
+    )
+    assert runner.failures["data-spm"].reason == (
+        f"{data}/spm/spm.json: the SentencePiece model was trained on "
+        "/elsewhere/data/corpus/small/train-labeled, but this run asks for "
+        f"{data}/corpus/tiny/train-labeled; {fix}"
+    )
+    assert not ran.exists()
+    _spm_manifest(data, f"{data}/corpus/tiny/train-labeled", vocab_size=1024)
+    assert spm.check() == (
+        f"{data}/spm/spm.json: the SentencePiece model was trained with --vocab_size 1024, but "
+        f"this run asks for 32; {fix}"
+    )
+    with open(f"{data}/spm/spm.json", "w") as f:
+        f.write("{not json")
+    assert spm.check().startswith(f"{data}/spm/spm.json cannot be read (")
+    assert spm.check().endswith(fix)

@@ -307,6 +307,18 @@ def test_train_spm_cli_on_librispeech_layout(corpus, tmp_path, capsys):
     # Lower-cased like the records; the empty transcript line is not a sentence.
     assert tok.decode(tok.encode("the wrong rate")) == "the wrong rate"
     assert f"{tok.vocab_size} ids (0 = blank) from 11 sentences" in capsys.readouterr().out
+    # What it was trained on, for the study's data check (tfkd.study.jobs.check_spm).
+    with open(prefix + ".json") as f:
+        manifest = json.load(f)
+    assert manifest == {
+        "input": os.path.abspath(corpus),
+        "sentences": 11,
+        "vocab_size": 30,
+        "model_type": "unigram",
+        "character_coverage": 1.0,
+        "pieces": tok.vocab_size,
+        "model_sha256": tokenizer.file_sha256(prefix + ".model"),
+    }
 
 
 def test_prepare_cli_in_process(corpus, tmp_path, capsys):

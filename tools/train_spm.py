@@ -5,7 +5,9 @@
 
 INPUT is a LibriSpeech-layout directory (its *.trans.txt are read) or a text file with one
 sentence per line. Text is lower-cased as in the TFRecords. Tiny corpora may yield fewer pieces
-than asked for (no hard limit); the actual size is printed.
+than asked for (no hard limit); the actual size is printed. PREFIX.json records what the model was
+trained on (INPUT, sentences, the options, the pieces), so that a data directory's model can be
+checked against the corpus a run asks for (`tfkd.study.jobs.check_spm`).
 """
 
 import argparse
@@ -56,6 +58,18 @@ def main(argv=None) -> int:
         # under --hard_vocab_limit) are RuntimeErrors; its message names the option.
         raise cli.UsageError(f"SentencePiece: {e}") from e
     tok = tokenizer.Tokenizer(path)
+    from tfkd.data import shard_writer
+
+    manifest = {
+        "input": os.path.abspath(args.input),
+        "sentences": len(texts),
+        "vocab_size": args.vocab_size,
+        "model_type": args.model_type,
+        "character_coverage": args.character_coverage,
+        "pieces": tok.vocab_size,
+        "model_sha256": tokenizer.file_sha256(path),
+    }
+    shard_writer.write_json_atomic(args.output_prefix + ".json", manifest)
     print(
         f"{path}: {args.model_type}, {tok.vocab_size} ids (0 = blank) from {len(texts)} sentences"
     )

@@ -203,6 +203,38 @@ def check_corpus(corpus: str, size: str) -> str | None:
     return None
 
 
+def check_spm(spm_prefix: str, corpus: str, vocab_size: int, records: str) -> str | None:
+    """Whether the SentencePiece model `spm_prefix.model` was trained on `corpus`/train-labeled
+    with `vocab_size` (its `spm_prefix.json`, written by `tools/train_spm.py`); None when it was
+    or when there is no such manifest (a model made before manifests: nothing to compare), else
+    one line saying what differs and what to delete (the model, and the records, whose token ids
+    it made)."""
+    path = spm_prefix + ".json"
+    if not os.path.exists(path):
+        return None
+    manifest, problem = _read_manifest(path)
+    fix = (
+        f"delete {_and([spm_prefix + '.*', os.path.join(records, '*')])} to rebuild them, or use "
+        "another data directory"
+    )
+    if problem is not None:
+        return f"{problem}; {fix}"
+    want = os.path.join(corpus, "train-labeled")
+    made_from = str(manifest.get("input", ""))
+    # The last three components (corpus/<size>/train-labeled): a moved data directory still fits.
+    if made_from.split(os.sep)[-3:] != os.path.abspath(want).split(os.sep)[-3:]:
+        return (
+            f"{path}: the SentencePiece model was trained on {made_from}, but this run asks for "
+            f"{want}; {fix}"
+        )
+    if manifest.get("vocab_size") != vocab_size:
+        return (
+            f"{path}: the SentencePiece model was trained with --vocab_size "
+            f"{manifest.get('vocab_size')}, but this run asks for {vocab_size}; {fix}"
+        )
+    return None
+
+
 def builtin_data_steps(
     tool, data_dir: str, size: str, vocab_size: int, respoken: int = 0, pool: int = 0
 ) -> list[tuple]:
@@ -228,7 +260,8 @@ def builtin_data_steps(
         "respoken", "pool"), in order; each tool writes its marks only when it finished (and
         resumes where it stopped). Their `check`s refuse data made with other sizes, which the
         marks do not tell apart: a corpus manifest of another preset or preset sizes
-        (`check_corpus`), records of the four splits with other than the preset's utterances,
+        (`check_corpus`), a SentencePiece model of another corpus or size (`check_spm`), records
+        of the four splits with other than the preset's utterances,
         `train-respoken` with other than `respoken` x train-labeled's, `train-pool` with other
         than `pool` (`check_records`).
     """
@@ -278,6 +311,7 @@ def builtin_data_steps(
                 )
             ],
             (spm_prefix + ".model",),
+            check=lambda: check_spm(spm_prefix, corpus, vocab_size, records),
         ),
         DataStep(
             "records",
