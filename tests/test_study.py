@@ -68,6 +68,25 @@ def test_paired_verdict_says_which_is_better_only_when_the_interval_excludes_zer
     assert stats.paired_verdict({"mean": -1.0, "ci95": 0.5, "n": 3}) == "A better"
 
 
+def test_seeds_for_half_width_is_the_fewest_seeds_within_the_target():
+    # sd 1, target 1.5: n = 3 gives 4.303 / 1.732 = 2.48, n = 4 3.182 / 2 = 1.59, n = 5
+    # 2.776 / 2.236 = 1.24.
+    assert stats.seeds_for_half_width(1.0, 1.5) == 5
+    # sd 2: n = 9 gives 2.306 * 2 / 3 = 1.54, n = 10 2.262 * 2 / 3.162 = 1.43.
+    assert stats.seeds_for_half_width(2.0, 1.5) == 10
+    # sd 2.5, target 1: n = 26 gives 2.060 * 2.5 / 5.099 = 1.010, n = 27 2.056 * 2.5 / 5.196
+    # = 0.989.
+    assert stats.seeds_for_half_width(2.5, 1.0) == 27
+    assert stats.seeds_for_half_width(0.0, 1.5) == 2  # no spread: the fewest with an interval
+    assert stats.seeds_for_half_width(1.0, 1.5, max_seeds=4) is None
+    assert stats.seeds_for_half_width(1.0, 0.1) is None  # n = 30: 2.045 / 5.477 = 0.37
+    with pytest.raises(ValueError, match="target > 0"):
+        stats.seeds_for_half_width(1.0, 0.0)
+    assert stats.sample_sd([40.0, 42.0, 41.0]) == 1.0
+    assert stats.sample_sd([30.0, 32.0, 31.0, 33.0]) == pytest.approx(math.sqrt(5 / 3))
+    assert stats.sample_sd([41.0]) is None and stats.sample_sd([]) is None
+
+
 # ---- plan ------------------------------------------------------------------------------------
 
 
@@ -349,6 +368,66 @@ def test_invalid_plans_are_clear_errors(clean_gin, binding, message):
     config.parse_gin([plan_lib.preset_path("small")], [binding])
     with pytest.raises(ValueError, match=message):
         gin.get_configurable("StudyPlan")()
+
+
+EXTRA_SEEDS = {"teacher-bad/hard": (3, 4), "no-kd/no-kd": (3,), "teacher-bad/full-sum": (5,)}
+
+
+def test_extra_seeds_add_runs_to_their_cells_after_every_other_job(tmp_path):
+    dirs = {"out_dir": str(tmp_path / "out"), "data_dir": str(tmp_path / "data")}
+    plain = load_preset("tiny", seeds=(0, 1, 2), **dirs)
+    plan = load_preset("tiny", seeds=(0, 1, 2), extra_seeds=EXTRA_SEEDS, **dirs)
+    jobs = {j.name: j for j in plan.jobs()}
+    plain_names = [j.name for j in plain.jobs()]
+    # Seed-major among the extra seeds too, the plan's cell order within a seed.
+    assert list(jobs) == plain_names + [
+        "student-no-kd-no-kd-default-s3",
+        "student-teacher-bad-hard-default-s3",
+        "student-teacher-bad-hard-default-s4",
+        "student-teacher-bad-full-sum-tuned-s5",
+    ]
+    hard = jobs["student-teacher-bad-hard-default-s4"]
+    assert hard.info["model_dir"] == str(tmp_path / "out/students/teacher-bad/hard/default/s4")
+    assert hard.deps == jobs["student-teacher-bad-hard-default-s1"].deps == ("pseudo-bad",)
+    train, evaluate = hard.argv_lists()
+    assert "--gin_bindings=train.seed = 4" in train
+    assert f"--model_dir={hard.info['model_dir']}" in train and evaluate[1].endswith("bin/evaluate")
+    assert train == [
+        a.replace("train.seed = 1", "train.seed = 4").replace("/s1", "/s4")
+        for a in jobs["student-teacher-bad-hard-default-s1"].argv_lists()[0]
+    ]
+    # A tuned method's extra seeds wait for its tuning runs, like its other seeds.
+    full_sum = jobs["student-teacher-bad-full-sum-tuned-s5"]
+    assert full_sum.deps == jobs["student-teacher-bad-full-sum-tuned-s1"].deps
+    assert full_sum.info["setting"] == "tuned" and "tuning" not in full_sum.info
+    assert plan.cell_seeds("teacher-bad", "hard") == (0, 1, 2, 3, 4)
+    assert plan.cell_seeds("teacher-good", "hard") == (0, 1, 2)
+
+
+def test_extra_seeds_name_a_cell_and_new_seeds(clean_gin):
+    config.parse_gin([plan_lib.preset_path("tiny")], ["StudyPlan.seeds = (0, 1, 2)"])
+    cells = [
+        "no-kd/no-kd", "teacher-bad/hard", "teacher-good/hard", "noise-0.2/hard",
+        "teacher-bad/soft", "teacher-good/soft", "teacher-bad/full-sum", "teacher-good/full-sum",
+        "noise-0.2/full-sum", "teacher-bad/full-sum disc.", "teacher-good/full-sum disc.",
+        "teacher-bad/full-sum, other frame rate", "teacher-good/full-sum, other frame rate",
+        "teacher-bad/full-sum + labelled",
+    ]  # fmt: skip
+    plan = gin.get_configurable("StudyPlan")()
+    assert plan.cell_keys() == cells
+    for extra, message in (
+        ({"teacher-good/full-sum + labelled": (3,)},
+         f"invalid study plan: extra_seeds 'teacher-good/full-sum + labelled': no such cell "
+         f"(cells: {cells})"),
+        ({"teacher-bad/hard": (2, 3)},
+         "invalid study plan: extra_seeds 'teacher-bad/hard': seeds [2] are in seeds (0, 1, 2) "
+         "already; extra seeds must be others"),
+        ({"no-kd/no-kd": (4, 4)},
+         "invalid study plan: extra_seeds 'no-kd/no-kd': seeds repeat: (4, 4)"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError) as err:
+            dataclasses.replace(plan, extra_seeds=extra)
+        assert str(err.value) == message
 
 
 # ---- scheduler -------------------------------------------------------------------------------
@@ -705,6 +784,110 @@ def test_report_compares_methods_paired_by_seed(tmp_path):
     # After the main table and its notes, before the noise arm's table.
     assert md.index("- **full-sum + labelled**") < md.index("## Comparisons (paired by seed)")
     assert md.index("## Comparisons (paired by seed)") < md.index("## Controlled label noise")
+
+
+def _precision_study(tmp_path, test_wer, seeds=None, extra_seeds=None):
+    """The tiny preset with seeds 0-2 (and `extra_seeds`), each student's test WER from
+    `test_wer` by cell and seed, else 45 + (0, 0.5, -0.5)[seed] (sd 0.5: a 95 % half-width of
+    4.303 * 0.5 / sqrt(3) = 1.24 points); `seeds`: the seeds evaluated in some cells."""
+    plan = load_preset(
+        "tiny",
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(tmp_path / "data"),
+        seeds=(0, 1, 2),
+        extra_seeds=extra_seeds or {},
+    )
+    jobs = plan.jobs()
+    for info in (j.info for j in jobs if j.info.get("kind") == "student"):
+        cell, seed = (info["arm"], info["method"]), info["seed"]
+        if seed in (seeds or {}).get(cell, (seed,)):
+            test = test_wer[cell][seed] if cell in test_wer else 45.0 + (0.0, 0.5, -0.5)[seed]
+            _fake_eval(info["model_dir"], test, test)
+    return plan, jobs
+
+
+def _precision_rows(md):
+    section = md.split("## Precision\n")[1].split("\n## ")[0]
+    return section, [line for line in section.split("\n") if line.startswith("| ")]
+
+
+def test_report_names_the_cells_short_of_the_precision_target(tmp_path, clean_gin):
+    test_wer = {
+        # sd sqrt(5/3) = 1.29, half-width 3.182 * 1.29 / 2 = 2.05; 6 seeds: 2.571 * 1.29 / 2.449
+        # = 1.36 (5: 1.60). Seed 3 is an extra seed.
+        ("teacher-bad", "hard"): {0: 30.0, 1: 32.0, 2: 31.0, 3: 33.0},
+        # sd 1, half-width 2.48: 5 seeds (1.24; 4: 1.59)
+        ("teacher-good", "full-sum"): {0: 40.0, 1: 42.0, 2: 41.0},
+        # sd 5: even 30 seeds give 2.045 * 5 / 5.477 = 1.87
+        ("no-kd", "no-kd"): {0: 50.0, 1: 60.0, 2: 55.0},
+        # sd 1.41 (seed 2 not evaluated), 6 seeds: 2.571 * 1.414 / 2.449 = 1.48 (5: 1.76)
+        ("noise-0.2", "hard"): {0: 60.0, 1: 62.0},
+    }
+    seeds = {("teacher-good", "soft"): (0,), ("noise-0.2", "hard"): (0, 1)}
+    extra = {"teacher-bad/hard": (3,)}
+    plan, jobs = _precision_study(tmp_path, test_wer, seeds, extra)
+    result = json.loads(json.dumps(report.collect(plan, jobs)))  # as study.json holds it
+    cells = {(c["arm"], c["method"]): c for c in result["cells"]}
+    assert cells[("teacher-bad", "hard")]["test"]["values"] == [30.0, 32.0, 31.0, 33.0]
+    assert cells[("teacher-good", "full-sum")]["precision"] == {
+        "cell": "teacher-good/full-sum", "meets_target": False, "main_grid": True,
+        "seeds": [0, 1, 2], "planned": [0, 1, 2], "sd": 1.0, "seeds_needed": 5,
+        "extra_seeds": [3, 4],
+    }  # fmt: skip
+    assert cells[("teacher-good", "hard")]["precision"] == {
+        "cell": "teacher-good/hard", "meets_target": True, "main_grid": True,
+        "seeds": [0, 1, 2], "planned": [0, 1, 2],
+    }  # fmt: skip
+    assert result["baseline"]["precision"]["seeds_needed"] is None
+    assert cells[("noise-0.2", "full-sum")]["precision"]["main_grid"] is False
+    md = report.format_markdown(result, str(tmp_path / "results"), "cmd")
+    assert (
+        "over seeds [0, 1, 2] (more in some cells, `StudyPlan.extra_seeds`: teacher-bad/hard 3)"
+        in md
+    )
+    section, rows = _precision_rows(md)
+    assert (
+        "Main grid (the no-KD baseline and the teachers' arms): 8 of 12 cells meet it; other "
+        "arms: 1 of 2." in section
+    )
+    assert rows == [
+        "| arm | method | seeds run | test WER | sd | seeds needed | line for the preset |",
+        "| no-kd | no-kd | 3 of 3 | 55.0 ± 12.4 | 5.00 | > 30 | – |",
+        "| teacher-bad | hard | 4 of 4 | 31.5 ± 2.1 | 1.29 | 6 | "
+        "`StudyPlan.extra_seeds = {'teacher-bad/hard': (3, 4, 5)}` |",
+        "| teacher-good | full-sum | 3 of 3 | 41.0 ± 2.5 | 1.00 | 5 | "
+        "`StudyPlan.extra_seeds = {'teacher-bad/hard': (3,), 'teacher-good/full-sum': (3, 4)}` |",
+        "| teacher-good | soft | 1 of 3 | 45.0 | – | >= 3 (no sd below 2 seeds) | "
+        "– (planned seeds 1, 2 not evaluated yet) |",
+        "| noise-0.2 (noise arm) | hard | 2 of 3 | 61.0 ± 12.7 | 1.41 | 6 | "
+        "`StudyPlan.extra_seeds = {'teacher-bad/hard': (3,), 'noise-0.2/hard': (3, 4, 5)}` |",
+    ]
+    combined = (
+        "StudyPlan.extra_seeds = {'teacher-bad/hard': (3, 4, 5), 'teacher-good/full-sum': (3, 4), "
+        "'noise-0.2/hard': (3, 4, 5)}"
+    )
+    assert section.rstrip().endswith(f"All of them in one binding: `{combined}`")
+    # After the comparisons, before the noise arm's table.
+    assert md.index("## Comparisons (paired by seed)") < md.index("## Precision")
+    assert md.index("## Precision") < md.index("## Controlled label noise")
+    # The line is a binding the preset takes: those cells get the seeds.
+    config.parse_gin([plan_lib.preset_path("tiny")], ["StudyPlan.seeds = (0, 1, 2)", combined])
+    more = gin.get_configurable("StudyPlan")()
+    assert more.extra_seeds["teacher-good/full-sum"] == (3, 4)
+    assert more.cell_seeds("teacher-bad", "hard") == (0, 1, 2, 3, 4, 5)
+    assert "student-noise-0.2-hard-default-s5" in [j.name for j in more.jobs()]
+
+
+def test_report_says_in_one_line_when_every_cell_meets_the_precision_target(tmp_path):
+    plan, jobs = _precision_study(tmp_path, {})
+    result = report.collect(plan, jobs)
+    assert all(c["precision"]["meets_target"] for c in (result["baseline"], *result["cells"]))
+    section, rows = _precision_rows(report.format_markdown(result, str(tmp_path), "cmd"))
+    assert rows == []
+    assert section.strip() == (
+        "Every cell (14, the baseline included) meets the target: at least 3 seeds and a 95 % "
+        "interval of the test WER mean within ±1.5 points (`report.CI_TARGET`)."
+    )
 
 
 # ---- committed results: the mirror, partial tables, convergence -------------------------------

@@ -14,7 +14,8 @@ Layout under the study directory OUT (and the scheduler's logs/ and stamps/):
 
 Arms: `teacher-<name>` (the main grid), `noise-<rate>` (the controlled label-noise arm:
 the noise teacher's pseudo-labels corrupted at that word-piece error rate and rescored by it),
-and `no-kd` (the baseline, trained on ground truth only).
+and `no-kd` (the baseline, trained on ground truth only). A cell is an arm and a method,
+`<arm>/<method>` (`cell_key`); every cell trains `seeds`, and those of `extra_seeds` more.
 
 Hyper-parameters chosen on dev (`tuning`): for each tuned method, every value of its grid is
 trained on the `tuning_teacher` with the first seed; the value with the lowest dev WER (among the
@@ -35,6 +36,8 @@ from tfkd.study import stats
 from tfkd.study.jobs import Job, builtin_data_steps, copy_checkpoint, data_jobs, read_json
 
 NEEDS = ("pseudo", "soft-targets", "online", "none")
+# The arm of the no-KD baseline (teacher-independent).
+BASELINE_ARM = "no-kd"
 # The study presets (gin files binding `StudyPlan`, with the methods they share), relative to the
 # repository root: the paper's wing, apart from the per-run overlays of gin/study/.
 PRESET_DIR = "gin/papers/fullsum_kd_icassp2023"
@@ -76,6 +79,16 @@ class Method:
     def slug(self) -> str:
         """The name in paths and job names: lower case, runs of other characters as `-`."""
         return slugify(self.name)
+
+
+def cell_key(arm: str, method: str) -> str:
+    """`"teacher-bad/hard"`: a cell's key in `StudyPlan.extra_seeds`."""
+    return f"{arm}/{method}"
+
+
+def arm_name(teacher: str, noise: float) -> str:
+    """`teacher-<teacher>`, or `noise-<rate>` for the noise teacher's corrupted labels."""
+    return f"teacher-{teacher}" if not noise else f"noise-{noise:g}"
 
 
 def slugify(text: str) -> str:
@@ -158,6 +171,10 @@ class StudyPlan:
         not_applicable: `{column: why}`: columns shown as n/a in every row (e.g. soft KD with
             a student at another frame rate, which `SoftDistillationTrainer` refuses).
         seeds: training seeds of every student configuration.
+        extra_seeds: `{"<arm>/<method>": (seed, ...)}`: more seeds for the cells that need them
+            (the report's Precision section names them), e.g. `{'teacher-bad/hard': (3, 4)}`;
+            the baseline's key is `no-kd/<baseline_method>`. Their runs come after every run
+            of `seeds`.
         student_bindings: gin bindings of every student run (e.g. steps).
         tuning: `{method: {MACRO: [values]}}` grids chosen on dev WER (see module docstring).
         tuning_teacher: the teacher whose students are tuned.
@@ -185,6 +202,7 @@ class StudyPlan:
     baseline_method: str = "no-kd"
     not_applicable: Mapping[str, str] = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1, 2)
+    extra_seeds: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)
     student_bindings: tuple[str, ...] = ()
     tuning: Mapping[str, Mapping[str, Sequence]] = dataclasses.field(default_factory=dict)
     tuning_teacher: str | None = None
@@ -203,6 +221,9 @@ class StudyPlan:
         self.teachers = _as_teachers(self.teachers)
         self.methods = _as_methods(self.methods)
         self.seeds = tuple(int(s) for s in self.seeds)
+        self.extra_seeds = {
+            str(k): tuple(int(s) for s in v) for k, v in dict(self.extra_seeds).items()
+        }
         names = [t.name for t in self.teachers]
         methods = {m.name: m for m in self.methods}
         problems = []
@@ -251,8 +272,48 @@ class StudyPlan:
             problems.append("respoken and pool need the built-in corpus (corpus_size)")
         if self.respoken < 0 or self.pool < 0:
             problems.append(f"respoken and pool must be >= 0, got {self.respoken}, {self.pool}")
+        problems += self._extra_seeds_problems()
         if problems:
             raise ValueError("invalid study plan: " + "; ".join(problems))
+
+    def _extra_seeds_problems(self) -> list[str]:
+        """Keys of `extra_seeds` that name no cell, and seeds that `seeds` has or that repeat."""
+        cells = self.cell_keys()
+        problems = []
+        for key, seeds in self.extra_seeds.items():
+            if key not in cells:
+                problems.append(f"extra_seeds {key!r}: no such cell (cells: {cells})")
+            taken = sorted(set(seeds) & set(self.seeds))
+            if taken:
+                problems.append(
+                    f"extra_seeds {key!r}: seeds {taken} are in seeds {self.seeds} already; "
+                    "extra seeds must be others"
+                )
+            if len(set(seeds)) != len(seeds):
+                problems.append(f"extra_seeds {key!r}: seeds repeat: {seeds}")
+        return problems
+
+    # ---- cells ---------------------------------------------------------------------------------
+
+    def arms_of(self, method: Method) -> list[tuple[str, float]]:
+        """`(teacher, noise rate)` of every arm whose students use the KD method `method`
+        (rate 0: the teacher's own pseudo-labels)."""
+        arms = [(t, 0.0) for t in self.teachers_of(method)]
+        if method.name in self.noise_methods:
+            arms += [(self.noise_teacher, r) for r in self.noise_rates]
+        return arms
+
+    def cell_keys(self) -> list[str]:
+        """`<arm>/<method>` of every student cell, the baseline's first."""
+        keys = [cell_key(BASELINE_ARM, self.baseline_method)]
+        for m in self.methods:
+            if m.name != self.baseline_method:
+                keys += [cell_key(arm_name(t, r), m.name) for t, r in self.arms_of(m)]
+        return keys
+
+    def cell_seeds(self, arm: str, method: str) -> tuple[int, ...]:
+        """The seeds a cell trains: `seeds`, then its `extra_seeds`."""
+        return self.seeds + self.extra_seeds.get(cell_key(arm, method), ())
 
     # ---- paths ---------------------------------------------------------------------------------
 
@@ -533,10 +594,10 @@ class StudyPlan:
     def student_jobs(self) -> list[Job]:
         jobs = []
         base = self.method(self.baseline_method)
-        for seed in self.seeds:
+        for seed in self.cell_seeds(BASELINE_ARM, base.name):
             jobs.append(
                 self._student_job(
-                    base, "no-kd", None, 0.0, seed, "default", {}, self._data_deps(), {}
+                    base, BASELINE_ARM, None, 0.0, seed, "default", {}, self._data_deps(), {}
                 )
             )
         for method in self.methods:
@@ -572,12 +633,9 @@ class StudyPlan:
                     )
                     jobs.append(job)
                     tuning_jobs += (job.name,)
-            arms = [(t, 0.0) for t in self.teachers_of(method)]
-            if method.name in self.noise_methods:
-                arms += [(self.noise_teacher, r) for r in self.noise_rates]
-            for teacher, noise in arms:
-                arm = f"teacher-{teacher}" if not noise else f"noise-{noise:g}"
-                for seed in self.seeds:
+            for teacher, noise in self.arms_of(method):
+                arm = arm_name(teacher, noise)
+                for seed in self.cell_seeds(arm, method.name):
                     if grid and arm == f"teacher-{self.tuning_teacher}" and seed == self.seeds[0]:
                         continue  # the tuning run of the chosen value is this run
                     jobs.append(
@@ -595,7 +653,12 @@ class StudyPlan:
                     )
         # Seed-major order (stable, so tuning runs stay before the runs that read them): a study
         # stopped early has every cell of the first seed rather than a few cells of every seed.
-        return sorted(jobs, key=lambda job: self.seeds.index(job.info["seed"]))
+        # The cells' extra seeds come after every run of `seeds`.
+        return sorted(jobs, key=self._seed_order)
+
+    def _seed_order(self, job: Job) -> tuple[int, int]:
+        seed = job.info["seed"]
+        return (0, self.seeds.index(seed)) if seed in self.seeds else (1, seed)
 
     def jobs(self) -> list[Job]:
         """Every job of the study, dependencies before dependants."""

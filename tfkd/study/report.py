@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 
 from tfkd.study import stats
 from tfkd.study.jobs import Job, read_json, stamp_path
-from tfkd.study.plan import StudyPlan, setting_name
+from tfkd.study.plan import BASELINE_ARM, StudyPlan, cell_key, setting_name
 
 SPLITS = ("dev", "test")
 EVAL_FILES = tuple(os.path.join("eval", f"{s}.json") for s in SPLITS)
@@ -57,6 +57,13 @@ CLAIMS = (
 )
 CLAIM = "claim"
 AGAINST_BASELINE = "against baseline"
+# The precision the study asks of the baseline and every cell of the main grid (the teachers'
+# arms): a 95 % interval of the test WER mean within ±CI_TARGET points, over at least MIN_SEEDS
+# seeds (`precision`).
+CI_TARGET = 1.5
+MIN_SEEDS = 3
+# Beyond this many seeds a cell is reported as needing "> MAX_SEEDS", with no binding.
+MAX_SEEDS = 30
 
 
 # ---- the mirror of finished jobs ----------------------------------------------------------------
@@ -297,10 +304,12 @@ def collect(
     comparisons = _comparisons(plan, jobs, cells)
     baseline_runs = cells.pop(("no-kd", plan.baseline_method), [])
     baseline = _summary(baseline_runs)
+    baseline["precision"] = precision(plan, BASELINE_ARM, plan.baseline_method, baseline_runs)
     out_cells = []
     for (arm, method), runs in sorted(cells.items()):
         runs = sorted(runs, key=lambda r: r["seed"])
         cell = {"arm": arm, "method": method, **_summary(runs), "runs": runs}
+        cell["precision"] = precision(plan, arm, method, runs)
         base = baseline.get("test", {}).get("mean")
         if base and "test" in cell:
             cell["test_rel_wer_reduction"] = stats.relative_reduction(cell["test"]["mean"], base)
@@ -316,6 +325,8 @@ def collect(
         "out_dir": plan.out_dir,
         "mirror": mirror,
         "seeds": list(plan.seeds),
+        "extra_seeds": {k: list(v) for k, v in plan.extra_seeds.items()},
+        "precision_target": {"ci95": CI_TARGET, "min_seeds": MIN_SEEDS},
         "measured_seconds": seconds,
         "measured_note": _read_text(_study_file(plan, mirror, WALL_TIME_NOTE)),
         **_job_progress(plan, jobs, mirror),
@@ -343,6 +354,56 @@ def collect(
         "tuning_runs": tuning_runs,
         "noise_labels": noise,
     }
+
+
+# ---- precision ---------------------------------------------------------------------------------
+
+
+def in_main_grid(arm: str) -> bool:
+    """The baseline and the teachers' arms (not the noise arm)."""
+    return arm == BASELINE_ARM or arm.startswith("teacher-")
+
+
+def precision(plan: StudyPlan, arm: str, method: str, runs: Sequence[Mapping]) -> dict:
+    """Whether a cell's test WER mean is as precise as the study asks (`meets_target`: at least
+    `MIN_SEEDS` seeds, 95 % half-width <= `CI_TARGET`), with `seeds` (evaluated) and `planned`.
+
+    A cell that does not meet it also gets `sd` (of its test WERs; None below two seeds),
+    `seeds_needed` (`stats.seeds_for_half_width` at that sd, at least `MIN_SEEDS`; None when the
+    sd is unknown or more than `MAX_SEEDS` would be needed) and `extra_seeds` (its
+    `StudyPlan.extra_seeds` for that many seeds in all; None when it plans enough already).
+    """
+    values = [r["test_wer"] for r in runs]
+    half = stats.mean_ci95(values)[1] if values else None
+    out = {
+        "cell": cell_key(arm, method),
+        "meets_target": len(values) >= MIN_SEEDS and half is not None and half <= CI_TARGET,
+        "main_grid": in_main_grid(arm),
+        "seeds": sorted(r["seed"] for r in runs),
+        "planned": list(plan.cell_seeds(arm, method)),
+    }
+    if out["meets_target"]:
+        return out
+    sd = stats.sample_sd(values)
+    needed = None if sd is None else stats.seeds_for_half_width(sd, CI_TARGET, MAX_SEEDS)
+    needed = None if needed is None else max(needed, MIN_SEEDS)
+    count = MIN_SEEDS if sd is None else needed  # without an sd: at least the minimum
+    return {
+        **out,
+        "sd": sd,
+        "seeds_needed": needed,
+        "extra_seeds": _extra_seeds_for(plan, arm, method, count),
+    }
+
+
+def _extra_seeds_for(plan: StudyPlan, arm: str, method: str, count: int | None) -> list | None:
+    """The cell's `extra_seeds` for `count` seeds in all: those it has, then the next seeds after
+    its last; None when it plans that many already (or `count` is None)."""
+    planned = plan.cell_seeds(arm, method)
+    if count is None or count <= len(planned):
+        return None
+    more = range(max(planned) + 1, max(planned) + 1 + count - len(planned))
+    return [*plan.extra_seeds.get(cell_key(arm, method), ()), *more]
 
 
 # ---- paired comparisons ------------------------------------------------------------------------
@@ -544,7 +605,7 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
         ]
     lines += [
         f"WER % (greedy decoding, whole dev / test sets): mean ± 95 % CI (t-interval) over "
-        f"seeds {result['seeds']}; the second line of each cell is the "
+        f"seeds {result['seeds']}{_extra_seeds_note(result)}; the second line of each cell is the "
         "relative test WER reduction against the no-KD baseline. Each number links to its runs. "
         f'"k of n collapsed": k seeds emit (nearly) one output for every utterance (distinct '
         f"dev outputs fewer than {stats.COLLAPSED_BELOW:.0%} of the utterances); near 90 % WER "
@@ -588,6 +649,8 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
         lines += [""] + [f"- **{m['name']}**: {m['note']}" for m in notes]
     if result.get("comparisons"):
         lines += ["", *_comparisons_section(result["comparisons"])]
+    if "precision_target" in result:
+        lines += ["", *_precision_section(result)]
     noise_cells = [c for c in result["cells"] if c["arm"].startswith("noise-")]
     if noise_cells:
         lines += ["", "## Controlled label noise", ""]
@@ -732,6 +795,95 @@ def _comparisons_section(comparisons: Sequence[Mapping]) -> list[str]:
         row = [c["arm"], c["a"], c["b"], _difference(c["test"]), _difference(c["dev"]), seeds]
         lines.append("| " + " | ".join(row + [_comparison_verdict(c)]) + " |")
     return lines
+
+
+def _extra_seeds_note(result: Mapping) -> str:
+    """` (more in some cells, `StudyPlan.extra_seeds`: teacher-bad/hard 3, 4)`; "" without."""
+    extra = result.get("extra_seeds")
+    if not extra:
+        return ""
+    cells = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in extra.items())
+    return f" (more in some cells, `StudyPlan.extra_seeds`: {cells})"
+
+
+def _precision_section(result: Mapping) -> list[str]:
+    """`## Precision`: how many cells meet the target (`precision`), and a row for each that
+    does not, main grid first, with the `extra_seeds` binding that gives it the seeds it needs."""
+    target = result["precision_target"]
+    rule = (
+        f"at least {target['min_seeds']} seeds and a 95 % interval of the test WER mean within "
+        f"±{target['ci95']:g} points (`report.CI_TARGET`)"
+    )
+    checked = [s for s in (result["baseline"], *result["cells"]) if "precision" in s]
+    missed = [s for s in checked if not s["precision"]["meets_target"]]
+    missed.sort(key=lambda s: not s["precision"]["main_grid"])  # stable
+    lines = ["## Precision", ""]
+    if not missed:
+        return lines + [
+            f"Every cell ({len(checked)}, the baseline included) meets the target: {rule}."
+        ]
+    main = [s for s in checked if s["precision"]["main_grid"]]
+    other = [s for s in checked if not s["precision"]["main_grid"]]
+    lines += [
+        f"Target: {rule}. Main grid (the no-KD baseline and the teachers' arms): "
+        f"{_count_met(main)} cells meet it"
+        + (f"; other arms: {_count_met(other)}." if other else ".")
+        + " Seeds needed: the fewest whose t-interval at the cell's sample sd is within the "
+        "target (an estimate: more seeds measure another sd). To run them, add the line to the "
+        "preset's gin file (a `--gin_bindings` would change the study's command, and the "
+        "mirror holds one command's runs) and rerun it: the extra seeds run after all others.",
+        "",
+        "| arm | method | seeds run | test WER | sd | seeds needed | line for the preset |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    extra = {k: tuple(v) for k, v in result.get("extra_seeds", {}).items()}
+    lines += [_precision_row(s, extra) for s in missed]
+    added = {
+        s["precision"]["cell"]: tuple(s["precision"]["extra_seeds"])
+        for s in missed
+        if s["precision"]["extra_seeds"]
+    }
+    if len(added) > 1:
+        lines += ["", f"All of them in one binding: {_extra_seeds_line({**extra, **added})}"]
+    return lines
+
+
+def _count_met(summaries: Sequence[Mapping]) -> str:
+    return f"{sum(s['precision']['meets_target'] for s in summaries)} of {len(summaries)}"
+
+
+def _precision_row(summary: Mapping, extra: Mapping[str, tuple]) -> str:
+    """A cell short of the target; `extra`: the plan's `extra_seeds`, kept in its line."""
+    p = summary["precision"]
+    arm, _, method = p["cell"].partition("/")
+    if not p["main_grid"]:
+        arm += " (noise arm)" if arm.startswith("noise-") else " (outside the main grid)"
+    line = _no_line(p)
+    if p["extra_seeds"]:
+        line = _extra_seeds_line({**extra, p["cell"]: tuple(p["extra_seeds"])})
+    row = [arm, method, f"{len(p['seeds'])} of {len(p['planned'])}", _fmt(summary, "test")]
+    row += ["–" if p["sd"] is None else f"{p['sd']:.2f}", _seeds_needed(p), line]
+    return "| " + " | ".join(row) + " |"
+
+
+def _seeds_needed(p: Mapping) -> str:
+    if p["seeds_needed"] is not None:
+        return str(p["seeds_needed"])
+    return f">= {MIN_SEEDS} (no sd below 2 seeds)" if p["sd"] is None else f"> {MAX_SEEDS}"
+
+
+def _no_line(p: Mapping) -> str:
+    pending = sorted(set(p["planned"]) - set(p["seeds"]))
+    if pending:
+        return f"– (planned seeds {', '.join(map(str, pending))} not evaluated yet)"
+    return "–"
+
+
+def _extra_seeds_line(extra: Mapping[str, tuple]) -> str:
+    """`` `StudyPlan.extra_seeds = {'teacher-bad/hard': (3, 4)}` ``."""
+    return (
+        "`StudyPlan.extra_seeds = {" + ", ".join(f"{k!r}: {v!r}" for k, v in extra.items()) + "}`"
+    )
 
 
 def _difference(diff: Mapping | None) -> str:

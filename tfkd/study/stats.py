@@ -1,5 +1,5 @@
-"""Summary statistics of runs: mean, 95 % confidence interval, paired per-seed differences,
-relative reduction, collapse."""
+"""Summary statistics of runs: mean, 95 % confidence interval, the seeds a narrower interval
+takes, paired per-seed differences, relative reduction, collapse."""
 
 from __future__ import annotations
 
@@ -37,6 +37,32 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
         return mean, None
     var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, t_quantile_975(n - 1) * math.sqrt(var / n)
+
+
+def sample_sd(values: Sequence[float]) -> float | None:
+    """The sample standard deviation (n − 1 in the denominator); None for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    mean = math.fsum(values) / len(values)
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def seeds_for_half_width(sd: float, target: float, max_seeds: int = 30) -> int | None:
+    """The fewest seeds `n >= 2` whose 95 % t-interval of the mean, `t_{0.975, n-1} · sd / √n`,
+    is within `target` for values of standard deviation `sd`; None when more than `max_seeds`.
+
+    An estimate for planning: `sd` is measured on the seeds run so far, and more seeds will
+    measure another.
+
+    Raises:
+        ValueError: a negative `sd` or a `target` that is not positive.
+    """
+    if sd < 0 or target <= 0:
+        raise ValueError(f"need sd >= 0 and target > 0, got {sd}, {target}")
+    for n in range(2, max_seeds + 1):
+        if t_quantile_975(n - 1) * sd / math.sqrt(n) <= target:
+            return n
+    return None
 
 
 def relative_reduction(wer: float, baseline: float) -> float:
