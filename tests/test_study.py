@@ -16,8 +16,9 @@ import pytest
 
 from tfkd import cli, config
 from tfkd.study import jobs as jobs_lib
+from tfkd.study import mirror as mirror_lib
 from tfkd.study import plan as plan_lib
-from tfkd.study import report, scheduler, stats
+from tfkd.study import report, report_markdown, scheduler, stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -605,7 +606,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
             os.makedirs(info["dir"], exist_ok=True)
             with open(os.path.join(info["dir"], "manifest.json"), "w") as f:
                 json.dump({"teacher_wer": 33.0, "label_wer": 33.0 + 100 * info["noise"]}, f)
-    with open(os.path.join(plan.out_dir, report.WALL_TIME_NOTE), "w") as f:
+    with open(os.path.join(plan.out_dir, mirror_lib.WALL_TIME_NOTE), "w") as f:
         f.write("Teachers carried over\nfrom another run.\n")
     result = report.collect(plan, jobs, seconds=3600.0)
     assert result["baseline"]["test"]["mean"] == pytest.approx(52.0)
@@ -756,7 +757,7 @@ def test_report_compares_methods_paired_by_seed(tmp_path):
                            "seeds": [0, 1, 2], "n": 3, "verdict": "no separation"}  # fmt: skip
     assert bad["dev"]["mean"] == -0.5 and bad["dev"]["ci95"] == pytest.approx(0.6211, abs=1e-4)
     assert bad["missing"] == [] and bad["collapsed_seeds"] == [2]
-    md = report.format_markdown(result, str(tmp_path / "results"), "cmd")
+    md = report_markdown.format_markdown(result, str(tmp_path / "results"), "cmd")
     section = md.split("## Comparisons (paired by seed)\n")[1].split("\n## ")[0]
     assert "A run's seed fixes its student's initial weights and the order" in section
     rows = [line for line in section.split("\n") if line.startswith("| ")]
@@ -840,7 +841,7 @@ def test_report_names_the_cells_short_of_the_precision_target(tmp_path, clean_gi
     }  # fmt: skip
     assert result["baseline"]["precision"]["seeds_needed"] is None
     assert cells[("noise-0.2", "full-sum")]["precision"]["main_grid"] is False
-    md = report.format_markdown(result, str(tmp_path / "results"), "cmd")
+    md = report_markdown.format_markdown(result, str(tmp_path / "results"), "cmd")
     assert (
         "over seeds [0, 1, 2] (more in some cells, `StudyPlan.extra_seeds`: teacher-bad/hard 3)"
         in md
@@ -882,7 +883,7 @@ def test_report_says_in_one_line_when_every_cell_meets_the_precision_target(tmp_
     plan, jobs = _precision_study(tmp_path, {})
     result = report.collect(plan, jobs)
     assert all(c["precision"]["meets_target"] for c in (result["baseline"], *result["cells"]))
-    section, rows = _precision_rows(report.format_markdown(result, str(tmp_path), "cmd"))
+    section, rows = _precision_rows(report_markdown.format_markdown(result, str(tmp_path), "cmd"))
     assert rows == []
     assert section.strip() == (
         "Every cell (14, the baseline included) meets the target: at least 3 seeds and a 95 % "
@@ -977,7 +978,7 @@ def test_finished_jobs_are_mirrored_and_a_clone_without_out_rebuilds_the_same_ta
     results = str(tmp_path / "results")
     from_out = report.collect(plan, jobs, results_dir=results)
     assert {r["read_from"] for c in from_out["cells"] for r in c["runs"]} == {"out"}
-    copies = report.mirror_study(plan, jobs, results)
+    copies = mirror_lib.mirror_study(plan, jobs, results)
     mirror = tmp_path / "results" / "runs"
     good = mirror / "teachers" / "good"
     assert sorted(str(p.relative_to(good)) for p in good.rglob("*") if p.is_file()) == [
@@ -1023,11 +1024,11 @@ def test_finished_jobs_are_mirrored_and_a_clone_without_out_rebuilds_the_same_ta
 
 def test_the_mirror_holds_the_runs_of_one_command(tmp_path):
     results = str(tmp_path / "results")
-    report.claim_mirror(results, "python tools/run_study.py --preset small")
-    report.claim_mirror(results, "python tools/run_study.py --preset small")
+    mirror_lib.claim_mirror(results, "python tools/run_study.py --preset small")
+    mirror_lib.claim_mirror(results, "python tools/run_study.py --preset small")
     with pytest.raises(ValueError, match="holds the runs of `python tools/run_study.py --preset "
                        "small`, not of `python tools/run_study.py --preset tiny`"):  # fmt: skip
-        report.claim_mirror(results, "python tools/run_study.py --preset tiny")
+        mirror_lib.claim_mirror(results, "python tools/run_study.py --preset tiny")
 
 
 def _run_study_module():
@@ -1132,7 +1133,7 @@ def test_report_shows_the_dev_wer_of_the_last_two_evaluations(tmp_path):
 def test_history_file_name_matches_training():
     from tfkd.training import history
 
-    assert report.HISTORY_FILE == history.HISTORY_FILE
+    assert mirror_lib.HISTORY_FILE == history.HISTORY_FILE
 
 
 # ---- end to end ------------------------------------------------------------------------------
@@ -1215,6 +1216,6 @@ def test_results_name_the_command_that_runs_the_study_not_the_report():
 
 
 def test_a_difference_that_rounds_to_zero_has_no_sign_of_its_own():
-    assert report._difference({"mean": -0.04, "ci95": 0.5}) == "+0.0 ± 0.5"
-    assert report._difference({"mean": -1.26, "ci95": None}) == "-1.3"
-    assert report._difference(None) == "–"
+    assert report_markdown._difference({"mean": -0.04, "ci95": 0.5}) == "+0.0 ± 0.5"
+    assert report_markdown._difference({"mean": -1.26, "ci95": None}) == "-1.3"
+    assert report_markdown._difference(None) == "–"

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     jobs = plan.jobs()
-    from tfkd.study import report, scheduler
+    from tfkd.study import mirror, report, scheduler
 
     if args.dry_run:
         for job in jobs:
@@ -130,11 +130,11 @@ def main(argv=None) -> int:
     results_dir = os.path.abspath(args.results)
     command = _command_line(args)
     try:  # RESULTS/runs holds this study's runs, never another's
-        report.claim_mirror(results_dir, command)
+        mirror.claim_mirror(results_dir, command)
     except ValueError as e:
         raise cli.UsageError(str(e)) from e
     status, stopped = {}, None
-    clock = scheduler.WallClock(os.path.join(plan.out_dir, report.WALL_TIME))
+    clock = scheduler.WallClock(os.path.join(plan.out_dir, mirror.WALL_TIME))
     if not args.report_only:
         clock.start()
         runner = scheduler.Scheduler(plan.out_dir, repo=REPO, parallel=args.parallel)
@@ -143,17 +143,17 @@ def main(argv=None) -> int:
             status = runner.run(
                 jobs,
                 tick=clock.tick,
-                on_done=lambda job: report.mirror_job(plan, job, results_dir),
+                on_done=lambda job: mirror.mirror_job(plan, job, results_dir),
             )
         except KeyboardInterrupt as stop:
             stopped = stop
         finally:
             clock.stop()
     # Also jobs finished before (or by a driver without the mirror), and the wall time.
-    report.mirror_study(plan, jobs, results_dir)
+    mirror.mirror_study(plan, jobs, results_dir)
     if stopped is not None:
         print(f"[study] stopped ({stopped}); finished jobs are kept, rerun to resume")
-        print(f"[study] their results are in {report.mirror_root(results_dir)}")
+        print(f"[study] their results are in {mirror.mirror_root(results_dir)}")
         return 130
     result = report.collect(plan, jobs, results_dir=results_dir)
     paths = report.write(result, results_dir, command)
