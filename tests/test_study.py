@@ -425,6 +425,12 @@ def test_extra_seeds_name_a_cell_and_new_seeds(clean_gin):
          "already; extra seeds must be others"),
         ({"no-kd/no-kd": (4, 4)},
          "invalid study plan: extra_seeds 'no-kd/no-kd': seeds repeat: (4, 4)"),
+        ({"teacher-bad/hard": 3},  # a lone seed (gin reads `(3)` as 3): not "not iterable"
+         "invalid study plan: extra_seeds 'teacher-bad/hard': give a tuple of seeds, e.g. (3, 4), "
+         "or (3,) for one seed; got 3"),
+        ({"teacher-bad/hard": "34"},  # not seeds 3 and 4
+         "invalid study plan: extra_seeds 'teacher-bad/hard': give a tuple of seeds, e.g. (3, 4), "
+         "or (3,) for one seed; got '34'"),
     ):  # fmt: skip
         with pytest.raises(ValueError) as err:
             dataclasses.replace(plan, extra_seeds=extra)

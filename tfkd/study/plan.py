@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from tfkd.study import stats
 from tfkd.study.jobs import Job, builtin_data_steps, copy_checkpoint, data_jobs, read_json
@@ -141,6 +141,21 @@ def _as_teachers(teachers) -> tuple[Teacher, ...]:
     return tuple(out)
 
 
+def _as_extra_seeds(extra) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """`StudyPlan.extra_seeds` with tuples of int seeds, and a problem for each value that is not
+    a collection of seeds (a lone seed: gin reads `(3)` as 3), whose key is left out."""
+    out, problems = {}, []
+    for key, seeds in dict(extra).items():
+        if isinstance(seeds, str) or not isinstance(seeds, Iterable):
+            problems.append(
+                f"extra_seeds {str(key)!r}: give a tuple of seeds, e.g. (3, 4), or (3,) for one "
+                f"seed; got {seeds!r}"
+            )
+        else:
+            out[str(key)] = tuple(int(s) for s in seeds)
+    return out, problems
+
+
 def setting_name(values: Mapping[str, object]) -> str:
     """Directory-safe name of a hyper-parameter setting, e.g. `SHIFT=1,TAU=2.0`; `default`."""
     if not values:
@@ -221,9 +236,7 @@ class StudyPlan:
         self.teachers = _as_teachers(self.teachers)
         self.methods = _as_methods(self.methods)
         self.seeds = tuple(int(s) for s in self.seeds)
-        self.extra_seeds = {
-            str(k): tuple(int(s) for s in v) for k, v in dict(self.extra_seeds).items()
-        }
+        self.extra_seeds, not_tuples = _as_extra_seeds(self.extra_seeds)
         names = [t.name for t in self.teachers]
         methods = {m.name: m for m in self.methods}
         problems = []
@@ -272,7 +285,7 @@ class StudyPlan:
             problems.append("respoken and pool need the built-in corpus (corpus_size)")
         if self.respoken < 0 or self.pool < 0:
             problems.append(f"respoken and pool must be >= 0, got {self.respoken}, {self.pool}")
-        problems += self._extra_seeds_problems()
+        problems += not_tuples + self._extra_seeds_problems()
         if problems:
             raise ValueError("invalid study plan: " + "; ".join(problems))
 
