@@ -13,7 +13,7 @@ import gin
 import pytest
 
 from tfkd import config
-from tfkd.study import demo, scheduler
+from tfkd.study import demo, plan_jobs, scheduler
 from tfkd.study import jobs as jobs_lib
 from tfkd.study import plan as plan_lib
 
@@ -222,11 +222,11 @@ def test_the_small_preset_refuses_a_smaller_pool(tmp_path):
         gin.clear_config()
     assert (plan.respoken, plan.pool) == (2, 20000)
     _fake_data(data, "small", respoken=2, pool=20000)
-    runner, status, _ = _run(tmp_path, plan.data_jobs(), last=plan._data_deps()[0])
+    runner, status, _ = _run(tmp_path, plan_jobs.data_jobs(plan), last=plan_jobs.data_deps(plan)[0])
     assert set(status.values()) == {"skipped", "done"} and status["after"] == "done"
     ran.unlink()
     _write(f"{data}/records/train-pool.manifest.json", {"num_utterances": 5000})
-    runner, status, _ = _run(tmp_path, plan.data_jobs(), last=plan._data_deps()[0])
+    runner, status, _ = _run(tmp_path, plan_jobs.data_jobs(plan), last=plan_jobs.data_deps(plan)[0])
     assert (status["data-pool"], status["after"]) == ("failed", "blocked")
     assert runner.failures["data-pool"].reason.startswith(
         f"{data}/records/train-pool.manifest.json has 5000 utterances, but this run asks for "

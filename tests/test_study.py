@@ -18,7 +18,7 @@ from tfkd import cli, config
 from tfkd.study import jobs as jobs_lib
 from tfkd.study import mirror as mirror_lib
 from tfkd.study import plan as plan_lib
-from tfkd.study import report, report_markdown, scheduler, stats
+from tfkd.study import plan_jobs, report, report_markdown, scheduler, stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -124,7 +124,7 @@ def test_every_preset_file_parses_strictly(clean_gin, gin_file):
 
 def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
     plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
-    jobs = plan.jobs()
+    jobs = plan_jobs.jobs(plan)
     names = [j.name for j in jobs]
     assert len(names) == len(set(names))
     seen = set()
@@ -149,7 +149,7 @@ def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
 
 def test_student_commands_point_at_their_teacher(tmp_path):
     plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
-    jobs = {j.name: j for j in plan.jobs()}
+    jobs = {j.name: j for j in plan_jobs.jobs(plan)}
     soft = jobs["student-teacher-medium-soft-SHIFT=2-s0"]
     train, evaluate = soft.argv_lists()
     assert "--gin_file=gin/soft_kd_offline.gin" in train
@@ -205,7 +205,7 @@ def test_student_commands_point_at_their_teacher(tmp_path):
 
 def test_tuning_from_runs_after_the_source_tuning_and_uses_its_choice(tmp_path):
     plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
-    jobs = {j.name: j for j in plan.jobs()}
+    jobs = {j.name: j for j in plan_jobs.jobs(plan)}
     source = (
         "student-teacher-medium-full-sum-LENGTH_NORM=False-s0",
         "student-teacher-medium-full-sum-LENGTH_NORM=True-s0",
@@ -245,10 +245,10 @@ def _training_argvs(plan):
     and full-sum's for the methods that take its setting: `tuning_from`), so those dev
     evaluations are faked first, the last setting of each grid scoring lowest (for full-sum,
     LENGTH_NORM = True)."""
-    jobs = plan.jobs()
+    jobs = plan_jobs.jobs(plan)
     for job in jobs:
         if "tuning" in job.info:
-            grid = plan_lib.grid_settings(plan.tuning[job.info["method"]])
+            grid = plan_jobs.grid_settings(plan.tuning[job.info["method"]])
             _write_dev(job.info["model_dir"], 50.0 - grid.index(job.info["tuning"]))
     return [j.argv_lists()[0] for j in jobs if j.info.get("kind") in ("teacher", "student")]
 
@@ -334,24 +334,24 @@ def _write_dev(model_dir, wer, **fields):
 def test_tuned_values_come_from_the_lowest_dev_wer(tmp_path):
     plan = load_preset("small", out_dir=str(tmp_path), data_dir=str(tmp_path / "data"))
     with pytest.raises(RuntimeError, match="not evaluated"):
-        plan.tuned_values("soft")
+        plan_jobs.tuned_values(plan, "soft")
     for shift, wer in ((0, 50.0), (2, 45.0)):
         path = os.path.join(plan.tuning_dir("soft", {"SHIFT": shift}), "eval")
         os.makedirs(path)
         with open(os.path.join(path, "dev.json"), "w") as f:
             json.dump({"wer": wer}, f)
-    assert plan.tuned_values("soft") == {"SHIFT": 2}
+    assert plan_jobs.tuned_values(plan, "soft") == {"SHIFT": 2}
     # A collapsed run (a few stock transcripts) loses to a listening one even at a lower WER...
     _write_dev(plan.tuning_dir("soft", {"SHIFT": 2}), 45.0, distinct_hypotheses=3, utterances=100)
     _write_dev(plan.tuning_dir("soft", {"SHIFT": 0}), 50.0, distinct_hypotheses=90, utterances=100)
-    assert plan.tuned_values("soft") == {"SHIFT": 0}
+    assert plan_jobs.tuned_values(plan, "soft") == {"SHIFT": 0}
     # ... and when every run collapsed, the lowest dev WER wins again.
     _write_dev(plan.tuning_dir("soft", {"SHIFT": 0}), 50.0, distinct_hypotheses=4, utterances=100)
-    assert plan.tuned_values("soft") == {"SHIFT": 2}
+    assert plan_jobs.tuned_values(plan, "soft") == {"SHIFT": 2}
     _write_dev(plan.tuning_dir("soft", {"SHIFT": 2}), 45.0)
-    jobs = {j.name: j for j in plan.jobs()}
+    jobs = {j.name: j for j in plan_jobs.jobs(plan)}
     assert "--gin_bindings=SHIFT = 2" in jobs["student-teacher-good-soft-tuned-s2"].argv_lists()[0]
-    assert plan.tuned_values("hard") == {}
+    assert plan_jobs.tuned_values(plan, "hard") == {}
 
 
 @pytest.mark.parametrize(
@@ -378,8 +378,8 @@ def test_extra_seeds_add_runs_to_their_cells_after_every_other_job(tmp_path):
     dirs = {"out_dir": str(tmp_path / "out"), "data_dir": str(tmp_path / "data")}
     plain = load_preset("tiny", seeds=(0, 1, 2), **dirs)
     plan = load_preset("tiny", seeds=(0, 1, 2), extra_seeds=EXTRA_SEEDS, **dirs)
-    jobs = {j.name: j for j in plan.jobs()}
-    plain_names = [j.name for j in plain.jobs()]
+    jobs = {j.name: j for j in plan_jobs.jobs(plan)}
+    plain_names = [j.name for j in plan_jobs.jobs(plain)]
     # Seed-major among the extra seeds too, the plan's cell order within a seed.
     assert list(jobs) == plain_names + [
         "student-no-kd-no-kd-default-s3",
@@ -590,7 +590,7 @@ def _fake_eval(model_dir, dev, test, distinct=100):
 
 def test_report_means_intervals_links_and_plot(tmp_path):
     plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
-    jobs = plan.jobs()
+    jobs = plan_jobs.jobs(plan)
     for j in jobs:
         info = j.info
         if info.get("kind") == "teacher":
@@ -715,7 +715,7 @@ def _comparison_study(tmp_path):
     plan = load_preset(
         "tiny", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"), seeds=(0, 1, 2)
     )
-    jobs = plan.jobs()
+    jobs = plan_jobs.jobs(plan)
     for j in jobs:
         info = j.info
         if info.get("kind") != "student":
@@ -804,7 +804,7 @@ def _precision_study(tmp_path, test_wer, seeds=None, extra_seeds=None):
         seeds=(0, 1, 2),
         extra_seeds=extra_seeds or {},
     )
-    jobs = plan.jobs()
+    jobs = plan_jobs.jobs(plan)
     for info in (j.info for j in jobs if j.info.get("kind") == "student"):
         cell, seed = (info["arm"], info["method"]), info["seed"]
         if seed in (seeds or {}).get(cell, (seed,)):
@@ -882,7 +882,7 @@ def test_report_names_the_cells_short_of_the_precision_target(tmp_path, clean_gi
     more = gin.get_configurable("StudyPlan")()
     assert more.extra_seeds["teacher-good/full-sum"] == (3, 4)
     assert more.cell_seeds("teacher-bad", "hard") == (0, 1, 2, 3, 4, 5)
-    assert "student-noise-0.2-hard-default-s5" in [j.name for j in more.jobs()]
+    assert "student-noise-0.2-hard-default-s5" in [j.name for j in plan_jobs.jobs(more)]
 
 
 def test_report_says_in_one_line_when_every_cell_meets_the_precision_target(tmp_path):
@@ -919,7 +919,7 @@ def _fake_study(tmp_path, seeds=(0, 1)):
     plan = load_preset(
         "tiny", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"), seeds=seeds
     )
-    jobs = plan.jobs()
+    jobs = plan_jobs.jobs(plan)
     os.makedirs(os.path.join(plan.out_dir, "stamps"))
     for j in jobs:
         info = j.info
@@ -1186,7 +1186,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
 
 def test_librispeech_preset_documents_the_paper_scale_runs(tmp_path):
     plan = load_preset("librispeech", out_dir=str(tmp_path), data_dir="/data/ls")
-    jobs = {j.name: j for j in plan.jobs()}
+    jobs = {j.name: j for j in plan_jobs.jobs(plan)}
     # 3 teachers + 6 N-best pseudo-labelling (3 teachers, 3 noise rates; soft KD is online) + 74
     # students: baseline 3; 3 teachers x 5 methods x 3 seeds = 45; + labelled with bad 3; noise
     # 3 rates x 2 methods x 3 seeds = 18; tuning soft 3 - 1, full-sum 2 - 1, disc. 3 - 1 = 5.

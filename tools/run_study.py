@@ -28,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
+from tfkd.study import plan_jobs  # noqa: E402  (no TensorFlow)
 from tfkd.study.plan import PRESET_DIR, StudyPlan, preset_path  # noqa: E402  (no TensorFlow)
 
 
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     # ignores it), stop the running jobs cleanly: their time is kept for the resumed run.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    jobs = plan.jobs()
+    jobs = plan_jobs.jobs(plan)
     from tfkd.study import mirror, report, scheduler
 
     if args.dry_run:

@@ -3,10 +3,10 @@ and the data jobs.
 
 A `Job` is a list of the project's own CLI commands (`bin/train`, `bin/evaluate`,
 `bin/pseudo_label`, the data tools), run in order from the repository root, with the jobs it
-depends on and the outputs that show it finished. `tfkd.study.plan` expands a study into jobs and
-`tfkd.study.demo` lists `make demo`'s stages as jobs; `tfkd.study.scheduler` runs them and writes
-their stamps and logs, `tfkd.study.report` and `tfkd.study.demo_report` read what they wrote.
-Nothing here imports TensorFlow.
+depends on and the outputs that show it finished. `tfkd.study.plan_jobs` expands a study into
+jobs and `tfkd.study.demo` lists `make demo`'s stages as jobs; `tfkd.study.scheduler` runs them
+and writes their stamps and logs, `tfkd.study.report` and `tfkd.study.demo_report` read what they
+wrote. Nothing here imports TensorFlow.
 
 Under a study directory OUT (or the demo's), the scheduler keeps:
 

@@ -1,10 +1,11 @@
-"""The study's runs (METHODS.md §7–§8): teachers of graded quality, pseudo-labels, students.
+"""The study's plan (METHODS.md §7–§8): teachers of graded quality, student methods, cells, seeds.
 
 `StudyPlan` is the gin root of `tools/run_study.py`, bound by a preset in `PRESET_DIR` (the
 paper's folder, `gin/papers/<paper>/` as in DDSP; the per-run overlays that the presets give to
-`bin/train` stay in `gin/study/`). It expands into `Job`s (`tfkd.study.jobs`: the project's own CLI
-commands with the jobs they depend on); `tfkd.study.scheduler` runs them, and `tfkd.study.report`
-reads what they wrote. Nothing here imports TensorFlow.
+`bin/train` stay in `gin/study/`). It holds the study's `Teacher`s and `Method`s, checks them,
+and says where each run lives; `tfkd.study.plan_jobs` expands it into `Job`s (the project's own
+CLI commands with the jobs they depend on), `tfkd.study.scheduler` runs them, and
+`tfkd.study.report` reads what they wrote. Nothing here imports TensorFlow.
 
 Layout under the study directory OUT (and the scheduler's logs/ and stamps/):
 
@@ -16,24 +17,14 @@ Arms: `teacher-<name>` (the main grid), `noise-<rate>` (the controlled label-noi
 the noise teacher's pseudo-labels corrupted at that word-piece error rate and rescored by it),
 and `no-kd` (the baseline, trained on ground truth only). A cell is an arm and a method,
 `<arm>/<method>` (`cell_key`); every cell trains `seeds`, and those of `extra_seeds` more.
-
-Hyper-parameters chosen on dev (`tuning`): for each tuned method, every value of its grid is
-trained on the `tuning_teacher` with the first seed; the value with the lowest dev WER (among the
-runs that did not collapse to a few stock transcripts, `stats.collapsed`) is used by
-every other run of that method. The tuning run of the chosen value is also that method's
-first-seed run for the tuning teacher. Test WER is never read for a choice.
+Hyper-parameters of the methods in `tuning` are chosen on dev WER (`tfkd.study.plan_jobs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
-
-from tfkd.study import stats
-from tfkd.study.jobs import Job, builtin_data_steps, copy_checkpoint, data_jobs, read_json
 
 NEEDS = ("pseudo", "soft-targets", "online", "none")
 # The arm of the no-KD baseline (teacher-independent).
@@ -191,7 +182,7 @@ class StudyPlan:
             the baseline's key is `no-kd/<baseline_method>`. Their runs come after every run
             of `seeds`.
         student_bindings: gin bindings of every student run (e.g. steps).
-        tuning: `{method: {MACRO: [values]}}` grids chosen on dev WER (see module docstring).
+        tuning: `{method: {MACRO: [values]}}` grids chosen on dev WER (`tfkd.study.plan_jobs`).
         tuning_teacher: the teacher whose students are tuned.
         noise_teacher: the teacher of the controlled label-noise arm.
         noise_rates: word-piece error rates of that arm.
@@ -352,6 +343,12 @@ class StudyPlan:
     def student_dir(self, arm: str, method: str, setting: str, seed: int) -> str:
         return self.path("students", arm, method, setting, f"s{seed}")
 
+    def tuning_dir(self, method: str, values: Mapping) -> str:
+        """The run of a tuned `method` with setting `values`: the tuning teacher's, first seed."""
+        return self.student_dir(
+            f"teacher-{self.tuning_teacher}", slugify(method), setting_name(values), self.seeds[0]
+        )
+
     def teachers_of(self, method: Method) -> list[str]:
         """The names of the teachers whose students use `method`."""
         return [
@@ -363,329 +360,3 @@ class StudyPlan:
 
     def tool(self, script: str, *args: str) -> list[str]:
         return [self.python, os.path.join(self.repo, script), *args]
-
-    # ---- jobs ----------------------------------------------------------------------------------
-
-    def spm_vocab_size(self) -> int:
-        """Pieces of the SentencePiece model (blank included), read from its `.vocab` file once
-        it exists (a tiny corpus can give fewer than `vocab_size`), else `vocab_size`."""
-        path = os.path.splitext(self.spm_model)[0] + ".vocab"
-        if not os.path.exists(path):
-            return self.vocab_size
-        with open(path, encoding="utf-8") as f:
-            return sum(1 for _ in f)
-
-    def data_flags(self) -> list[str]:
-        """Data macros of every training (call when the job starts: the data exist then)."""
-        flags = [
-            f"--gin_bindings=TRAIN_RECORDS = '{self.records('train-labeled')}'",
-            f"--gin_bindings=DEV_RECORDS = '{self.records('dev')}'",
-            f"--gin_bindings=SPM_MODEL = '{self.spm_model}'",
-            f"--gin_bindings=VOCAB_SIZE = {self.spm_vocab_size()}",
-        ]
-        if self.respoken:
-            flags.append(f"--gin_bindings=RESPOKEN_RECORDS = '{self.records('train-respoken')}'")
-        return flags
-
-    def _evaluate(self, model_dir: str) -> list[str]:
-        return self.tool(
-            "bin/evaluate",
-            f"--model_dir={model_dir}",
-            "--split=dev",
-            "--split=test",
-            f"--records=dev={self.records('dev')}",
-            f"--records=test={self.records('test')}",
-            f"--spm_model={self.spm_model}",
-            f"--batch_size={self.decode_batch_size}",
-        )
-
-    def _eval_outputs(self, model_dir: str) -> tuple[str, ...]:
-        return tuple(os.path.join(model_dir, "eval", f"{s}.json") for s in ("dev", "test"))
-
-    def data_jobs(self) -> list[Job]:
-        if self.corpus_size is None:
-            return []
-        return data_jobs(self._data_steps())
-
-    def _data_steps(self) -> list[tuple]:
-        return builtin_data_steps(
-            self.tool,
-            self.data_dir,
-            self.corpus_size,
-            self.vocab_size,
-            respoken=self.respoken,
-            pool=self.pool,
-        )
-
-    def _data_deps(self) -> tuple[str, ...]:
-        """The last data job (each runs after the one before)."""
-        if self.corpus_size is None:
-            return ()
-        return (f"data-{self._data_steps()[-1][0]}",)
-
-    def teacher_jobs(self) -> list[Job]:
-        jobs = []
-        for t in self.teachers:
-            model_dir = self.teacher_dir(t.name)
-            before = None
-            deps = self._data_deps()
-            if t.continue_from is not None:
-                before = copy_checkpoint(self.teacher_dir(t.continue_from), model_dir)
-                deps += (f"teacher-{t.continue_from}",)
-            jobs.append(
-                Job(
-                    f"teacher-{t.name}",
-                    functools.partial(self._teacher_commands, t, model_dir),
-                    deps=deps,
-                    outputs=self._eval_outputs(model_dir),
-                    before=before,
-                    info={"kind": "teacher", "teacher": t.name, "model_dir": model_dir},
-                )
-            )
-        return jobs
-
-    def _teacher_commands(self, teacher: Teacher, model_dir: str) -> list[list[str]]:
-        train = self.tool(
-            "bin/train",
-            *[f"--gin_file={g}" for g in self.teacher_gin + self.extra_gin],
-            f"--model_dir={model_dir}",
-            *self.data_flags(),
-            f"--gin_bindings=NUM_STEPS = {teacher.num_steps}",
-            *[f"--gin_bindings={b.replace('{data}', self.data_dir)}" for b in teacher.bindings],
-        )
-        return [train, self._evaluate(model_dir)]
-
-    def pseudo_label_jobs(self) -> list[Job]:
-        jobs = []
-        noise_arms = [(self.noise_teacher, r) for r in self.noise_rates]
-        wanted = [(t.name, 0.0, False) for t in self.teachers]
-        wanted += [(t, r, False) for t, r in noise_arms]
-        for m in self.methods:
-            if m.needs == "soft-targets":
-                arms = [(t, 0.0) for t in self.teachers_of(m)]
-                arms += noise_arms if m.name in self.noise_methods else []
-                wanted += [(t, r, True) for t, r in arms if (t, r, True) not in wanted]
-        inputs = os.path.join(self.data_dir, "records", self.pseudo_label_pattern)
-        for teacher, noise, soft in wanted:
-            out = self.pseudo_dir(teacher, noise, soft)
-            argv = self.tool(
-                "bin/pseudo_label",
-                f"--teacher_dir={self.teacher_dir(teacher)}",
-                f"--input_pattern={inputs}",
-                f"--output_dir={out}",
-                f"--beam_width={self.beam_width}",
-                f"--nbest={1 if soft else self.nbest}",
-                f"--batch_size={self.decode_batch_size}",
-                f"--spm_model={self.spm_model}",
-            )
-            if noise:
-                argv += [f"--noise_rate={noise}", "--seed=0"]
-            if soft:
-                argv += ["--soft_targets"]
-            jobs.append(
-                Job(
-                    f"pseudo-{os.path.basename(out)}",
-                    [argv],
-                    deps=(f"teacher-{teacher}",),
-                    outputs=(os.path.join(out, "manifest.json"),),
-                    info={
-                        "kind": "pseudo",
-                        "teacher": teacher,
-                        "noise": noise,
-                        "soft_targets": soft,
-                        "dir": out,
-                    },
-                )
-            )
-        return jobs
-
-    def _student_argv(self, method: Method, model_dir: str, seed: int, bindings) -> list[str]:
-        return self.tool(
-            "bin/train",
-            *[f"--gin_file={g}" for g in method.gin_files + self.extra_gin],
-            f"--model_dir={model_dir}",
-            *self.data_flags(),
-            f"--gin_bindings=train.seed = {seed}",
-            *[f"--gin_bindings={b}" for b in self.student_bindings],
-            *[f"--gin_bindings={k} = {v!r}" for k, v in sorted(bindings.items())],
-        )
-
-    def _method_pseudo_dir(self, method: Method, teacher: str, noise: float) -> str:
-        """The pseudo-label records `method` trains on (N-best, or 1-best with soft targets)."""
-        return self.pseudo_dir(teacher, noise, soft_targets=method.needs == "soft-targets")
-
-    def _teacher_bindings(self, method: Method, teacher: str, noise: float) -> dict:
-        """Where a KD student finds its teacher: pseudo-label records (the N-best; the 1-best of
-        soft KD, with the soft targets offline) and, for an online teacher, its checkpoint."""
-        if method.needs == "none":
-            return {}
-        records = self._method_pseudo_dir(method, teacher, noise)
-        bindings = {
-            "PSEUDO_LABEL_RECORDS": os.path.join(records, "*.tfrecord"),
-            # The study chooses on dev WER; it has no pseudo-labelled dev split.
-            "PSEUDO_LABEL_DEV_RECORDS": self.path("no-dev-pseudo-labels", "*.tfrecord"),
-        }
-        if method.needs == "online":
-            bindings["TEACHER_DIR"] = self.teacher_dir(teacher)
-        return bindings
-
-    def _method_deps(self, method: Method, teacher: str, noise: float = 0.0) -> tuple[str, ...]:
-        if method.needs == "none":
-            return self._data_deps()
-        deps = (f"pseudo-{os.path.basename(self._method_pseudo_dir(method, teacher, noise))}",)
-        if method.needs == "online":
-            deps += (f"teacher-{teacher}",)
-        return deps
-
-    @staticmethod
-    def student_job_name(arm: str, method: Method, setting: str, seed: int) -> str:
-        """`student-<arm>-<method slug>-<setting>-s<seed>`."""
-        return f"student-{arm}-{method.slug}-{setting}-s{seed}"
-
-    def _student_job(self, method, arm, teacher, noise, seed, setting, values, deps, info) -> Job:
-        """`values`: tuned macros, a dict or a function called at start (after tuning)."""
-        model_dir = self.student_dir(arm, method.slug, setting, seed)
-        fixed = self._teacher_bindings(method, teacher, noise) if teacher else {}
-
-        def commands():
-            vals = values() if callable(values) else values
-            argv = self._student_argv(method, model_dir, seed, {**vals, **fixed})
-            return [argv, self._evaluate(model_dir)]
-
-        return Job(
-            self.student_job_name(arm, method, setting, seed),
-            commands,
-            deps=deps,
-            outputs=self._eval_outputs(model_dir),
-            info={
-                "kind": "student",
-                "arm": arm,
-                "teacher": teacher,
-                "noise": noise,
-                "method": method.name,
-                "seed": seed,
-                "setting": setting,
-                "model_dir": model_dir,
-                **info,
-            },
-        )
-
-    def tuning_dir(self, method: str, values: Mapping) -> str:
-        return self.student_dir(
-            f"teacher-{self.tuning_teacher}", slugify(method), setting_name(values), self.seeds[0]
-        )
-
-    def tuned_values(self, method: str) -> dict:
-        """The chosen setting of a tuned method: the lowest dev WER among its tuning runs that
-        did not collapse (`stats.collapsed`: a few stock transcripts can score a lower WER than a
-        model that listens); among all of them when every one collapsed.
-
-        Raises:
-            RuntimeError: a tuning run has no dev evaluation yet.
-        """
-        grid = self.tuning.get(method)
-        if not grid:
-            return {}
-        candidates = []
-        for values in grid_settings(grid):
-            dev = read_json(os.path.join(self.tuning_dir(method, values), "eval", "dev.json"))
-            if dev is None:
-                raise RuntimeError(f"tuning run {self.tuning_dir(method, values)} is not evaluated")
-            flat = stats.collapsed(dev.get("distinct_hypotheses"), dev.get("utterances"))
-            candidates.append((flat, dev["wer"], values))
-        listening = [c for c in candidates if not c[0]] or candidates
-        return min(listening, key=lambda c: c[1])[2]
-
-    def chosen_values(self, method: Method) -> dict:
-        """The macros of `method`'s runs: the setting chosen for `tuning_from`, then its own."""
-        return self._on_top_of_source(method, self.tuned_values(method.name))
-
-    def _on_top_of_source(self, method: Method, values: Mapping) -> dict:
-        inherited = self.tuned_values(method.tuning_from) if method.tuning_from else {}
-        return {**inherited, **values}
-
-    def student_jobs(self) -> list[Job]:
-        jobs = []
-        base = self.method(self.baseline_method)
-        for seed in self.cell_seeds(BASELINE_ARM, base.name):
-            jobs.append(
-                self._student_job(
-                    base, BASELINE_ARM, None, 0.0, seed, "default", {}, self._data_deps(), {}
-                )
-            )
-        for method in self.methods:
-            if method.name == self.baseline_method:
-                continue
-            grid = self.tuning.get(method.name)
-            source_jobs = ()
-            if method.tuning_from is not None:
-                source = self.method(method.tuning_from)
-                source_jobs = tuple(
-                    self.student_job_name(
-                        f"teacher-{self.tuning_teacher}",
-                        source,
-                        setting_name(values),
-                        self.seeds[0],
-                    )
-                    for values in grid_settings(self.tuning[method.tuning_from])
-                )
-            tuning_jobs = source_jobs
-            if grid:
-                t = self.tuning_teacher
-                for values in grid_settings(grid):
-                    job = self._student_job(
-                        method,
-                        f"teacher-{t}",
-                        t,
-                        0.0,
-                        self.seeds[0],
-                        setting_name(values),
-                        functools.partial(self._on_top_of_source, method, values),
-                        self._method_deps(method, t) + source_jobs,
-                        {"tuning": values},
-                    )
-                    jobs.append(job)
-                    tuning_jobs += (job.name,)
-            for teacher, noise in self.arms_of(method):
-                arm = arm_name(teacher, noise)
-                for seed in self.cell_seeds(arm, method.name):
-                    if grid and arm == f"teacher-{self.tuning_teacher}" and seed == self.seeds[0]:
-                        continue  # the tuning run of the chosen value is this run
-                    jobs.append(
-                        self._student_job(
-                            method,
-                            arm,
-                            teacher,
-                            noise,
-                            seed,
-                            "tuned" if grid or method.tuning_from else "default",
-                            functools.partial(self.chosen_values, method),
-                            self._method_deps(method, teacher, noise) + tuning_jobs,
-                            {},
-                        )
-                    )
-        # Seed-major order (stable, so tuning runs stay before the runs that read them): a study
-        # stopped early has every cell of the first seed rather than a few cells of every seed.
-        # The cells' extra seeds come after every run of `seeds`.
-        return sorted(jobs, key=self._seed_order)
-
-    def _seed_order(self, job: Job) -> tuple[int, int]:
-        seed = job.info["seed"]
-        return (0, self.seeds.index(seed)) if seed in self.seeds else (1, seed)
-
-    def jobs(self) -> list[Job]:
-        """Every job of the study, dependencies before dependants."""
-        return (
-            self.data_jobs()
-            + self.teacher_jobs()
-            + self.pseudo_label_jobs()
-            + (self.student_jobs())
-        )
-
-
-def grid_settings(grid: Mapping[str, Sequence]) -> list[dict]:
-    """The Cartesian product of a `{MACRO: [values]}` grid, in a fixed order."""
-    keys = sorted(grid)
-    return [
-        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))
-    ]

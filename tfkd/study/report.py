@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
-from tfkd.study import stats
+from tfkd.study import plan_jobs, stats
 from tfkd.study.jobs import Job, read_json, stamp_path
 from tfkd.study.mirror import (
     EVAL_FILES,
@@ -375,14 +375,14 @@ def _read_manifest(plan: StudyPlan, mirror: str | None, pseudo_dir: str) -> dict
 
 
 def _tuned_values(plan: StudyPlan, mirror: str | None, method: str) -> dict | None:
-    """`plan.tuned_values(method)` from OUT's tuning runs, else from the mirror's; None until
-    every tuning run of the method is evaluated in one of them."""
+    """`plan_jobs.tuned_values(plan, method)` from OUT's tuning runs, else from the mirror's;
+    None until every tuning run of the method is evaluated in one of them."""
     plans = [plan]
     if mirror is not None:
         plans.append(dataclasses.replace(plan, out_dir=mirror))
     for p in plans:
         try:
-            return p.tuned_values(method)
+            return plan_jobs.tuned_values(p, method)
         except RuntimeError:
             continue
     return None
