@@ -431,6 +431,12 @@ def test_extra_seeds_name_a_cell_and_new_seeds(clean_gin):
         ({"teacher-bad/hard": "34"},  # not seeds 3 and 4
          "invalid study plan: extra_seeds 'teacher-bad/hard': give a tuple of seeds, e.g. (3, 4), "
          "or (3,) for one seed; got '34'"),
+        ({"teacher-bad/hard": ("a",)},  # not int()'s "invalid literal for int()"
+         "invalid study plan: extra_seeds 'teacher-bad/hard': seeds must be integers, e.g. (3, 4); "
+         "got 'a'"),
+        ({"no-kd/no-kd": (3, 4.5, "5")},  # 4.5 is not rounded to 4, nor "5" read as 5
+         "invalid study plan: extra_seeds 'no-kd/no-kd': seeds must be integers, e.g. (3, 4); "
+         "got 4.5, '5'"),
     ):  # fmt: skip
         with pytest.raises(ValueError) as err:
             dataclasses.replace(plan, extra_seeds=extra)

@@ -23,6 +23,7 @@ Hyper-parameters of the methods in `tuning` are chosen on dev WER (`tfkd.study.p
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -134,13 +135,22 @@ def _as_teachers(teachers) -> tuple[Teacher, ...]:
 
 def _as_extra_seeds(extra) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """`StudyPlan.extra_seeds` with tuples of int seeds, and a problem for each value that is not
-    a collection of seeds (a lone seed: gin reads `(3)` as 3), whose key is left out."""
+    a collection of seeds (a lone seed: gin reads `(3)` as 3) or holds a seed that is not an
+    integer (`'a'`, or 2.5, which `int()` would round), whose key is left out."""
     out, problems = {}, []
     for key, seeds in dict(extra).items():
         if isinstance(seeds, str) or not isinstance(seeds, Iterable):
             problems.append(
                 f"extra_seeds {str(key)!r}: give a tuple of seeds, e.g. (3, 4), or (3,) for one "
                 f"seed; got {seeds!r}"
+            )
+            continue
+        seeds = tuple(seeds)
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, numbers.Integral)]
+        if bad:
+            problems.append(
+                f"extra_seeds {str(key)!r}: seeds must be integers, e.g. (3, 4); got "
+                + ", ".join(map(repr, bad))
             )
         else:
             out[str(key)] = tuple(int(s) for s in seeds)
@@ -227,7 +237,7 @@ class StudyPlan:
         self.teachers = _as_teachers(self.teachers)
         self.methods = _as_methods(self.methods)
         self.seeds = tuple(int(s) for s in self.seeds)
-        self.extra_seeds, not_tuples = _as_extra_seeds(self.extra_seeds)
+        self.extra_seeds, not_seeds = _as_extra_seeds(self.extra_seeds)
         names = [t.name for t in self.teachers]
         methods = {m.name: m for m in self.methods}
         problems = []
@@ -276,7 +286,7 @@ class StudyPlan:
             problems.append("respoken and pool need the built-in corpus (corpus_size)")
         if self.respoken < 0 or self.pool < 0:
             problems.append(f"respoken and pool must be >= 0, got {self.respoken}, {self.pool}")
-        problems += not_tuples + self._extra_seeds_problems()
+        problems += not_seeds + self._extra_seeds_problems()
         if problems:
             raise ValueError("invalid study plan: " + "; ".join(problems))
 
