@@ -1217,6 +1217,24 @@ def test_librispeech_preset_documents_the_paper_scale_runs(tmp_path):
     assert f"--gin_bindings=TEACHER_DIR = '{plan.teacher_dir('medium')}'" in soft
 
 
+def test_dry_run_lists_the_jobs_without_tensorflow_start_up_lines(tmp_path, monkeypatch, clean_gin):
+    """Parsing the preset loads TensorFlow (tfkd.config); its C++ start-up lines (cuFFT, cuDNN and
+    cuBLAS factories: errors, which TF_CPP_MIN_LOG_LEVEL=2 keeps; TensorRT) stay out of the
+    listing, and the environment the jobs inherit is left as it was."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    argv = [sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--preset", "tiny"]
+    argv += ["--dry_run", "--out", str(tmp_path)]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert [line for line in lines if "cuda" in line.lower() or "tensorrt" in line.lower()] == []
+    assert proc.stdout.splitlines()[-1] == f"26 jobs; study directory {tmp_path}"
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    run_study = _run_study_module()
+    run_study.load_plan(run_study._parse_args(["--preset", "tiny", "--out", str(tmp_path)]))
+    assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+
+
 def test_results_name_the_command_that_runs_the_study_not_the_report():
     run_study = _run_study_module()
     argv = ["--report_only", "--results", "/tmp/r", "--parallel", "1", "--out", "runs/s"]

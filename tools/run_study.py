@@ -19,6 +19,7 @@ OUT, else from RESULTS/runs (a clone without OUT rebuilds the same tables).
 """
 
 import argparse
+import importlib
 import os
 import shlex
 import signal
@@ -26,10 +27,12 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from tfkd import cli  # noqa: E402  (after the path; no TensorFlow)
-from tfkd.study import plan_jobs  # noqa: E402  (no TensorFlow)
-from tfkd.study.plan import PRESET_DIR, StudyPlan, preset_path  # noqa: E402  (no TensorFlow)
+# After the path. None of these imports TensorFlow; parsing the preset does (`load_plan`).
+from tfkd import cli  # noqa: E402
+from tfkd.study import plan_jobs  # noqa: E402
+from tfkd.study.plan import PRESET_DIR, StudyPlan, preset_path  # noqa: E402
+
+_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 
 
 def _parse_args(argv):
@@ -63,6 +66,24 @@ def _presets():
     return names
 
 
+def _import_config():
+    """`tfkd.config` (the gin registry that parses the preset strictly), imported with
+    TensorFlow's C++ logs off unless the environment sets TF_CPP_MIN_LOG_LEVEL.
+
+    It registers every configurable, so it loads TensorFlow, whose start-up prints error-level
+    lines ("Unable to register cuFFT factory", cuDNN, cuBLAS) that the errors-only level of
+    `cli.TF_ENVIRONMENT` keeps; this process runs no TensorFlow op, so here they are noise. The
+    environment is restored after: the jobs get `cli.TF_ENVIRONMENT` from the scheduler.
+    """
+    if _TF_LOG_LEVEL in os.environ:
+        return importlib.import_module("tfkd.config")
+    os.environ[_TF_LOG_LEVEL] = "3"
+    try:
+        return importlib.import_module("tfkd.config")
+    finally:
+        del os.environ[_TF_LOG_LEVEL]
+
+
 def load_plan(args):
     """The gin-bound `StudyPlan` of the preset, with paths made absolute."""
     preset = preset_path(args.preset)
@@ -72,8 +93,7 @@ def load_plan(args):
         )
     import gin
 
-    from tfkd import config
-
+    config = _import_config()
     try:
         config.parse_gin([preset, *args.gin_file], args.gin_bindings)
     except (ValueError, KeyError, OSError) as e:
