@@ -34,7 +34,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tfkd.study.jobs import Job, builtin_data_steps, data_jobs, in_sequence
+from tfkd.study.jobs import Job, builtin_data_steps, data_jobs, evaluate_command, in_sequence
 from tfkd.study.scheduler import Scheduler
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -152,18 +152,8 @@ def _students(ctx: Context) -> list[str]:
 
 
 def _evaluate(model_dir: str, ctx: Context) -> list[str]:
-    # The demo trains without dev evaluation, so a student's operative_config.gin names only its
-    # pseudo-label records: the splits are passed explicitly.
-    return ctx.tool(
-        "bin/evaluate",
-        f"--model_dir={model_dir}",
-        "--split=dev",
-        "--split=test",
-        f"--records=dev={ctx.records('dev')}",
-        f"--records=test={ctx.records('test')}",
-        f"--spm_model={ctx.spm_model}",
-        f"--batch_size={DECODE_BATCH}",
-        *([f"--max_batches={EVAL_MAX_BATCHES}"] if EVAL_MAX_BATCHES else []),
+    return evaluate_command(
+        ctx.tool, model_dir, ctx.records, ctx.spm_model, DECODE_BATCH, EVAL_MAX_BATCHES
     )
 
 

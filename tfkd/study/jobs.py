@@ -145,6 +145,31 @@ def preset_utterances(size: str) -> dict[str, int] | None:
     return dict(PRESETS[size].utterances) if size in PRESETS else None
 
 
+def evaluate_command(
+    tool,
+    model_dir: str,
+    records: Callable[[str], str],
+    spm_model: str,
+    batch_size: int,
+    max_batches: int | None = None,
+) -> list[str]:
+    """`bin/evaluate` of a model dir on dev and test (all of them, or `max_batches` batches), the
+    splits' records named explicitly (`records(split)` -> file pattern): a run's operative config
+    may name other records (a KD student's are its pseudo-labels; the demo trains without dev
+    evaluation)."""
+    return tool(
+        "bin/evaluate",
+        f"--model_dir={model_dir}",
+        "--split=dev",
+        "--split=test",
+        f"--records=dev={records('dev')}",
+        f"--records=test={records('test')}",
+        f"--spm_model={spm_model}",
+        f"--batch_size={batch_size}",
+        *([f"--max_batches={max_batches}"] if max_batches else []),
+    )
+
+
 def check_records(
     records: str, want: dict[str, int], asks: str, delete: Sequence[str] = ()
 ) -> str | None:

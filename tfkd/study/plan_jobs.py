@@ -20,7 +20,13 @@ from collections.abc import Mapping, Sequence
 
 from tfkd.study import jobs as jobs_lib
 from tfkd.study import stats
-from tfkd.study.jobs import Job, builtin_data_steps, copy_checkpoint, read_json
+from tfkd.study.jobs import (
+    Job,
+    builtin_data_steps,
+    copy_checkpoint,
+    evaluate_command,
+    read_json,
+)
 from tfkd.study.plan import BASELINE_ARM, Method, StudyPlan, Teacher, arm_name, setting_name
 
 
@@ -64,15 +70,8 @@ def data_flags(plan: StudyPlan) -> list[str]:
 
 
 def _evaluate(plan: StudyPlan, model_dir: str) -> list[str]:
-    return plan.tool(
-        "bin/evaluate",
-        f"--model_dir={model_dir}",
-        "--split=dev",
-        "--split=test",
-        f"--records=dev={plan.records('dev')}",
-        f"--records=test={plan.records('test')}",
-        f"--spm_model={plan.spm_model}",
-        f"--batch_size={plan.decode_batch_size}",
+    return evaluate_command(
+        plan.tool, model_dir, plan.records, plan.spm_model, plan.decode_batch_size
     )
 
 
