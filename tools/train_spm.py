@@ -36,7 +36,7 @@ def main(argv=None) -> int:
             "or a text file)"
         )
 
-    from tfkd.data import librispeech, tokenizer
+    from tfkd.data import librispeech, shard_writer, tokenizer
 
     if os.path.isdir(args.input):
         texts = [text for _, _, _, text in librispeech.read_transcripts(args.input)]
@@ -58,8 +58,6 @@ def main(argv=None) -> int:
         # under --hard_vocab_limit) are RuntimeErrors; its message names the option.
         raise cli.UsageError(f"SentencePiece: {e}") from e
     tok = tokenizer.Tokenizer(path)
-    from tfkd.data import shard_writer
-
     manifest = {
         "input": os.path.abspath(args.input),
         "sentences": len(texts),

@@ -202,7 +202,7 @@ def collect(
                 continue  # a value not chosen: reported with the tuning runs only
         cells.setdefault((info["arm"], info["method"]), []).append(record)
     comparisons = _comparisons(plan, jobs, cells)
-    baseline_runs = cells.pop(("no-kd", plan.baseline_method), [])
+    baseline_runs = cells.pop((BASELINE_ARM, plan.baseline_method), [])
     baseline = _summary(baseline_runs)
     baseline["precision"] = precision(plan, BASELINE_ARM, plan.baseline_method, baseline_runs)
     out_cells = []
@@ -344,7 +344,7 @@ def _comparisons(
     out = []
     for a, b, kind in comparison_pairs(plan):
         for arm in arms:
-            b_cell = ("no-kd", b) if kind == AGAINST_BASELINE else (arm, b)
+            b_cell = (BASELINE_ARM, b) if kind == AGAINST_BASELINE else (arm, b)
             if (arm, a) in planned and b_cell in planned:
                 pair = paired_comparison(cells.get((arm, a), []), cells.get(b_cell, []), a, b)
                 out.append({"arm": arm, "a": a, "b": b, "kind": kind, **pair})
@@ -434,7 +434,7 @@ def _missing_groups(missing: Sequence[Job]) -> list[str]:
             groups.setdefault((f"teacher {info['teacher']}", ""), [])
         elif info["kind"] == "pseudo":
             groups.setdefault((f"pseudo-labels {os.path.basename(info['dir'])}", ""), [])
-        elif info["arm"] == "no-kd":
+        elif info["arm"] == BASELINE_ARM:
             groups.setdefault(("no-KD baseline", ""), []).append(info["seed"])
         elif "tuning" in info:
             name = f"{info['arm']} / {info['method']} {info['setting']}"

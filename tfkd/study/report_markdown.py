@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from tfkd.study import stats
 from tfkd.study.mirror import MIRROR
-from tfkd.study.plan import setting_name
+from tfkd.study.plan import BASELINE_ARM, setting_name
 from tfkd.study.report import CONVERGED_WITHIN, MAX_SEEDS, MIN_SEEDS, collapsed
 
 
@@ -157,7 +157,7 @@ def format_markdown(result: dict, link_root: str, command: str) -> str:
             f"{_run_links(link_root, t)} |",
             "",
         ]
-    groups = [("no-kd", "baseline", base.get("runs", []))]
+    groups = [(BASELINE_ARM, "baseline", base.get("runs", []))]
     groups += [(c["arm"], c["method"], c["runs"]) for c in result["cells"]]
     for arm, method, runs in groups:
         lines += [f'<a id="{_anchor(arm, method)}"></a>', f"**{arm} / {method}**", ""]

@@ -35,8 +35,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
     mean = math.fsum(values) / n
     if n == 1:
         return mean, None
-    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, t_quantile_975(n - 1) * math.sqrt(var / n)
+    return mean, t_quantile_975(n - 1) * sample_sd(values) / math.sqrt(n)
 
 
 def sample_sd(values: Sequence[float]) -> float | None:
