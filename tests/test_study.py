@@ -1249,3 +1249,23 @@ def test_a_difference_that_rounds_to_zero_has_no_sign_of_its_own():
     assert report_markdown._difference({"mean": -0.04, "ci95": 0.5}) == "+0.0 ± 0.5"
     assert report_markdown._difference({"mean": -1.26, "ci95": None}) == "-1.3"
     assert report_markdown._difference(None) == "–"
+
+
+def test_evaluate_command_names_both_splits_records():
+    argv = jobs_lib.evaluate_command(
+        lambda *a: ["py", *a], "m", lambda s: f"r/{s}-*", "spm.model", 64, max_batches=8
+    )
+    assert argv == [
+        "py",
+        "bin/evaluate",
+        "--model_dir=m",
+        "--split=dev",
+        "--split=test",
+        "--records=dev=r/dev-*",
+        "--records=test=r/test-*",
+        "--spm_model=spm.model",
+        "--batch_size=64",
+        "--max_batches=8",
+    ]
+    whole = jobs_lib.evaluate_command(lambda *a: list(a), "m", str, "s", 1)
+    assert whole[-1] == "--batch_size=1" and not any("max_batches" in a for a in whole)
