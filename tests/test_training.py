@@ -354,6 +354,77 @@ def test_train_resumes_step_and_reseeds_data(tmp_path):
     assert seeds == [7, 9, 10]
 
 
+def _weights_after(tmp_path, name, stops, resume_data):
+    """Trains the tiny model to each step of `stops` in turn (a resume at each) with shuffled,
+    deterministic data; returns the final weights."""
+    pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)
+
+    def dataset_fn(input_context, seed):
+        return pipeline.make_dataset(
+            pattern,
+            global_batch_size=B,
+            shuffle=True,
+            seed=seed,
+            shuffle_buffer_size=64,
+            deterministic=True,
+            repeat=True,
+            input_context=input_context,
+        )
+
+    model_dir = str(tmp_path / name)
+    for num_steps in stops:
+        loop.train(
+            model_dir,
+            model_fn=tiny_model,
+            train_dataset_fn=dataset_fn,
+            global_batch_size=B,
+            num_steps=num_steps,
+            trainer_fn=lambda *a, **k: trainers.SupervisedTrainer(*a, jit_compile=False, **k),
+            checkpoint_every=1,
+            seed=3,
+            resume_data=resume_data,
+            progress=False,
+        )
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k.startswith("optimizer/_trainable_variables/")  # the model's weights
+    }
+
+
+def test_replayed_resume_trains_on_the_uninterrupted_runs_batches(tmp_path, caplog):
+    whole = _weights_after(tmp_path, "whole", [6], "replay")
+    with caplog.at_level("INFO", logger="tfkd.train"):
+        stopped = _weights_after(tmp_path, "stopped", [2, 5, 6], "replay")
+    reseeded = _weights_after(tmp_path, "reseeded", [2, 5, 6], "reseed")
+    assert sorted(whole) == sorted(stopped) and len(whole) > 4
+    # Same batches in the same order: the same weights, to float32 rounding of the same ops.
+    for k in whole:
+        np.testing.assert_allclose(stopped[k], whole[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    # Reseeding at the resumes trains on other batches: the weights differ.
+    assert max(float(np.max(np.abs(reseeded[k] - whole[k]))) for k in whole) > 1e-3
+    replays = [r.getMessage() for r in caplog.records if r.getMessage().startswith("replayed")]
+    assert [m.split(" in ")[0] for m in replays] == [
+        "replayed the data of steps 1-2",
+        "replayed the data of steps 1-5",
+    ]
+
+
+def test_resume_data_must_be_a_known_policy(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"train.resume_data must be one of \('reseed', 'replay'\), got 'rewind'"
+    ):
+        loop.train(
+            str(tmp_path / "run"),
+            model_fn=tiny_model,
+            train_dataset_fn=None,
+            global_batch_size=B,
+            num_steps=1,
+            resume_data="rewind",
+        )
+
+
 def test_make_strategy_kinds_and_errors(monkeypatch):
     assert strategy_lib.make_strategy("default") is tf.distribute.get_strategy()
     with pytest.raises(ValueError, match="unknown strategy kind"):
