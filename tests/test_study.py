@@ -675,7 +675,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert "(#runs-teacher-bad-full-sum)<br>+19.2%<br>1 of 3 collapsed |" in md
     assert "| 1 | 41.00 | 42.00 | **1 of 100 (collapsed)** | – |" in md
     assert "| 0 | 40.00 | 41.00 | 100 of 100 | – |" in md
-    assert "| teacher-good / full-sum | – | – | – | – |" in md  # the convergence table
+    assert "| teacher-good / full-sum | – | – | – | – | – |" in md  # the convergence table
     # Without a mirror (collect without results_dir), runs link to their directories in OUT.
     s0 = "../out/students/teacher-bad/hard/default/s0"
     assert f"({s0}) | [operative_config.gin]({s0}/operative_config.gin) |" in md
@@ -1133,13 +1133,40 @@ def test_report_shows_the_dev_wer_of_the_last_two_evaluations(tmp_path):
     assert result["teachers"][0]["convergence"] is None
     md = open(report.write(result, str(tmp_path / "results"), "cmd")[1]).read()
     assert "**Converged**: |last − previous| ≤ 1 point." in md
-    assert "| teacher-good / hard | 4 / 6 | 40.7 / 41.1 | +0.4 | yes |" in md
-    assert "| teacher-bad / hard | 4 / 6 | 60.5 / 55.5 | -5.0 | **no** |" in md
-    assert "| noise-0.2 / hard | – | – | – | – |" in md
-    assert "| teacher good | – | – | – | – |" in md
+    assert conv["curve"] == [
+        {"step": 2, "dev_wer": pytest.approx(51.0)},
+        {"step": 4, "dev_wer": pytest.approx(40.7)},
+        {"step": 6, "dev_wer": pytest.approx(41.1)},
+    ]
+    assert (
+        "| teacher-good / hard | 4 / 6 | 40.7 / 41.1 | +0.4 | yes | "
+        "51.0, 40.7, 41.1 (steps 2–6, every 2) |" in md
+    )
+    assert (
+        "| teacher-bad / hard | 4 / 6 | 60.5 / 55.5 | -5.0 | **no** | "
+        "60.5, 55.5 (steps 4–6, every 2) |" in md
+    )
+    assert "| noise-0.2 / hard | – | – | – | – | – |" in md
+    assert "| teacher good | – | – | – | – | – |" in md
     assert "(#runs-teacher-bad-hard)<br>+19.4%<br>[not converged](#convergence) |" in md
     assert "(#runs-teacher-good-hard)<br>+19.4% |" in md
     assert "| 1 | 41.00 | 42.00 | 100 of 100 | 41.9 / 41.0 (steps 4 / 6) |" in md
+
+
+def test_learning_curve_text_names_its_steps():
+    def curve(*points):
+        return [{"step": s, "dev_wer": w} for s, w in points]
+
+    assert report_markdown._curve([]) == "–"
+    assert report_markdown._curve(curve((8000, 29.14))) == "29.1 (step 8,000)"
+    assert (
+        report_markdown._curve(curve((1000, 76.42), (2000, 55.6), (3000, 45.26)))
+        == "76.4, 55.6, 45.3 (steps 1,000–3,000, every 1,000)"
+    )
+    assert (
+        report_markdown._curve(curve((1000, 60.0), (2000, 50.0), (2500, 48.0)))
+        == "60.0, 50.0, 48.0 (steps 1,000, 2,000, 2,500)"
+    )
 
 
 def test_history_file_name_matches_training():

@@ -72,6 +72,7 @@ def _run_record(plan: StudyPlan, model_dir: str, mirror: str | None) -> dict | N
     if src is None:
         return None
     evals = {s: read_json(os.path.join(src, "eval", f"{s}.json")) for s in SPLITS}
+    curve = dev_wer_curve(os.path.join(src, HISTORY_FILE))
     copy = mirrored(plan, mirror, model_dir)
     if copy is not None and not os.path.exists(os.path.join(copy, EVAL_FILES[0])):
         copy = None  # not mirrored (yet)
@@ -88,14 +89,15 @@ def _run_record(plan: StudyPlan, model_dir: str, mirror: str | None) -> dict | N
         "read_from": "out" if src == model_dir else "mirror",
         "mirror_dir": copy,
         "operative_config": config,
-        "dev_wer_last_evals": last_dev_wers(os.path.join(src, HISTORY_FILE)),
+        "dev_wer_last_evals": curve[-2:],
+        "dev_wer_curve": curve,
     }
 
 
-def last_dev_wers(history_path: str, count: int = 2) -> list[dict]:
-    """`[{"step", "dev_wer"}]` of the last `count` periodic evaluations with a dev WER in a
-    learning curve (`eval/history.jsonl`), oldest first; [] without one. Lines that are not
-    complete records (a writer killed mid-line) are skipped."""
+def dev_wer_curve(history_path: str) -> list[dict]:
+    """`[{"step", "dev_wer"}]` of every periodic evaluation with a dev WER in a learning curve
+    (`eval/history.jsonl`), oldest first; [] without one. Lines that are not complete records
+    (a writer killed mid-line) are skipped."""
     if not os.path.exists(history_path):
         return []
     with open(history_path, encoding="utf-8") as f:
@@ -108,16 +110,23 @@ def last_dev_wers(history_path: str, count: int = 2) -> list[dict]:
             continue
         if isinstance(record, dict) and "step" in record and record.get("dev/wer") is not None:
             by_step[int(record["step"])] = float(record["dev/wer"])
-    return [{"step": s, "dev_wer": by_step[s]} for s in sorted(by_step)[-count:]]
+    return [{"step": s, "dev_wer": by_step[s]} for s in sorted(by_step)]
 
 
 def convergence(runs: Sequence[Mapping]) -> dict | None:
     """Over the runs with two periodic dev WERs: their means at the last two evaluations, the
-    change, and `converged` (|change| <= `CONVERGED_WITHIN`); `steps` when the runs share them.
-    None when no run has two."""
+    change, and `converged` (|change| <= `CONVERGED_WITHIN`); `steps` when the runs share them;
+    `curve`, the mean learning curve at the steps they all evaluated. None when no run has two."""
     tails = [r["dev_wer_last_evals"] for r in runs if len(r.get("dev_wer_last_evals") or ()) == 2]
     if not tails:
         return None
+    curves = [
+        {e["step"]: e["dev_wer"] for e in r.get("dev_wer_curve") or r["dev_wer_last_evals"]}
+        for r in runs
+        if len(r.get("dev_wer_last_evals") or ()) == 2
+    ]
+    shared = sorted(set.intersection(*(set(c) for c in curves)))
+    curve = [{"step": s, "dev_wer": sum(c[s] for c in curves) / len(curves)} for s in shared]
     steps = {tuple(e["step"] for e in tail) for tail in tails}
     means = [sum(t[i]["dev_wer"] for t in tails) / len(tails) for i in (0, 1)]
     change = means[1] - means[0]
@@ -126,6 +135,7 @@ def convergence(runs: Sequence[Mapping]) -> dict | None:
         "dev_wer": means,
         "change": change,
         "converged": abs(change) <= CONVERGED_WITHIN,
+        "curve": curve,
         "num_runs": len(tails),
         "of_runs": len(runs),
     }
