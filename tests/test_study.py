@@ -432,15 +432,31 @@ def test_extra_seeds_name_a_cell_and_new_seeds(clean_gin):
          "invalid study plan: extra_seeds 'teacher-bad/hard': give a tuple of seeds, e.g. (3, 4), "
          "or (3,) for one seed; got '34'"),
         ({"teacher-bad/hard": ("a",)},  # not int()'s "invalid literal for int()"
-         "invalid study plan: extra_seeds 'teacher-bad/hard': seeds must be integers, e.g. (3, 4); "
-         "got 'a'"),
+         "invalid study plan: extra_seeds 'teacher-bad/hard': seeds must be integers >= 0, e.g. "
+         "(3, 4); got 'a'"),
         ({"no-kd/no-kd": (3, 4.5, "5")},  # 4.5 is not rounded to 4, nor "5" read as 5
-         "invalid study plan: extra_seeds 'no-kd/no-kd': seeds must be integers, e.g. (3, 4); "
-         "got 4.5, '5'"),
+         "invalid study plan: extra_seeds 'no-kd/no-kd': seeds must be integers >= 0, e.g. "
+         "(3, 4); got 4.5, '5'"),
     ):  # fmt: skip
         with pytest.raises(ValueError) as err:
             dataclasses.replace(plan, extra_seeds=extra)
         assert str(err.value) == message
+
+
+def test_seeds_are_integers_that_do_not_repeat(clean_gin):
+    config.parse_gin([plan_lib.preset_path("tiny")], [])
+    plan = gin.get_configurable("StudyPlan")()
+    for seeds, message in (
+        (("a",), "seeds: seeds must be integers >= 0, e.g. (3, 4); got 'a'"),  # not int()'s
+        ((0, 1.5, -1), "seeds: seeds must be integers >= 0, e.g. (3, 4); got 1.5, -1"),
+        (3, "seeds: give a tuple of seeds, e.g. (3, 4), or (3,) for one seed; got 3"),
+        ((), "no seeds"),
+        ((0, 1, 0), "seeds repeat: (0, 1, 0)"),
+    ):
+        with pytest.raises(ValueError) as err:
+            dataclasses.replace(plan, seeds=seeds)
+        assert str(err.value) == f"invalid study plan: {message}"
+    assert dataclasses.replace(plan, seeds=[2, 0]).seeds == (2, 0)
 
 
 # ---- scheduler -------------------------------------------------------------------------------

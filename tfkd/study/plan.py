@@ -133,27 +133,34 @@ def _as_teachers(teachers) -> tuple[Teacher, ...]:
     return tuple(out)
 
 
+def _as_seeds(label: str, seeds) -> tuple[tuple[int, ...] | None, str | None]:
+    """`seeds` as a tuple of ints, or None and a problem (starting with `label`) when it is not a
+    collection of seeds (a lone seed: gin reads `(3)` as 3) or holds one that is not an integer
+    >= 0 (`'a'`, or 2.5, which `int()` would round)."""
+    if isinstance(seeds, str) or not isinstance(seeds, Iterable):
+        return None, (
+            f"{label}: give a tuple of seeds, e.g. (3, 4), or (3,) for one seed; got {seeds!r}"
+        )
+    seeds = tuple(seeds)
+    bad = [
+        s for s in seeds if isinstance(s, bool) or not isinstance(s, numbers.Integral) or int(s) < 0
+    ]
+    if bad:
+        got = ", ".join(map(repr, bad))
+        return None, f"{label}: seeds must be integers >= 0, e.g. (3, 4); got {got}"
+    return tuple(int(s) for s in seeds), None
+
+
 def _as_extra_seeds(extra) -> tuple[dict[str, tuple[int, ...]], list[str]]:
-    """`StudyPlan.extra_seeds` with tuples of int seeds, and a problem for each value that is not
-    a collection of seeds (a lone seed: gin reads `(3)` as 3) or holds a seed that is not an
-    integer (`'a'`, or 2.5, which `int()` would round), whose key is left out."""
+    """`StudyPlan.extra_seeds` with tuples of int seeds, and a problem for each value that
+    `_as_seeds` refuses, whose key is left out."""
     out, problems = {}, []
     for key, seeds in dict(extra).items():
-        if isinstance(seeds, str) or not isinstance(seeds, Iterable):
-            problems.append(
-                f"extra_seeds {str(key)!r}: give a tuple of seeds, e.g. (3, 4), or (3,) for one "
-                f"seed; got {seeds!r}"
-            )
-            continue
-        seeds = tuple(seeds)
-        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, numbers.Integral)]
-        if bad:
-            problems.append(
-                f"extra_seeds {str(key)!r}: seeds must be integers, e.g. (3, 4); got "
-                + ", ".join(map(repr, bad))
-            )
+        seeds, problem = _as_seeds(f"extra_seeds {str(key)!r}", seeds)
+        if problem:
+            problems.append(problem)
         else:
-            out[str(key)] = tuple(int(s) for s in seeds)
+            out[str(key)] = seeds
     return out, problems
 
 
@@ -236,7 +243,8 @@ class StudyPlan:
     def __post_init__(self):
         self.teachers = _as_teachers(self.teachers)
         self.methods = _as_methods(self.methods)
-        self.seeds = tuple(int(s) for s in self.seeds)
+        seeds, seeds_problem = _as_seeds("seeds", self.seeds)
+        self.seeds = seeds if seeds is not None else ()
         self.extra_seeds, not_seeds = _as_extra_seeds(self.extra_seeds)
         names = [t.name for t in self.teachers]
         methods = {m.name: m for m in self.methods}
@@ -258,8 +266,12 @@ class StudyPlan:
                 problems.append(f"method {m.name}: unknown teachers {unknown} (teachers: {names})")
             if m.needs not in NEEDS:
                 problems.append(f"method {m.name}: needs must be one of {', '.join(NEEDS)}")
-        if not self.seeds:
+        if seeds_problem:
+            problems.append(seeds_problem)
+        elif not self.seeds:
             problems.append("no seeds")
+        elif len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds repeat: {self.seeds}")
         for key in list(self.tuning) + list(self.noise_methods):
             if key not in methods:
                 problems.append(f"unknown method {key!r} (methods: {sorted(methods)})")
