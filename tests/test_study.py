@@ -1103,8 +1103,21 @@ def test_report_marks_a_partial_table_and_names_what_is_missing(tmp_path):
         for name in ("eval/dev.json", "manifest.json"):
             if os.path.exists(os.path.join(path, name)):
                 os.remove(os.path.join(path, name))
+    for j in jobs:  # full-sum students took 300 s, every other job 100 s
+        if j.info.get("method") == "full-sum":
+            with open(jobs_lib.stamp_path(plan.out_dir, j.name), "w") as f:
+                json.dump({"job": j.name, "seconds": 300.0}, f)
     result = report.collect(plan, jobs, results_dir=str(tmp_path / "results"))
     assert result["partial"] is True
+    # Each missing job at its kind's median, a student at its method's: teacher-good's two
+    # full-sum seeds at 300 s, the other 5 at 100 s.
+    assert result["remaining"] == {"job_seconds": 1100.0, "jobs": 7, "unestimated": 0}
+    teacher = next(j for j in jobs if j.name == "teacher-good")
+    assert report._remaining([teacher], {("student",): [1.0]}) == {
+        "job_seconds": 0.0,
+        "jobs": 0,
+        "unestimated": 1,
+    }
     # 37 jobs (test_finished_jobs_are_mirrored_...), 7 of them without their results
     assert (result["jobs_done"], result["jobs_total"]) == (30, 37)
     assert result["missing"] == [
@@ -1126,7 +1139,9 @@ def test_report_marks_a_partial_table_and_names_what_is_missing(tmp_path):
         "**Partial: 30 of 37 jobs finished** (teacher, pseudo-label and student jobs with results "
         "in the study directory or in `runs/`). Missing: teacher good; pseudo-labels "
         "good-noise0.2; teacher-bad / soft SHIFT=1 (tuning, seed 0); teacher-good / full-sum "
-        "(seeds 0, 1); no-KD baseline (seed 1); teacher-bad / full-sum + labelled (seed 1)."
+        "(seeds 0, 1); no-KD baseline (seed 1); teacher-bad / full-sum + labelled (seed 1). "
+        "Estimated: about 0.3 h of job time for 7 of the missing jobs (0.2 h of wall time two at "
+        "a time), each at the median time of the finished jobs of its method (students) or kind."
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 from collections.abc import Mapping, Sequence
 
 from tfkd.study import plan_jobs, stats
@@ -410,9 +411,11 @@ def _job_progress(plan: StudyPlan, jobs: Sequence[Job], mirror: str | None) -> d
     `jobs_total`; `jobs_done`, those whose results (their outputs: eval reports or manifest)
     are in OUT or the mirror; `job_seconds`, the sum of their stamped wall times (OUT's stamp,
     else the mirror's copy); `partial` when some are missing, `missing_jobs` their names and
-    `missing` the same grouped by teacher, pseudo-labels and cell (`_missing_groups`)."""
+    `missing` the same grouped by teacher, pseudo-labels and cell (`_missing_groups`);
+    `remaining` (`_remaining`), an estimate of the missing jobs' time."""
     planned = [j for j in jobs if "kind" in j.info]
     done, missing, seconds = [], [], 0.0
+    times: dict[tuple, list[float]] = {}
     for job in planned:
         run_dir = job_dir(job)
         names = [os.path.relpath(p, run_dir) for p in job.outputs]
@@ -424,14 +427,39 @@ def _job_progress(plan: StudyPlan, jobs: Sequence[Job], mirror: str | None) -> d
         if stamp is None and mirror is not None:
             stamp = read_json(os.path.join(mirrored(plan, mirror, run_dir), MIRROR_STAMP))
         seconds += (stamp or {}).get("seconds", 0.0)
+        if stamp and stamp.get("seconds"):
+            for key in _time_keys(job):
+                times.setdefault(key, []).append(float(stamp["seconds"]))
     return {
         "job_seconds": seconds,
+        "remaining": _remaining(missing, times),
         "jobs_done": len(done),
         "jobs_total": len(planned),
         "partial": bool(missing),
         "missing_jobs": [j.name for j in missing],
         "missing": _missing_groups(missing),
     }
+
+
+def _time_keys(job: Job) -> tuple[tuple, ...]:
+    """What a job's time predicts, most specific first: a student's method, then its kind."""
+    kind = job.info["kind"]
+    if kind == "student":
+        return (("student", job.info["method"]), ("student",))
+    return ((kind,),)
+
+
+def _remaining(missing: Sequence[Job], times: Mapping[tuple, Sequence[float]]) -> dict:
+    """`job_seconds`: the missing jobs' time, each at the median stamped time of the finished
+    jobs it resembles most (`_time_keys`); `jobs`: how many that covers; `unestimated`: those
+    with no finished job alike."""
+    total, estimated = 0.0, 0
+    for job in missing:
+        known = next((times[k] for k in _time_keys(job) if times.get(k)), None)
+        if known is not None:
+            total += statistics.median(known)
+            estimated += 1
+    return {"job_seconds": total, "jobs": estimated, "unestimated": len(missing) - estimated}
 
 
 def _missing_groups(missing: Sequence[Job]) -> list[str]:

@@ -219,8 +219,24 @@ def _partial_line(result: Mapping) -> str:
     return (
         f"**Partial: {result['jobs_done']} of {result['jobs_total']} jobs finished** (teacher, "
         "pseudo-label and student jobs with results in the study directory or in "
-        f"`{MIRROR}/`). Missing: {'; '.join(shown)}{more}."
+        f"`{MIRROR}/`). Missing: {'; '.join(shown)}{more}.{_remaining_text(result)}"
     )
+
+
+def _remaining_text(result: Mapping) -> str:
+    """` Estimated: about 30.2 h of job time for the 58 missing jobs (...).`; "" without one."""
+    rest = result.get("remaining")
+    if not rest or not rest["jobs"]:
+        return ""
+    hours = rest["job_seconds"] / 3600
+    text = (
+        f" Estimated: about {hours:.1f} h of job time for {rest['jobs']} of the missing jobs "
+        f"({hours / 2:.1f} h of wall time two at a time), each at the median time of the "
+        "finished jobs of its method (students) or kind"
+    )
+    if rest["unestimated"]:
+        text += f"; {rest['unestimated']} more have no finished job alike"
+    return text + "."
 
 
 def _comparisons_section(comparisons: Sequence[Mapping]) -> list[str]:
