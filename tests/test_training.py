@@ -411,6 +411,31 @@ def test_replayed_resume_trains_on_the_uninterrupted_runs_batches(tmp_path, capl
     ]
 
 
+def test_replay_past_the_end_of_a_finite_dataset_says_so(tmp_path):
+    pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)
+    batches = {"count": 3}
+    kwargs = dict(
+        model_fn=tiny_model,
+        train_dataset_fn=lambda input_context, seed: pipeline.make_dataset(
+            pattern, global_batch_size=B, repeat=True, input_context=input_context
+        ).take(batches["count"]),
+        global_batch_size=B,
+        trainer_fn=lambda *a, **k: trainers.SupervisedTrainer(*a, jit_compile=False, **k),
+        checkpoint_every=1,
+        resume_data="replay",
+        progress=False,
+    )
+    model_dir = str(tmp_path / "run")
+    loop.train(model_dir, num_steps=2, **kwargs)  # batch 0 builds, batches 1 and 2 train
+    batches["count"] = 2  # the data changed: it now ends before the resume point
+    with pytest.raises(loop.EmptyDatasetError) as err:
+        loop.train(model_dir, num_steps=4, **kwargs)
+    assert str(err.value) == (
+        f"the training dataset ends before step 3, where train.resume_data = 'replay' resumes "
+        f"{model_dir}: make it repeat (make_dataset.repeat = True)"
+    )
+
+
 def test_resume_data_must_be_a_known_policy(tmp_path):
     with pytest.raises(
         ValueError, match=r"train.resume_data must be one of \('reseed', 'replay'\), got 'rewind'"

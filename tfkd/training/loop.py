@@ -185,6 +185,12 @@ def train(
     try:
         first_batch = next(iterator)
     except (StopIteration, tf.errors.OutOfRangeError):
+        if resume_data == "replay" and resume_step:
+            raise EmptyDatasetError(
+                f"the training dataset ends before step {resume_step + 1}, where "
+                f"train.resume_data = 'replay' resumes {model_dir}: make it repeat "
+                "(make_dataset.repeat = True)"
+            ) from None
         raise EmptyDatasetError(
             "the training dataset is empty: every record was filtered out or none matched. "
             "Check the file pattern and the max_duration_s / max_label_length filters "
