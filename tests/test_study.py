@@ -138,9 +138,9 @@ def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
     assert kinds.count("pseudo") == 3 + 1 + 3
     students = [j.info for j in jobs if j.info.get("kind") == "student"]
     # baseline 3 seeds; 3 teachers x 5 methods x 3 seeds; full-sum + labelled with the bad
-    # teacher, 3 seeds; noise 1 rate x 2 methods x 3 seeds; tuning: soft 2 shifts, full-sum 2
-    # length norms, disc 2 x 2 (eta, tau), one of each grid being a seed-0 run.
-    assert len(students) == 3 + 45 + 3 + 6 + 1 + 1 + 3
+    # teacher, 3 seeds; noise 1 rate x 2 methods x 3 seeds; tuning: soft 2 x 2 (omega, shift),
+    # full-sum 2 length norms, disc 2 x 2 (eta, tau), one of each grid being a seed-0 run.
+    assert len(students) == 3 + 45 + 3 + 6 + 3 + 1 + 3
     cell = [s for s in students if s["arm"] == "teacher-good" and s["method"] == "full-sum"]
     assert sorted(s["seed"] for s in cell) == [0, 1, 2]
     mixed = {s["arm"] for s in students if s["method"] == "full-sum + labelled"}
@@ -150,7 +150,7 @@ def test_small_preset_expands_into_every_run_with_valid_dependencies(tmp_path):
 def test_student_commands_point_at_their_teacher(tmp_path):
     plan = load_preset("small", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
     jobs = {j.name: j for j in plan_jobs.jobs(plan)}
-    soft = jobs["student-teacher-medium-soft-SHIFT=2-s0"]
+    soft = jobs["student-teacher-medium-soft-OMEGA=0.1,SHIFT=2-s0"]
     train, evaluate = soft.argv_lists()
     assert "--gin_file=gin/soft_kd_offline.gin" in train
     assert not any("TEACHER_DIR" in a for a in train)  # offline: no teacher in the trainer
@@ -158,7 +158,7 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert soft.deps == ("pseudo-medium-soft",) and soft_dir.endswith("pseudo/medium-soft")
     pseudo = os.path.join(soft_dir, "*.tfrecord")
     assert f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{pseudo}'" in train
-    assert "--gin_bindings=SHIFT = 2" in train
+    assert "--gin_bindings=SHIFT = 2" in train and "--gin_bindings=OMEGA = 0.1" in train
     soft_pl = jobs["pseudo-medium-soft"].argv_lists()[0]
     assert "--soft_targets" in soft_pl and "--nbest=1" in soft_pl
     assert f"--output_dir={soft_dir}" in soft_pl
@@ -260,7 +260,7 @@ def _training_argvs(plan):
 # (no own grid) 2, other frame rate 2, + labelled 1, noise 1: 8. librispeech (3 seeds, tuned on
 # medium, 3 noise rates): full-sum 1 + 8, disc's 3 tuning runs + 8, other frame rate 9,
 # + labelled 3, noise 3 x 3 = 9: 41.
-TRAININGS = {"tiny": (2 + 16, 8), "small": (3 + 62, 36), "librispeech": (3 + 74, 41)}
+TRAININGS = {"tiny": (2 + 16, 8), "small": (3 + 64, 36), "librispeech": (3 + 74, 41)}
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "librispeech"])
@@ -333,6 +333,7 @@ def _write_dev(model_dir, wer, **fields):
 
 def test_tuned_values_come_from_the_lowest_dev_wer(tmp_path):
     plan = load_preset("small", out_dir=str(tmp_path), data_dir=str(tmp_path / "data"))
+    plan = dataclasses.replace(plan, tuning={**plan.tuning, "soft": {"SHIFT": [0, 2]}})
     with pytest.raises(RuntimeError, match="not evaluated"):
         plan_jobs.tuned_values(plan, "soft")
     for shift, wer in ((0, 50.0), (2, 45.0)):
@@ -648,7 +649,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     )
     # Tuning: every value ties on dev, the first is chosen, and only its run joins the cell.
     assert {m: c["values"] for m, c in result["chosen_on_dev"].items()} == {
-        "soft": {"SHIFT": 0},
+        "soft": {"OMEGA": 1.0, "SHIFT": 0},
         "full-sum": {"LENGTH_NORM": False},
         "full-sum disc.": {"ETA": 1.0, "TAU": 1.0},
     }
@@ -656,8 +657,8 @@ def test_report_means_intervals_links_and_plot(tmp_path):
         chosen = plan_lib.setting_name(result["chosen_on_dev"][method]["values"])
         runs = cells[("teacher-medium", method)]["runs"]
         assert [r["setting"] for r in runs] == [chosen, "tuned", "tuned"]
-    # soft 2 shifts + full-sum 2 length norms + disc. 2 etas x 2 taus
-    assert len(result["tuning_runs"]) == 2 + 2 + 4
+    # soft 2 omegas x 2 shifts + full-sum 2 length norms + disc. 2 etas x 2 taus
+    assert len(result["tuning_runs"]) == 4 + 2 + 4
     # The methods that take full-sum's setting make ordinary cells; the mixed arm only with bad.
     other_rate = cells[("teacher-medium", "full-sum, other frame rate")]
     assert [r["setting"] for r in other_rate["runs"]] == ["tuned"] * 3
@@ -670,7 +671,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     assert loaded["command"] == "python tools/run_study.py" and loaded["measured_seconds"] == 3600
     # Every job has its results (no stamps: no job seconds); 5 data jobs are not counted:
     # 3 teachers + 7 pseudo-labelling + 62 students = 72.
-    assert loaded["jobs_done"] == loaded["jobs_total"] == len(jobs) - 5 == 3 + 7 + 62
+    assert loaded["jobs_done"] == loaded["jobs_total"] == len(jobs) - 5 == 3 + 7 + 64
     assert loaded["job_seconds"] == 0 and loaded["partial"] is False and loaded["missing"] == []
     assert loaded["cells"][0]["convergence"] is None  # no learning curves
     md = open(paths[1]).read()
@@ -696,7 +697,7 @@ def test_report_means_intervals_links_and_plot(tmp_path):
     s0 = "../out/students/teacher-bad/hard/default/s0"
     assert f"({s0}) | [operative_config.gin]({s0}/operative_config.gin) |" in md
     assert not (tmp_path / "results" / "configs").exists()
-    assert "soft, other frame rate: n/a" in md and "SHIFT=0 (lowest dev WER" in md
+    assert "soft, other frame rate: n/a" in md and "OMEGA=1.0,SHIFT=0 (lowest dev WER" in md
     # The settings taken from full-sum's choice are named; the mixed arm is not run with the
     # teachers it leaves out (not "–", which is a result still missing).
     assert "- **full-sum disc.**: ETA=1.0,TAU=1.0 on top of full-sum's LENGTH_NORM=False (" in md
