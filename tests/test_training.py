@@ -270,6 +270,31 @@ def test_empty_training_dataset_is_a_clear_error(clean_gin, tmp_path):
         config.train(str(tmp_path / "run"))
 
 
+def eager_trainer(*args, **kwargs):
+    """`train.trainer_fn`: a SupervisedTrainer without XLA (the CPU setting)."""
+    return trainers.SupervisedTrainer(*args, jit_compile=False, **kwargs)
+
+
+def shuffled_data(pattern, seeds=None, **options):
+    """`train.train_dataset_fn`: `pattern`'s records shuffled with the loop's seed, repeating;
+    each seed it is called with is appended to `seeds` when given; `options` to make_dataset."""
+
+    def dataset_fn(input_context, seed):
+        if seeds is not None:
+            seeds.append(seed)
+        return pipeline.make_dataset(
+            pattern,
+            global_batch_size=B,
+            shuffle=True,
+            seed=seed,
+            repeat=True,
+            input_context=input_context,
+            **options,
+        )
+
+    return dataset_fn
+
+
 @pytest.mark.slow  # ~50 s: two train() calls, each tracing a step and a greedy decoder
 def test_train_resumes_and_reports_dev_wer(tmp_path):
     pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)
@@ -282,21 +307,11 @@ def test_train_resumes_and_reports_dev_wer(tmp_path):
         max_batches=2,
     )
 
-    def dataset_fn(input_context, seed):
-        return pipeline.make_dataset(
-            pattern,
-            global_batch_size=B,
-            shuffle=True,
-            seed=seed,
-            repeat=True,
-            input_context=input_context,
-        )
-
     kwargs = dict(
         model_fn=tiny_model,
-        train_dataset_fn=dataset_fn,
+        train_dataset_fn=shuffled_data(pattern),
         global_batch_size=B,
-        trainer_fn=lambda *a, **k: trainers.SupervisedTrainer(*a, jit_compile=False, **k),
+        trainer_fn=eager_trainer,
         checkpoint_every=2,
         summary_every=1,
         eval_every=2,
@@ -320,23 +335,11 @@ def test_train_resumes_and_reports_dev_wer(tmp_path):
 def test_train_resumes_step_and_reseeds_data(tmp_path):
     pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)
     seeds = []
-
-    def dataset_fn(input_context, seed):
-        seeds.append(seed)
-        return pipeline.make_dataset(
-            pattern,
-            global_batch_size=B,
-            shuffle=True,
-            seed=seed,
-            repeat=True,
-            input_context=input_context,
-        )
-
     kwargs = dict(
         model_fn=tiny_model,
-        train_dataset_fn=dataset_fn,
+        train_dataset_fn=shuffled_data(pattern, seeds),
         global_batch_size=B,
-        trainer_fn=lambda *a, **k: trainers.SupervisedTrainer(*a, jit_compile=False, **k),
+        trainer_fn=eager_trainer,
         checkpoint_every=2,
         seed=7,
         progress=False,
@@ -358,19 +361,7 @@ def _weights_after(tmp_path, name, stops, resume_data):
     """Trains the tiny model to each step of `stops` in turn (a resume at each) with shuffled,
     deterministic data; returns the final weights."""
     pattern = write_tiny_records(str(tmp_path / "records"), vocab_size=VOCAB)
-
-    def dataset_fn(input_context, seed):
-        return pipeline.make_dataset(
-            pattern,
-            global_batch_size=B,
-            shuffle=True,
-            seed=seed,
-            shuffle_buffer_size=64,
-            deterministic=True,
-            repeat=True,
-            input_context=input_context,
-        )
-
+    dataset_fn = shuffled_data(pattern, shuffle_buffer_size=64, deterministic=True)
     model_dir = str(tmp_path / name)
     for num_steps in stops:
         loop.train(
@@ -379,7 +370,7 @@ def _weights_after(tmp_path, name, stops, resume_data):
             train_dataset_fn=dataset_fn,
             global_batch_size=B,
             num_steps=num_steps,
-            trainer_fn=lambda *a, **k: trainers.SupervisedTrainer(*a, jit_compile=False, **k),
+            trainer_fn=eager_trainer,
             checkpoint_every=1,
             seed=3,
             resume_data=resume_data,
@@ -420,7 +411,7 @@ def test_replay_past_the_end_of_a_finite_dataset_says_so(tmp_path):
             pattern, global_batch_size=B, repeat=True, input_context=input_context
         ).take(batches["count"]),
         global_batch_size=B,
-        trainer_fn=lambda *a, **k: trainers.SupervisedTrainer(*a, jit_compile=False, **k),
+        trainer_fn=eager_trainer,
         checkpoint_every=1,
         resume_data="replay",
         progress=False,

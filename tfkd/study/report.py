@@ -118,14 +118,11 @@ def convergence(runs: Sequence[Mapping]) -> dict | None:
     """Over the runs with two periodic dev WERs: their means at the last two evaluations, the
     change, and `converged` (|change| <= `CONVERGED_WITHIN`); `steps` when the runs share them;
     `curve`, the mean learning curve at the steps they all evaluated. None when no run has two."""
-    tails = [r["dev_wer_last_evals"] for r in runs if len(r.get("dev_wer_last_evals") or ()) == 2]
-    if not tails:
+    with_two = [r for r in runs if len(r.get("dev_wer_last_evals") or ()) == 2]
+    if not with_two:
         return None
-    curves = [
-        {e["step"]: e["dev_wer"] for e in r.get("dev_wer_curve") or r["dev_wer_last_evals"]}
-        for r in runs
-        if len(r.get("dev_wer_last_evals") or ()) == 2
-    ]
+    tails = [r["dev_wer_last_evals"] for r in with_two]
+    curves = [{e["step"]: e["dev_wer"] for e in r["dev_wer_curve"]} for r in with_two]
     shared = sorted(set.intersection(*(set(c) for c in curves)))
     curve = [{"step": s, "dev_wer": sum(c[s] for c in curves) / len(curves)} for s in shared]
     steps = {tuple(e["step"] for e in tail) for tail in tails}
@@ -426,10 +423,11 @@ def _job_progress(plan: StudyPlan, jobs: Sequence[Job], mirror: str | None) -> d
         stamp = read_json(stamp_path(plan.out_dir, job.name))
         if stamp is None and mirror is not None:
             stamp = read_json(os.path.join(mirrored(plan, mirror, run_dir), MIRROR_STAMP))
-        seconds += (stamp or {}).get("seconds", 0.0)
-        if stamp and stamp.get("seconds"):
+        job_seconds = float((stamp or {}).get("seconds", 0.0))
+        seconds += job_seconds
+        if job_seconds:
             for key in _time_keys(job):
-                times.setdefault(key, []).append(float(stamp["seconds"]))
+                times.setdefault(key, []).append(job_seconds)
     return {
         "job_seconds": seconds,
         "remaining": _remaining(missing, times),
