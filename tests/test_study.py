@@ -15,10 +15,10 @@ import gin
 import pytest
 
 from tfkd import cli, config
+from tfkd.study import carry, plan_jobs, report, report_markdown, scheduler, stats
 from tfkd.study import jobs as jobs_lib
 from tfkd.study import mirror as mirror_lib
 from tfkd.study import plan as plan_lib
-from tfkd.study import plan_jobs, report, report_markdown, scheduler, stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -155,7 +155,9 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert "--gin_file=gin/soft_kd_offline.gin" in train
     assert not any("TEACHER_DIR" in a for a in train)  # offline: no teacher in the trainer
     soft_dir = plan.pseudo_dir("medium", soft_targets=True)
-    assert soft.deps == ("pseudo-medium-soft",) and soft_dir.endswith("pseudo/medium-soft")
+    assert soft.deps == ("pseudo-medium-soft", "data-pool") and soft_dir.endswith(
+        "pseudo/medium-soft"
+    )
     pseudo = os.path.join(soft_dir, "*.tfrecord")
     assert f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{pseudo}'" in train
     assert "--gin_bindings=SHIFT = 2" in train and "--gin_bindings=OMEGA = 0.1" in train
@@ -166,7 +168,7 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert "--soft_targets" not in hard_pl and f"--nbest={plan.nbest}" in hard_pl
     # Full-sum is tuned on the medium teacher: its seed-0 runs there are the tuning runs.
     full_sum_job = jobs["student-teacher-medium-full-sum-LENGTH_NORM=True-s0"]
-    assert full_sum_job.deps == ("pseudo-medium",)
+    assert full_sum_job.deps == ("pseudo-medium", "data-pool")
     full_sum = full_sum_job.argv_lists()[0]
     nbest = os.path.join(plan.pseudo_dir("medium"), "*.tfrecord")
     assert f"--gin_bindings=PSEUDO_LABEL_RECORDS = '{nbest}'" in full_sum
@@ -175,7 +177,7 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     assert "--gin_bindings=train.seed = 0" in train
     assert evaluate[1].endswith("bin/evaluate") and "--split=test" in evaluate
     noisy = jobs["student-noise-0.3-hard-default-s1"]
-    assert noisy.deps == ("pseudo-good-noise0.3",)
+    assert noisy.deps == ("pseudo-good-noise0.3", "data-pool")
     assert "--gin_bindings=train.seed = 1" in noisy.argv_lists()[0]
     baseline = jobs["student-no-kd-no-kd-default-s2"].argv_lists()[0]
     assert not any("PSEUDO_LABEL" in a or "TEACHER_DIR" in a for a in baseline)
@@ -211,7 +213,7 @@ def test_tuning_from_runs_after_the_source_tuning_and_uses_its_choice(tmp_path):
         "student-teacher-medium-full-sum-LENGTH_NORM=True-s0",
     )
     disc_tuning = jobs["student-teacher-medium-full-sum-disc-ETA=4.0,TAU=2.0-s0"]
-    assert disc_tuning.deps == ("pseudo-medium",) + source
+    assert disc_tuning.deps == ("pseudo-medium", "data-pool") + source
     other_rate = jobs["student-teacher-good-full-sum-other-frame-rate-tuned-s1"]
     assert set(source) <= set(other_rate.deps)
     # Dev WER picks LENGTH_NORM = True for full-sum; the disc. run adds its own grid on top.
@@ -390,7 +392,11 @@ def test_extra_seeds_add_runs_to_their_cells_after_every_other_job(tmp_path):
     ]
     hard = jobs["student-teacher-bad-hard-default-s4"]
     assert hard.info["model_dir"] == str(tmp_path / "out/students/teacher-bad/hard/default/s4")
-    assert hard.deps == jobs["student-teacher-bad-hard-default-s1"].deps == ("pseudo-bad",)
+    assert (
+        hard.deps
+        == jobs["student-teacher-bad-hard-default-s1"].deps
+        == ("pseudo-bad", "data-records")
+    )
     train, evaluate = hard.argv_lists()
     assert "--gin_bindings=train.seed = 4" in train
     assert f"--model_dir={hard.info['model_dir']}" in train and evaluate[1].endswith("bin/evaluate")
@@ -593,10 +599,11 @@ def test_scheduler_in_sequence_only_always_and_failures(tmp_path):
     broken = jobs_lib.Job("broken", lambda: [[str(1 / 0)]])
     assert run.run([broken]) == {"broken": "failed"}
     assert isinstance(run.failures["broken"].error, ZeroDivisionError)
-    steps = [("x", [], ()), ("y", [], ())]
+    steps = [("x", [], ()), ("y", [], ()), ("z", [], ())]
     assert [(j.name, j.deps) for j in jobs_lib.data_jobs(steps, prefix="")] == [
         ("x", ()),
         ("y", ("x",)),
+        ("z", ("x", "y")),  # each data step reads the corpus and the SentencePiece model
     ]
 
 
@@ -1058,6 +1065,130 @@ def test_the_mirror_holds_the_runs_of_one_command(tmp_path):
     with pytest.raises(ValueError, match="holds the runs of `python tools/run_study.py --preset "
                        "small`, not of `python tools/run_study.py --preset tiny`"):  # fmt: skip
         mirror_lib.claim_mirror(results, "python tools/run_study.py --preset tiny")
+
+
+# ---- carrying a study to another machine -------------------------------------------------------
+
+
+def test_a_teachers_last_checkpoint_is_carried_and_restores_in_tensorflow(tmp_path):
+    import tensorflow as tf
+
+    run, copy = str(tmp_path / "run"), str(tmp_path / "copy")
+    v = tf.Variable(1.0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=v), run, max_to_keep=2)
+    manager.save(checkpoint_number=4)
+    v.assign(2.0)
+    manager.save(checkpoint_number=8)
+    copies = carry.carry_checkpoint(run, copy)
+    assert sorted(os.path.basename(p) for p in copies) == [
+        "checkpoint", "ckpt-8.data-00000-of-00001", "ckpt-8.index"]  # fmt: skip
+    w = tf.Variable(0.0)
+    tf.train.Checkpoint(v=w).restore(tf.train.latest_checkpoint(copy)).assert_consumed()
+    assert w.numpy() == 2.0
+    v.assign(3.0)
+    manager.save(checkpoint_number=12)
+    carry.carry_checkpoint(run, copy)  # the older copy goes: one checkpoint per run
+    assert sorted(os.listdir(copy)) == [
+        "checkpoint", "ckpt-12.data-00000-of-00001", "ckpt-12.index"]  # fmt: skip
+    assert carry.carry_checkpoint(str(tmp_path / "none"), copy) == []
+
+
+def _fake_data(plan):
+    for rel, content in (("records/dev-00000.tfrecord", b"dev"), ("spm/spm.model", b"spm")):
+        os.makedirs(os.path.join(plan.data_dir, os.path.dirname(rel)), exist_ok=True)
+        with open(os.path.join(plan.data_dir, rel), "wb") as f:
+            f.write(content)
+    with open(os.path.join(plan.data_dir, "records", "dev.manifest.json"), "w") as f:
+        f.write("{}")  # not read by a run: not fingerprinted
+
+
+def test_a_clone_on_another_machine_restores_finished_runs_and_reruns_only_what_is_left(tmp_path):
+    plan, jobs = _fake_study(tmp_path)
+    _fake_data(plan)
+    for t in plan.teachers:
+        model_dir = plan.teacher_dir(t.name)
+        with open(os.path.join(model_dir, "checkpoint"), "w") as f:
+            f.write('model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-4"\n')
+        open(os.path.join(model_dir, "ckpt-4.data-00000-of-00001"), "wb").close()
+    results = str(tmp_path / "results")
+    mirror_lib.mirror_study(plan, jobs, results)
+    carried = carry.carry_study(plan, jobs, results)
+    mirror = tmp_path / "results" / "runs"
+    good = mirror / "teachers" / "good"
+    assert sorted(str(p.relative_to(good)) for p in good.rglob("*") if p.is_file()) == [
+        "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index", "eval/dev.json",
+        "eval/test.json", "operative_config.gin", "stamp.json"]  # fmt: skip
+    assert str(mirror / "data.json") in carried
+    files = json.loads((mirror / "data.json").read_text())["files"]
+    assert sorted(files) == ["records/dev-00000.tfrecord", "spm/spm.model"]
+    # One student had not finished on the first machine; then the study moves.
+    unfinished = plan.student_dir("teacher-good", "full-sum", "tuned", 1)
+    shutil.rmtree(mirror_lib.mirrored(plan, str(mirror), unfinished))
+    shutil.rmtree(plan.out_dir)
+    restored = carry.restore(plan, jobs, results)
+    models = [j.name for j in jobs if j.info.get("kind") in ("teacher", "student")]
+    assert sorted(restored) == sorted(set(models) - {"student-teacher-good-full-sum-tuned-s1"})
+    stamp = json.loads(open(jobs_lib.stamp_path(plan.out_dir, "teacher-good")).read())
+    assert stamp == {"job": "teacher-good", "seconds": 100.0,
+                     "restored_from": "runs/teachers/good"}  # fmt: skip
+    assert os.path.exists(os.path.join(plan.teacher_dir("good"), "ckpt-4.index"))
+    assert json.loads(open(os.path.join(plan.out_dir, "wall_time.json")).read())["seconds"] == 7200
+    runner = scheduler.Scheduler(plan.out_dir, progress=False)
+    # The unfinished student reads pseudo-good, made from the carried teacher from the data.
+    assert carry.unneeded(jobs, runner.done) == {
+        "pseudo-bad", "pseudo-bad-soft", "pseudo-good-noise0.2", "pseudo-good-soft"}  # fmt: skip
+    assert carry.restore(plan, jobs, results) == []  # done in OUT now
+    assert report.collect(plan, jobs, results_dir=results)["jobs_done"] == 36
+    # Every job done: nothing to rerun, not even the data.
+    _fake_eval(unfinished, 40.0, 41.0)
+    stamp_job = "student-teacher-good-full-sum-tuned-s1"
+    with open(jobs_lib.stamp_path(plan.out_dir, stamp_job), "w") as f:
+        json.dump({"seconds": 1.0}, f)
+    skip = carry.unneeded(jobs, runner.done)
+    assert skip == {j.name for j in jobs if not runner.done(j)} and "data-records" in skip
+
+
+def test_data_other_than_the_carried_runs_stops_the_study_at_the_last_data_job(tmp_path):
+    plan = load_preset("tiny", out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"))
+    results = str(tmp_path / "results")
+    _fake_data(plan)
+    assert carry.check_data(plan, results) is None  # nothing carried yet
+    carry.record_data(plan, results)
+    assert carry.check_data(plan, results) is None
+    with open(os.path.join(plan.data_dir, "records", "dev-00000.tfrecord"), "wb") as f:
+        f.write(b"other audio")
+    fix = (
+        f"differs (1 files): the carried runs in {results}/runs were trained on other data "
+        f"({results}/runs/data.json): rebuild {plan.data_dir} with the tools and Debian "
+        "packages they used, or move that directory aside to start the study afresh"
+    )
+    assert carry.check_data(plan, results) == f"{plan.data_dir}/records/dev-00000.tfrecord {fix}"
+    os.remove(os.path.join(plan.data_dir, "spm", "spm.model"))
+    assert carry.check_data(plan, results).startswith(
+        f"{plan.data_dir}/spm/spm.model is missing (1 files): the carried runs in"
+    )
+    # The last data job checks it after its own check.
+    jobs = [
+        jobs_lib.Job("data-spm", [], check=lambda: None),
+        jobs_lib.Job("data-records", [], check=lambda: None),
+        jobs_lib.Job("teacher-good", [], info={"kind": "teacher"}),
+    ]
+    guarded = carry.guard_data(plan, jobs, results)
+    assert guarded[0] is jobs[0] and guarded[2] is jobs[2] and guarded[0].check() is None
+    assert guarded[1].check().startswith(f"{plan.data_dir}/spm/spm.model is missing")
+    jobs[1] = dataclasses.replace(jobs[1], check=lambda: "records of another size")
+    assert carry.guard_data(plan, jobs, results)[1].check() == "records of another size"
+
+
+def test_scheduler_skips_unneeded_jobs_and_refuses_one_that_a_pending_job_needs(tmp_path):
+    made = tmp_path / "made"
+    a = jobs_lib.Job("a", [_py(f"open({str(made)!r}, 'w')")])
+    b = jobs_lib.Job("b", [_py("pass")], deps=("a",))
+    run = scheduler.Scheduler(str(tmp_path / "out"), progress=False)
+    with pytest.raises(ValueError, match=r"jobs \['b'\] need jobs marked unneeded"):
+        run.run([a, b], unneeded={"a"})
+    assert run.run([a, b], unneeded={"a", "b"}) == {"a": "unneeded", "b": "unneeded"}
+    assert not made.exists()
 
 
 def _run_study_module():

@@ -13,7 +13,9 @@ Every run is one of the project's CLIs (`bin/train`, `bin/evaluate`, `bin/pseudo
 tools) in its own directory under `--out`, with a log in OUT/logs/. Interrupted, it picks up
 where it stopped: finished jobs are skipped, training resumes from checkpoints. Each finished
 job's small result files (eval reports, operative config, learning curve, pseudo-label manifest)
-are copied to RESULTS/runs/<run under OUT>/ at once, to be committed. At the end (and with
+are copied to RESULTS/runs/<run under OUT>/ at once, to be committed, and so is a finished
+teacher's final checkpoint: a clone on another machine puts the finished runs back from there
+and goes on (`tfkd.study.carry`). At the end (and with
 `--report_only`) it writes RESULTS/study.md, study.json and study.png from the runs, read from
 OUT, else from RESULTS/runs (a clone without OUT rebuilds the same tables).
 """
@@ -140,7 +142,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     jobs = plan_jobs.jobs(plan)
-    from tfkd.study import mirror, report, scheduler
+    from tfkd.study import carry, mirror, report, scheduler
 
     if args.dry_run:
         for job in jobs:
@@ -157,14 +159,27 @@ def main(argv=None) -> int:
     status, stopped = {}, None
     clock = scheduler.WallClock(os.path.join(plan.out_dir, mirror.WALL_TIME))
     if not args.report_only:
+        # On a new machine: the runs finished elsewhere come back from the mirror.
+        restored = carry.restore(plan, jobs, results_dir)
+        if restored:
+            print(f"[study] restored {len(restored)} finished jobs from the committed mirror "
+                  f"{mirror.mirror_root(results_dir)}: {', '.join(restored)}")  # fmt: skip
         clock.start()
         runner = scheduler.Scheduler(plan.out_dir, repo=REPO, parallel=args.parallel)
+        unneeded = carry.unneeded(jobs, runner.done)
+        if unneeded:
+            print(f"[study] not run, nothing left needs them: {', '.join(sorted(unneeded))}")
+
+        def on_done(job):  # each finished job's results go to the committed mirror at once
+            mirror.mirror_job(plan, job, results_dir)
+            carry.carry_job(plan, job, results_dir)
+
         try:
-            # Each finished job's results go to the committed mirror at once.
             status = runner.run(
-                jobs,
+                carry.guard_data(plan, jobs, results_dir),
                 tick=clock.tick,
-                on_done=lambda job: mirror.mirror_job(plan, job, results_dir),
+                on_done=on_done,
+                unneeded=unneeded,
             )
         except KeyboardInterrupt as stop:
             stopped = stop
@@ -172,6 +187,7 @@ def main(argv=None) -> int:
             clock.stop()
     # Also jobs finished before (or by a driver without the mirror), and the wall time.
     mirror.mirror_study(plan, jobs, results_dir)
+    carry.carry_study(plan, jobs, results_dir)
     if stopped is not None:
         print(f"[study] stopped ({stopped}); finished jobs are kept, rerun to resume")
         print(f"[study] their results are in {mirror.mirror_root(results_dir)}")

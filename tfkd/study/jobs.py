@@ -102,16 +102,18 @@ class DataStep(tuple):
 
 
 def data_jobs(steps: Sequence[tuple], prefix: str = "data-") -> list[Job]:
-    """Jobs `<prefix><name>` for `builtin_data_steps`, each after the one before; unstamped,
-    since the data tools write their own completion marks (so data built by `make demo`, whose
-    stages have no prefix, is reused by the study and the other way round), and checked
-    (`DataStep.check`) when the step is a `DataStep`."""
+    """Jobs `<prefix><name>` for `builtin_data_steps`, each after every one before (each step
+    reads the corpus and the SentencePiece model; a job names every job whose outputs it reads,
+    `tfkd.study.carry.unneeded`); unstamped, since the data tools write their own completion marks
+    (so data built by `make demo`, whose stages have no prefix, is reused by the study and the
+    other way round), and checked (`DataStep.check`) when the step is a `DataStep`."""
     jobs = []
     for step in steps:
         name, cmds, marks = step
         check = getattr(step, "check", None)
-        jobs.append(Job(f"{prefix}{name}", cmds, outputs=marks, stamped=False, check=check))
-    return in_sequence(jobs)
+        deps = tuple(j.name for j in jobs)
+        jobs.append(Job(f"{prefix}{name}", cmds, deps, marks, stamped=False, check=check))
+    return jobs
 
 
 _REBUILD = "to rebuild {}, or use another data directory"

@@ -7,7 +7,9 @@ a pseudo-label job's `manifest.json`, and each job's stamp (`stamp.json`, its se
 the job finishes (`mirror_job`, the scheduler's `on_done`) and again for every finished job when
 the report is written (`mirror_study`). `tfkd.study.report` reads each run from OUT when it is
 there, else from the mirror (`source_dir`, `study_file`), so a clone without OUT rebuilds the same
-tables. `RESULTS/runs/mirror.json` names the command whose runs the mirror holds (`claim_mirror`):
+tables. A finished teacher's final checkpoint is carried there too, by `tfkd.study.carry`, so that
+a clone on another machine can go on with the study. `RESULTS/runs/mirror.json` names the command
+whose runs the mirror holds (`claim_mirror`):
 the runs of two different studies never mix in one table.
 """
 
@@ -84,8 +86,9 @@ def claim_mirror(results_dir: str, command: str) -> None:
 
 
 def mirror_job(plan: StudyPlan, job: Job, results_dir: str) -> list[str]:
-    """Copies a finished job's small result files (never checkpoints or records) and its stamp
-    to `RESULTS/runs/<run dir under OUT>/`; returns the copies."""
+    """Copies a finished job's small result files (no checkpoint or record: a teacher's
+    checkpoint is `tfkd.study.carry`'s) and its stamp to `RESULTS/runs/<run dir under OUT>/`;
+    returns the copies."""
     run_dir = job_dir(job)
     if run_dir is None:
         return []

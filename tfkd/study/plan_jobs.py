@@ -172,7 +172,7 @@ def pseudo_label_jobs(plan: StudyPlan) -> list[Job]:
             Job(
                 f"pseudo-{os.path.basename(out)}",
                 [argv],
-                deps=(f"teacher-{teacher}",),
+                deps=(f"teacher-{teacher}", *data_deps(plan)),
                 outputs=(os.path.join(out, "manifest.json"),),
                 info={
                     "kind": "pseudo",
@@ -227,12 +227,16 @@ def _teacher_bindings(plan: StudyPlan, method: Method, teacher: str, noise: floa
 def _method_deps(
     plan: StudyPlan, method: Method, teacher: str, noise: float = 0.0
 ) -> tuple[str, ...]:
+    """What a student reads: the data (dev, and the labelled set of the baseline and the mixed
+    arm), its teacher's pseudo-labels, and an online teacher. Each job names every job whose
+    outputs it reads, not only through another job: a study carried to another machine
+    (`tfkd.study.carry`) reruns only what the jobs left to run read."""
     if method.needs == "none":
         return data_deps(plan)
     deps = (f"pseudo-{os.path.basename(_method_pseudo_dir(plan, method, teacher, noise))}",)
     if method.needs == "online":
         deps += (f"teacher-{teacher}",)
-    return deps
+    return deps + data_deps(plan)
 
 
 def student_job_name(arm: str, method: Method, setting: str, seed: int) -> str:

@@ -201,10 +201,13 @@ class Scheduler:
             print(f"[{self.tag}:{name}] {text}", flush=True)
 
     def run(
-        self, jobs: Sequence[Job], tick=None, only: str | None = None, on_done=None
+        self, jobs: Sequence[Job], tick=None, only: str | None = None, on_done=None, unneeded=()
     ) -> dict[str, str]:
-        """Runs every job not done yet; returns `{job: "done"|"skipped"|"failed"|"blocked"}`
-        (a done job whose outputs do not fit this run, `Job.check`, is "failed" without running).
+        """Runs every job not done yet; returns `{job: "done"|"skipped"|"failed"|"blocked"|
+        "unneeded"}` (a done job whose outputs do not fit this run, `Job.check`, is "failed"
+        without running). `unneeded`: names of jobs not done that are not run either, because
+        nothing left to run needs them (`tfkd.study.carry.unneeded`); no job still to run may
+        depend on one.
         `tick()`, if given, is called about twice a second while jobs run (e.g. `WallClock`).
         `only`: run just that job, done or not, taking the jobs it depends on as done (`make demo
         --only STAGE`). `on_done(job)`, if given, is called when a job of this run has finished
@@ -225,7 +228,9 @@ class Scheduler:
         self.failures = {}
         status = {}
         for j in jobs:
-            if self.done(j):
+            if j.name in unneeded and not self.done(j):
+                status[j.name] = "unneeded"
+            elif self.done(j):
                 failure = self.misfit(j)
                 status[j.name] = "skipped" if failure is None else "failed"
                 if failure is not None:
@@ -235,7 +240,12 @@ class Scheduler:
         for name, outcome in status.items():
             if outcome == "skipped":
                 self.say(name, "done already, skipped")
+            elif outcome == "unneeded":
+                self.say(name, "not done, but nothing left to run needs it: skipped")
         pending = [j for j in jobs if j.name not in status]
+        needs = [j.name for j in pending if any(status.get(d) == "unneeded" for d in j.deps)]
+        if needs:
+            raise ValueError(f"jobs {needs} need jobs marked unneeded")
         running: dict[str, _Running] = {}
         bar = tqdm.tqdm(
             total=len(jobs),
