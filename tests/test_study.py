@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -1138,6 +1139,8 @@ def test_a_clone_on_another_machine_restores_finished_runs_and_reruns_only_what_
     assert carry.unneeded(jobs, runner.done) == {
         "pseudo-bad", "pseudo-bad-soft", "pseudo-good-noise0.2", "pseudo-good-soft"}  # fmt: skip
     assert carry.restore(plan, jobs, results) == []  # done in OUT now
+    mirror_lib.mirror_study(plan, jobs, results)  # the mirror's stamps stay the first machine's
+    assert json.loads((good / "stamp.json").read_text()) == {"job": "teacher-good", "seconds": 100}
     assert report.collect(plan, jobs, results_dir=results)["jobs_done"] == 36
     # Every job done: nothing to rerun, not even the data.
     _fake_eval(unfinished, 40.0, 41.0)
@@ -1378,6 +1381,21 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert "[study] done:" not in again.stdout and "wrote" in again.stdout
+    # Another machine: a clone with the mirror only (the teachers' checkpoints in it), where one
+    # student had not finished. The data is rebuilt and checked against the carried runs', the
+    # finished runs come back, and only that student and the pseudo-labels it reads run.
+    mirror = results / "runs"
+    assert (mirror / "data.json").exists() and (mirror / "teachers" / "bad" / "checkpoint").exists()
+    left = "student-teacher-good-hard-default-s0"
+    shutil.rmtree(mirror / "students" / "teacher-good" / "hard" / "default" / "s0")
+    shutil.rmtree(out)
+    moved = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert moved.returncode == 0, moved.stdout[-3000:] + moved.stderr[-3000:]
+    ran = sorted(re.findall(r"\[study\] done: (\S+) ", moved.stdout))
+    assert ran == sorted(["data-corpus", "data-spm", "data-records", "pseudo-good", left])
+    assert f"[study] restored {result['jobs_done'] - 1 - 5} finished jobs" in moved.stdout
+    again = json.loads((results / "study.json").read_text())
+    assert again["jobs_done"] == again["jobs_total"] and again["teachers"] == result["teachers"]
 
 
 def test_librispeech_preset_documents_the_paper_scale_runs(tmp_path):

@@ -94,7 +94,9 @@ def mirror_job(plan: StudyPlan, job: Job, results_dir: str) -> list[str]:
         return []
     dst_dir = mirrored(plan, mirror_root(results_dir), run_dir)
     pairs = [(os.path.join(run_dir, name), os.path.join(dst_dir, name)) for name in _job_files(job)]
-    pairs.append((stamp_path(plan.out_dir, job.name), os.path.join(dst_dir, MIRROR_STAMP)))
+    stamp = stamp_path(plan.out_dir, job.name)
+    if "restored_from" not in (read_json(stamp) or {}):  # put back from here: the copy stays
+        pairs.append((stamp, os.path.join(dst_dir, MIRROR_STAMP)))
     return _copy_present(pairs)
 
 
