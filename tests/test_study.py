@@ -798,24 +798,26 @@ def test_report_compares_methods_paired_by_seed(tmp_path):
     section = md.split("## Comparisons (paired by seed)\n")[1].split("\n## ")[0]
     assert "A run's seed fixes its student's initial weights and the order" in section
     rows = [line for line in section.split("\n") if line.startswith("| ")]
-    assert rows[0] == "| arm | A | B | test A − B | dev A − B | seeds | verdict (test) |"
+    assert rows[0] == "| arm | A | B | test A − B | dev A − B | seeds (which) | verdict (test) |"
     assert rows[1:6] == [
-        "| teacher-bad | full-sum | hard | -1.0 ± 1.2 | -0.5 ± 0.6 | 0, 1, 2 | no separation "
+        "| teacher-bad | full-sum | hard | -1.0 ± 1.2 | -0.5 ± 0.6 | 3 (0, 1, 2) | no separation "
         "(seed 2 collapsed) |",
         # d = [-1.0, -1.2, -0.8]: s = 0.2, half-width 0.50
-        "| teacher-good | full-sum | hard | -1.0 ± 0.5 | -0.5 ± 0.2 | 0, 1, 2 | full-sum better |",
+        "| teacher-good | full-sum | hard | -1.0 ± 0.5 | -0.5 ± 0.2 | 3 (0, 1, 2) | "
+        "full-sum better |",
         # hard has seed 1 only, full-sum seeds 0 and 2
         "| noise-0.2 | full-sum | hard | – | – | – | no common seed |",
         # soft: 45 + (0, 1, -0.5), full-sum 15 points lower at every seed
-        "| teacher-bad | full-sum | soft | -15.0 ± 0.0 | -7.5 ± 0.0 | 0, 1, 2 | full-sum better |",
+        "| teacher-bad | full-sum | soft | -15.0 ± 0.0 | -7.5 ± 0.0 | 3 (0, 1, 2) | "
+        "full-sum better |",
         "| teacher-good | full-sum | soft | – | – | – | missing: soft |",
     ]
     for row in (
         # the variant is worse: B better
-        "| teacher-good | full-sum disc. | full-sum | +2.0 ± 1.2 | +1.0 ± 0.6 | 0, 1, 2 | "
+        "| teacher-good | full-sum disc. | full-sum | +2.0 ± 1.2 | +1.0 ± 0.6 | 3 (0, 1, 2) | "
         "full-sum better |",
-        "| noise-0.2 | hard | no-kd | -5.0 | -2.5 | 1 | one seed: no interval |",
-        "| noise-0.2 | full-sum | no-kd | -5.0 ± 0.0 | -2.5 ± 0.0 | 0, 2 | full-sum better |",
+        "| noise-0.2 | hard | no-kd | -5.0 | -2.5 | 1 (1) | one seed: no interval |",
+        "| noise-0.2 | full-sum | no-kd | -5.0 ± 0.0 | -2.5 ± 0.0 | 2 (0, 2) | full-sum better |",
     ):
         assert row in rows
     assert len(rows) == 1 + len(found)

@@ -253,12 +253,13 @@ def _comparisons_section(comparisons: Sequence[Mapping]) -> list[str]:
         'the student differ). "A better" / "B better": the interval excludes 0; "no '
         'separation": it does not.',
         "",
-        "| arm | A | B | test A − B | dev A − B | seeds | verdict (test) |",
+        "| arm | A | B | test A − B | dev A − B | seeds (which) | verdict (test) |",
         "|---|---|---|---|---|---|---|",
     ]
     for c in comparisons:
         test = c["test"] or {}
-        seeds = ", ".join(map(str, test.get("seeds", []))) or "–"
+        ids = test.get("seeds", [])
+        seeds = f"{len(ids)} ({', '.join(map(str, ids))})" if ids else "–"
         row = [c["arm"], c["a"], c["b"], _difference(c["test"]), _difference(c["dev"]), seeds]
         lines.append("| " + " | ".join(row + [_comparison_verdict(c)]) + " |")
     return lines
