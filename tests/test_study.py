@@ -191,6 +191,10 @@ def test_student_commands_point_at_their_teacher(tmp_path):
     steps = {t: f"--gin_bindings=NUM_STEPS = {n}" for t, n in (("bad", 3000), ("medium", 6000))}
     assert steps["bad"] in bad.argv_lists()[0] and steps["medium"] in medium.argv_lists()[0]
     assert "--gin_bindings=NUM_STEPS = 20000" in good.argv_lists()[0]
+    # Last, the weights the mirror carries to other machines (tfkd.study.carry).
+    weights = os.path.join(plan.teacher_dir("good"), "weights")
+    assert good.argv_lists()[2][1:] == ["./tools/carry_weights.py", plan.teacher_dir("good"),
+                                        weights]  # fmt: skip
     assert not any("file_pattern" in a for t in (bad, medium) for a in t.argv_lists()[0])
     # The good teacher also learns from train-unlabeled with its transcripts.
     unlabeled = os.path.join(plan.data_dir, "records", "train-unlabeled-*.tfrecord")
@@ -1113,6 +1117,12 @@ def test_a_clone_on_another_machine_restores_finished_runs_and_reruns_only_what_
         with open(os.path.join(model_dir, "checkpoint"), "w") as f:
             f.write('model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-4"\n')
         open(os.path.join(model_dir, "ckpt-4.data-00000-of-00001"), "wb").close()
+    weights = os.path.join(plan.teacher_dir("bad"), "weights")  # tools/carry_weights.py's
+    os.makedirs(weights)
+    for name in ("ckpt-4.index", "ckpt-4.data-00000-of-00001"):
+        with open(os.path.join(weights, name), "w") as f:
+            f.write("weights only")
+    shutil.copy(os.path.join(plan.teacher_dir("bad"), "checkpoint"), weights)
     results = str(tmp_path / "results")
     mirror_lib.mirror_study(plan, jobs, results)
     carried = carry.carry_study(plan, jobs, results)
@@ -1121,6 +1131,8 @@ def test_a_clone_on_another_machine_restores_finished_runs_and_reruns_only_what_
     assert sorted(str(p.relative_to(good)) for p in good.rglob("*") if p.is_file()) == [
         "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index", "eval/dev.json",
         "eval/test.json", "operative_config.gin", "stamp.json"]  # fmt: skip
+    assert (mirror / "teachers" / "bad" / "ckpt-4.index").read_text() == "weights only"
+    assert (good / "ckpt-4.index").read_text() == ""  # no weights/: the training checkpoint
     assert str(mirror / "data.json") in carried
     files = json.loads((mirror / "data.json").read_text())["files"]
     assert sorted(files) == ["records/dev-00000.tfrecord", "spm/spm.model"]

@@ -1,5 +1,6 @@
 """tfkd.trained_model: restoring a run from its model directory, and export's import boundary."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -30,8 +31,9 @@ lstm_student.dropout = 0.0
 """
 
 
-def _save_run(model_dir, gin_text, step=7, seed=4):
-    """A model directory as bin/train leaves it: `operative_config.gin` and a `ckpt-<step>`."""
+def _save_run(model_dir, gin_text, step=7, seed=4, adam_slots=False):
+    """A model directory as bin/train leaves it: `operative_config.gin` and a `ckpt-<step>`
+    (with Adam's two slots per weight when `adam_slots`, as after a training step)."""
     os.makedirs(model_dir, exist_ok=True)
     path = os.path.join(model_dir, loop.OPERATIVE_CONFIG)
     with open(path, "w") as f:
@@ -43,8 +45,11 @@ def _save_run(model_dir, gin_text, step=7, seed=4):
     finally:
         gin.clear_config()
     model.build_by_calling(num_features=80)
+    optimizer = keras.optimizers.Adam()
+    if adam_slots:
+        optimizer.build(model.trainable_variables)
     ckpt = tf.train.Checkpoint(
-        model=model, optimizer=keras.optimizers.Adam(), step=tf.Variable(step, dtype=tf.int64)
+        model=model, optimizer=optimizer, step=tf.Variable(step, dtype=tf.int64)
     )
     tf.train.CheckpointManager(ckpt, model_dir, 1, checkpoint_name="ckpt").save(step)
     return model
@@ -229,3 +234,46 @@ def test_clear_errors(tmp_path, clean_gin):
     with pytest.raises(ValueError, match="binds no train.model_fn"):
         trained_model.load_trained_model(run, gin_files=[os.path.join(run, "no_model.gin")])
     assert gin.config_str() == ""
+
+
+def _carry_weights_tool():
+    spec = importlib.util.spec_from_file_location(
+        "carry_weights", os.path.join(ROOT, "tools", "carry_weights.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_carry_weights_keeps_the_model_and_step_without_the_optimizer(tmp_path, clean_gin, capsys):
+    run = str(tmp_path / "run")
+    saved = _save_run(run, TINY_STUDENT + "train.trainer_fn = @SupervisedTrainer\n", 9, 4, True)
+    tool = _carry_weights_tool()
+    assert tool.main([run]) == 0
+    weights = os.path.join(run, "weights")
+    assert sorted(os.listdir(weights)) == [
+        "checkpoint", "ckpt-9.data-00000-of-00001", "ckpt-9.index"]  # fmt: skip
+    assert f"ckpt-9 (step 9) -> {weights}/ckpt-9 (" in capsys.readouterr().out
+    # Read like the run's own checkpoint, with the run's config.
+    config_file = os.path.join(run, loop.OPERATIVE_CONFIG)
+    restored = trained_model.load_trained_model(weights, gin_files=[config_file])
+    assert restored.step == 9
+    _assert_same_weights(restored.model, saved)
+
+    # Adam's m and v are two more copies of every trainable weight.
+    def size(d):
+        return os.path.getsize(os.path.join(d, "ckpt-9.data-00000-of-00001"))
+
+    assert size(weights) < 0.4 * size(run)
+    assert tool.main([run, weights]) == 0  # again: still one checkpoint
+    assert len(os.listdir(weights)) == 3
+
+
+def test_carry_weights_of_a_run_without_a_checkpoint_is_one_message(tmp_path, capsys):
+    from tfkd import cli
+
+    tool = _carry_weights_tool()
+    assert cli.run(tool.main, "tools/carry_weights.py", [str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tools/carry_weights.py: gin config {tmp_path}/operative_config.gin "
+                          "not found: train the model first")  # fmt: skip

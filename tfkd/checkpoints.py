@@ -59,6 +59,16 @@ def load_checkpoint(model, model_dir, checkpoint=None):
     return path, int(step.numpy())
 
 
+def save_weights(model, step, directory):
+    """Writes `DIRECTORY/ckpt-<step>`, the model part of a training checkpoint: the same object
+    graph under `model` and `step`, without the optimizer (a third of the size for Adam), which
+    `load_checkpoint` reads like a training run's. Keeps one checkpoint there; returns its path."""
+    step = tf.Variable(int(step), dtype=tf.int64, trainable=False)
+    root = tf.train.Checkpoint(model=model, step=step)
+    manager = tf.train.CheckpointManager(root, directory, max_to_keep=1)
+    return manager.save(checkpoint_number=int(step.numpy()))
+
+
 def untracked_weights(root, model):
     """Paths of `model.weights` that the checkpoint object graph under `root` does not reach."""
     reachable = {id(obj) for obj in tf.train.TrackableView(root).descendants()}

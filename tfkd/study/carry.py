@@ -2,7 +2,8 @@
 
 A study directory OUT stays on the machine that ran it; the committed mirror RESULTS/runs
 (`tfkd.study.mirror`) travels with the repository. Besides each finished job's small files, the
-mirror keeps every finished teacher's final checkpoint: pseudo-labelling and online students read
+mirror keeps every finished teacher's final weights (`tools/carry_weights.py`, the teacher job's
+last command: its checkpoint without the optimizer): pseudo-labelling and online students read
 it, and training the teacher again elsewhere would give another teacher (training is not
 bit-reproducible across CPUs), so the students already finished and those still to run would not
 share their teacher. On a new machine the driver then:
@@ -34,6 +35,9 @@ from tfkd.study.plan import StudyPlan
 
 # RESULTS/runs/data.json: {"files": {path under DATA: sha256}} of the data the carried runs used.
 DATA_FINGERPRINT = "data.json"
+# MODEL_DIR/weights: a teacher's weights without the optimizer (tools/carry_weights.py, the last
+# command of a teacher job), a third of its training checkpoint; carried instead of it.
+WEIGHTS_DIR = "weights"
 # bin/train's checkpoint state file (tf.train.CheckpointManager, paths relative to the model dir).
 CHECKPOINT_STATE = "checkpoint"
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"([^"]+)"\s*$', re.MULTILINE)
@@ -159,14 +163,17 @@ def guard_data(plan: StudyPlan, jobs: Sequence[Job], results_dir: str) -> list[J
 
 
 def carry_job(plan: StudyPlan, job: Job, results_dir: str) -> list[str]:
-    """For a finished teacher: its final checkpoint into its mirror copy (`carry_checkpoint`),
-    and DATA's fingerprint into the mirror unless one is there (`record_data`); returns what it
-    wrote. Other jobs carry nothing beyond `mirror.mirror_job`."""
+    """For a finished teacher: its weights (`WEIGHTS_DIR`; else, as in a teacher put back here,
+    its final checkpoint) into its mirror copy (`carry_checkpoint`), and DATA's fingerprint into
+    the mirror unless one is there (`record_data`); returns what it wrote. Other jobs carry
+    nothing beyond `mirror.mirror_job`."""
     if job.info.get("kind") != "teacher":
         return []
     run_dir = job.info["model_dir"]
+    weights = os.path.join(run_dir, WEIGHTS_DIR)
+    source = weights if latest_checkpoint_files(weights) else run_dir
     copies = carry_checkpoint(
-        run_dir, mirror.mirrored(plan, mirror.mirror_root(results_dir), run_dir)
+        source, mirror.mirrored(plan, mirror.mirror_root(results_dir), run_dir)
     )
     written = record_data(plan, results_dir) if copies else None
     return copies + ([written] if written else [])

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from tfkd.study import jobs as jobs_lib
 from tfkd.study import stats
+from tfkd.study.carry import WEIGHTS_DIR
 from tfkd.study.jobs import (
     Job,
     builtin_data_steps,
@@ -138,7 +139,9 @@ def _teacher_commands(plan: StudyPlan, teacher: Teacher, model_dir: str) -> list
         f"--gin_bindings=NUM_STEPS = {teacher.num_steps}",
         *[f"--gin_bindings={b.replace('{data}', plan.data_dir)}" for b in teacher.bindings],
     )
-    return [train, _evaluate(plan, model_dir)]
+    # The weights without the optimizer, which the mirror carries to other machines.
+    weights = plan.tool("tools/carry_weights.py", model_dir, os.path.join(model_dir, WEIGHTS_DIR))
+    return [train, _evaluate(plan, model_dir), weights]
 
 
 def pseudo_label_jobs(plan: StudyPlan) -> list[Job]:
