@@ -1152,6 +1152,29 @@ def test_a_clone_on_another_machine_restores_finished_runs_and_reruns_only_what_
     # The unfinished student reads pseudo-good, made from the carried teacher from the data.
     assert carry.unneeded(jobs, runner.done) == {
         "pseudo-bad", "pseudo-bad-soft", "pseudo-good-noise0.2", "pseudo-good-soft"}  # fmt: skip
+    # The pseudo-labels made again here are compared with the carried ones.
+    pseudo = next(j for j in jobs if j.name == "pseudo-good")
+    assert carry.compare_pseudo_labels(plan, pseudo, results) is None  # not made again yet
+    shards = [{"input": f"/a/train-{i}.tfrecord", "num_records": 5, "num_bytes": 100 + i,
+               "label_token_errors": 3, "teacher_token_errors": 3} for i in range(2)]  # fmt: skip
+    carried_manifest = {"label_wer": 33.0, "shards": shards}
+    with open(mirror / "pseudo" / "good" / "manifest.json", "w") as f:
+        json.dump(carried_manifest, f)
+    os.makedirs(pseudo.info["dir"])
+    with open(os.path.join(pseudo.info["dir"], "manifest.json"), "w") as f:
+        json.dump({**carried_manifest, "output_pattern": "/elsewhere/*.tfrecord"}, f)
+    assert carry.compare_pseudo_labels(plan, pseudo, results) == (
+        "pseudo-good: the same pseudo-labels as the carried run's (2 shards agree)"
+    )
+    shards[1] = {**shards[1], "num_bytes": 99}
+    with open(os.path.join(pseudo.info["dir"], "manifest.json"), "w") as f:
+        json.dump({"label_wer": 33.04, "shards": shards}, f)
+    assert carry.compare_pseudo_labels(plan, pseudo, results) == (
+        "pseudo-good: pseudo-labels differ from the carried run's in 1 shards (first "
+        "train-1.tfrecord; label WER 33.00 then, 33.04 now): students finished before read the "
+        "carried ones"
+    )
+    shutil.rmtree(pseudo.info["dir"])
     assert carry.restore(plan, jobs, results) == []  # done in OUT now
     mirror_lib.mirror_study(plan, jobs, results)  # the mirror's stamps stay the first machine's
     assert json.loads((good / "stamp.json").read_text()) == {"job": "teacher-good", "seconds": 100}
@@ -1408,6 +1431,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     ran = sorted(re.findall(r"\[study\] done: (\S+) ", moved.stdout))
     assert ran == sorted(["data-corpus", "data-spm", "data-records", "pseudo-good", left])
     assert f"[study] restored {result['jobs_done'] - 1 - 5} finished jobs" in moved.stdout
+    # From the carried weights, the same pseudo-labels as the first time.
+    assert "[study] pseudo-good: the same pseudo-labels as the carried run's (" in moved.stdout
     again = json.loads((results / "study.json").read_text())
     assert again["jobs_done"] == again["jobs_total"] and again["teachers"] == result["teachers"]
 

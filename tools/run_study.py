@@ -171,6 +171,9 @@ def main(argv=None) -> int:
             print(f"[study] not run, nothing left needs them: {', '.join(sorted(unneeded))}")
 
         def on_done(job):  # each finished job's results go to the committed mirror at once
+            agreement = carry.compare_pseudo_labels(plan, job, results_dir)
+            if agreement:
+                print(f"[study] {agreement}", flush=True)
             mirror.mirror_job(plan, job, results_dir)
             carry.carry_job(plan, job, results_dir)
 

@@ -179,6 +179,43 @@ def carry_job(plan: StudyPlan, job: Job, results_dir: str) -> list[str]:
     return copies + ([written] if written else [])
 
 
+_SHARD_KEYS = ("num_records", "num_bytes", "label_token_errors", "teacher_token_errors")
+
+
+def _shard_counts(manifest: dict) -> list[tuple]:
+    return [
+        (os.path.basename(sh.get("input", "")), *(sh.get(k) for k in _SHARD_KEYS))
+        for sh in manifest.get("shards", [])
+    ]
+
+
+def compare_pseudo_labels(plan: StudyPlan, job: Job, results_dir: str) -> str | None:
+    """For a pseudo-label job run again here from a carried teacher, before its manifest replaces
+    the mirror's: whether it made the pseudo-labels the students finished elsewhere read (per
+    shard: records, bytes, token errors against the reference and the teacher), as one line;
+    None for other jobs or with nothing in the mirror to compare with."""
+    if job.info.get("kind") != "pseudo":
+        return None
+    copy = os.path.join(
+        mirror.mirrored(plan, mirror.mirror_root(results_dir), job.info["dir"]), mirror.MANIFEST
+    )
+    carried = read_json(copy)
+    made = read_json(os.path.join(job.info["dir"], mirror.MANIFEST))
+    if carried is None or made is None:
+        return None
+    old, new = _shard_counts(carried), _shard_counts(made)
+    if old == new:
+        return f"{job.name}: the same pseudo-labels as the carried run's ({len(new)} shards agree)"
+    differ = [a[0] for a, b in zip(old, new, strict=False) if a != b]
+    differ += ["(shard count)"] if len(old) != len(new) else []
+    return (
+        f"{job.name}: pseudo-labels differ from the carried run's in {len(differ)} shards (first "
+        f"{differ[0]}; label WER {carried.get('label_wer', float('nan')):.2f} then, "
+        f"{made.get('label_wer', float('nan')):.2f} now): students finished before read the "
+        "carried ones"
+    )
+
+
 def carry_study(plan: StudyPlan, jobs: Sequence[Job], results_dir: str) -> list[str]:
     """`carry_job` for every teacher finished in OUT (stamped, evaluated)."""
     copies = []
