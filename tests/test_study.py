@@ -1098,6 +1098,11 @@ def test_a_teachers_last_checkpoint_is_carried_and_restores_in_tensorflow(tmp_pa
     assert sorted(os.listdir(copy)) == [
         "checkpoint", "ckpt-12.data-00000-of-00001", "ckpt-12.index"]  # fmt: skip
     assert carry.carry_checkpoint(str(tmp_path / "none"), copy) == []
+    v.assign(4.0)  # trained again: other weights, the same step and file sizes
+    manager.save(checkpoint_number=12)
+    carry.carry_checkpoint(run, copy)
+    tf.train.Checkpoint(v=w).restore(tf.train.latest_checkpoint(copy)).assert_consumed()
+    assert w.numpy() == 4.0
 
 
 def _fake_data(plan):
