@@ -1,7 +1,6 @@
 """Learning curves: `eval/history.jsonl` written by train(), read back, and tools/plot_curves.py."""
 
 import glob
-import importlib.util
 import json
 import os
 import time
@@ -9,6 +8,7 @@ import time
 import pytest
 import tensorflow as tf
 from test_training import VOCAB, B, tiny_model
+from tool_scripts import load_tool
 from training_records import write_tiny_records
 
 from tfkd.data import pipeline
@@ -158,15 +158,6 @@ def test_train_writes_one_record_per_evaluation_and_continues_after_a_resume(tmp
 # --- tools/plot_curves.py -------------------------------------------------------------------
 
 
-def _plot_curves():
-    spec = importlib.util.spec_from_file_location(
-        "plot_curves", os.path.join(ROOT, "tools", "plot_curves.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _fake_run(directory, points):
     """A history of `(step, train_seconds, cpu_seconds, dev_wer, train_wer)` points."""
     for step, seconds, cpu, dev, train in points:
@@ -190,7 +181,7 @@ def test_plot_curves_prints_best_and_last_points_and_writes_a_png(tmp_path, caps
     png = tmp_path / "plots" / "curves.png"
     argv = [f"--run=old={tmp_path / 'old'}", f"--run=new={tmp_path / 'new'}", "--metric=dev/wer"]
     argv += ["--metric=train/wer", f"--output={png}", "--title=recipes"]
-    assert _plot_curves().main(argv) == 0
+    assert load_tool("plot_curves").main(argv) == 0
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert table == [
@@ -202,7 +193,9 @@ def test_plot_curves_prints_best_and_last_points_and_writes_a_png(tmp_path, caps
     ]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     # CPU minutes on the x axis: the table reports them instead.
-    _plot_curves().main([f"--run=new={tmp_path / 'new'}", "--x=cpu_minutes", f"--output={png}"])
+    load_tool("plot_curves").main(
+        [f"--run=new={tmp_path / 'new'}", "--x=cpu_minutes", f"--output={png}"]
+    )
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert rows[0].startswith("| run | best dev/wer | at step | at CPU min |")
     assert rows[2] == "| new | 60.25 | 1000 | 16.7 | 1500 | 26.7 | 61.00 |"
@@ -213,13 +206,15 @@ def test_plot_curves_names_a_run_without_history_and_how_to_make_one(tmp_path):
     os.makedirs(tmp_path / "bare")
     argv = [f"--run=ok={tmp_path / 'ok'}", f"--run=bare={tmp_path / 'bare'}"]
     with pytest.raises(SystemExit) as e:
-        _plot_curves().main([*argv, f"--output={tmp_path / 'c.png'}"])
+        load_tool("plot_curves").main([*argv, f"--output={tmp_path / 'c.png'}"])
     message = str(e.value)
     assert len(message.splitlines()) == 1
     assert str(tmp_path / "bare") in message and "train.eval_every" in message
     assert not (tmp_path / "c.png").exists()
     with pytest.raises(SystemExit, match="no 'dev/loss' in"):
-        _plot_curves().main([argv[0], "--metric=dev/loss", f"--output={tmp_path / 'c.png'}"])
+        load_tool("plot_curves").main(
+            [argv[0], "--metric=dev/loss", f"--output={tmp_path / 'c.png'}"]
+        )
 
 
 def test_plot_curves_reads_a_probe_summary_curve(tmp_path, capsys):
@@ -231,9 +226,9 @@ def test_plot_curves_reads_a_probe_summary_curve(tmp_path, capsys):
     summary.write_text(json.dumps({"name": "teacher_x", "final": {}, "curve": curve}))
     png = tmp_path / "c.png"
     argv = [f"--run=x={summary}", "--x=cpu_minutes", f"--output={png}"]
-    assert _plot_curves().main(argv) == 0
+    assert load_tool("plot_curves").main(argv) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert rows[2] == "| x | 70.00 | 1000 | 8.0 | 1000 | 8.0 | 70.00 |"
     (tmp_path / "bad.json").write_text(json.dumps({"name": "no curve"}))
     with pytest.raises(SystemExit, match=r"bad: no records in .*bad\.json \(no `curve`"):
-        _plot_curves().main([f"--run=bad={tmp_path / 'bad.json'}", f"--output={png}"])
+        load_tool("plot_curves").main([f"--run=bad={tmp_path / 'bad.json'}", f"--output={png}"])

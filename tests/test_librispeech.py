@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from audio_fixtures import signal, truncate, write_flac, write_wav
+from tool_scripts import load_tool
 
 from tfkd.data import librispeech, records, tokenizer
 
@@ -291,16 +291,9 @@ def _run_tool(*args):
     )
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_spm_cli_on_librispeech_layout(corpus, tmp_path, capsys):
     prefix = str(tmp_path / "m" / "spm")
-    tool = _load_tool("train_spm")
+    tool = load_tool("train_spm")
     assert tool.main([corpus, "--vocab_size", "30", "--output_prefix", prefix]) == 0
     tok = tokenizer.Tokenizer(str(tmp_path / "m" / "spm.model"))
     assert tok.pieces[0] == "<blank>" and tok.vocab_size <= 30
@@ -323,7 +316,7 @@ def test_train_spm_cli_on_librispeech_layout(corpus, tmp_path, capsys):
 
 def test_prepare_cli_in_process(corpus, tmp_path, capsys):
     out = str(tmp_path / "rec")
-    tool = _load_tool("prepare_librispeech")
+    tool = load_tool("prepare_librispeech")
     assert tool.main([corpus, out, "--shard_size", "4", "--no_progress"]) == 0
     with open(os.path.join(out, "dev-tiny.manifest.json")) as f:
         m = json.load(f)

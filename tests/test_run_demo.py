@@ -3,13 +3,13 @@ scheduler; `tfkd.study.demo_report`): stage skipping, failures naming the stage,
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
 
 import pytest
 from gin_settings import gin_settings
+from tool_scripts import load_tool
 
 from tfkd.study import demo, demo_report
 from tfkd.study.jobs import Job
@@ -17,16 +17,7 @@ from tfkd.study.jobs import Job
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_driver():
-    spec = importlib.util.spec_from_file_location(
-        "run_demo", os.path.join(REPO, "tools", "run_demo.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_demo = _load_driver()
+run_demo = load_tool("run_demo")
 
 
 def _touch_stage(name, out_file, code=0):

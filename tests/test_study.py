@@ -2,7 +2,6 @@
 
 import dataclasses
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -14,6 +13,7 @@ import types
 
 import gin
 import pytest
+from tool_scripts import load_tool
 
 from tfkd import cli, config
 from tfkd.study import carry, plan_jobs, report, report_markdown, scheduler, stats
@@ -1236,18 +1236,9 @@ def test_scheduler_skips_unneeded_jobs_and_refuses_one_that_a_pending_job_needs(
     assert not made.exists()
 
 
-def _run_study_module():
-    spec = importlib.util.spec_from_file_location(
-        "run_study", os.path.join(REPO, "tools", "run_study.py")
-    )
-    run_study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_study)
-    return run_study
-
-
 def test_report_only_from_the_committed_results_alone(tmp_path, monkeypatch, clean_gin):
     """tools/run_study.py --report_only on a clone with RESULTS but without OUT."""
-    run_study = _run_study_module()
+    run_study = load_tool("run_study")
     monkeypatch.setattr(run_study.signal, "signal", lambda *args: None)  # pytest keeps its own
     plan, jobs = _fake_study(tmp_path, seeds=(0,))
     out, data, results = plan.out_dir, plan.data_dir, str(tmp_path / "results")
@@ -1482,13 +1473,13 @@ def test_dry_run_lists_the_jobs_without_tensorflow_start_up_lines(tmp_path, monk
     assert [line for line in lines if "cuda" in line.lower() or "tensorrt" in line.lower()] == []
     assert proc.stdout.splitlines()[-1] == f"26 jobs; study directory {tmp_path}"
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    run_study = _run_study_module()
+    run_study = load_tool("run_study")
     run_study.load_plan(run_study._parse_args(["--preset", "tiny", "--out", str(tmp_path)]))
     assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 
 
 def test_results_name_the_command_that_runs_the_study_not_the_report():
-    run_study = _run_study_module()
+    run_study = load_tool("run_study")
     argv = ["--report_only", "--results", "/tmp/r", "--parallel", "1", "--out", "runs/s"]
     argv += ["--gin_bindings", "StudyPlan.seeds = (0,)"]
     assert run_study._command_line(run_study._parse_args(argv)) == (

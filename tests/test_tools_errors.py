@@ -5,12 +5,12 @@ Each tool runs in this process as `python tools/NAME.py ARGS` would (its `__main
 `sys.argv` set): a subprocess would pay seconds for every TensorFlow import.
 """
 
-import importlib.util
 import os
 import runpy
 import sys
 
 import pytest
+from tool_scripts import load_tool
 
 from tfkd.study.jobs import Job
 
@@ -78,15 +78,8 @@ def test_run_demo_unknown_stage_deletes_nothing(tmp_path, monkeypatch, capsys):
     assert out.exists()  # --fresh did not delete OUT for a typo
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_run_demo_failed_stage_is_one_line_naming_its_log(tmp_path, monkeypatch, capsys):
-    run_demo = _load("run_demo")
+    run_demo = load_tool("run_demo")
     fail = [sys.executable, "-c", "raise SystemExit(3)"]
     monkeypatch.setattr(run_demo, "demo_jobs", lambda ctx: [Job("spm", [fail])])
     out = str(tmp_path / "out")

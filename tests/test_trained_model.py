@@ -1,6 +1,5 @@
 """tfkd.trained_model: restoring a run from its model directory, and export's import boundary."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_scripts import load_tool
 from training_records import write_tiny_records
 
 from tfkd import config, trained_model
@@ -236,19 +236,10 @@ def test_clear_errors(tmp_path, clean_gin):
     assert gin.config_str() == ""
 
 
-def _carry_weights_tool():
-    spec = importlib.util.spec_from_file_location(
-        "carry_weights", os.path.join(ROOT, "tools", "carry_weights.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_carry_weights_keeps_the_model_and_step_without_the_optimizer(tmp_path, clean_gin, capsys):
     run = str(tmp_path / "run")
     saved = _save_run(run, TINY_STUDENT + "train.trainer_fn = @SupervisedTrainer\n", 9, 4, True)
-    tool = _carry_weights_tool()
+    tool = load_tool("carry_weights")
     assert tool.main([run]) == 0
     weights = os.path.join(run, "weights")
     assert sorted(os.listdir(weights)) == [
@@ -272,7 +263,7 @@ def test_carry_weights_keeps_the_model_and_step_without_the_optimizer(tmp_path, 
 def test_carry_weights_of_a_run_without_a_checkpoint_is_one_message(tmp_path, capsys):
     from tfkd import cli
 
-    tool = _carry_weights_tool()
+    tool = load_tool("carry_weights")
     assert cli.run(tool.main, "tools/carry_weights.py", [str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"tools/carry_weights.py: gin config {tmp_path}/operative_config.gin "
