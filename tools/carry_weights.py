@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfkd import checkpoints, cli  # noqa: E402
+from tfkd.study.carry import WEIGHTS_DIR, latest_checkpoint_files  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,13 +30,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from tfkd.trained_model import load_trained_model
 
-    out = args.out_dir or os.path.join(args.model_dir, "weights")
+    out = args.out_dir or os.path.join(args.model_dir, WEIGHTS_DIR)
     try:
         trained = load_trained_model(args.model_dir)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(cli.message(e)) from e
     path = checkpoints.save_weights(trained.model, trained.step, out)
-    size = sum(os.path.getsize(p) for p in (path + ".index", path + ".data-00000-of-00001"))
+    size = sum(os.path.getsize(p) for p in latest_checkpoint_files(out))
     print(f"{trained.checkpoint} (step {trained.step}) -> {path} ({size / 1e6:.1f} MB)")
     return 0
 

@@ -222,8 +222,7 @@ def carry_study(plan: StudyPlan, jobs: Sequence[Job], results_dir: str) -> list[
     """`carry_job` for every teacher finished in OUT (stamped, evaluated)."""
     copies = []
     for job in jobs:
-        done = os.path.exists(stamp_path(plan.out_dir, job.name))
-        if done and job.outputs and all(os.path.exists(p) for p in job.outputs):
+        if mirror.finished_in_out(plan, job):
             copies += carry_job(plan, job, results_dir)
     return copies
 
@@ -238,7 +237,7 @@ def _carried_files(job: Job, copy: str) -> list[str] | None:
     needed = [*mirror.EVAL_FILES, mirror.MIRROR_STAMP]
     if not all(os.path.exists(os.path.join(copy, n)) for n in needed):
         return None
-    names = [n for n in (*mirror.MODEL_FILES,) if os.path.exists(os.path.join(copy, n))]
+    names = [n for n in mirror.MODEL_FILES if os.path.exists(os.path.join(copy, n))]
     if job.info["kind"] == "teacher":
         ckpt = latest_checkpoint_files(copy)
         if not ckpt:

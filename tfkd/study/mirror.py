@@ -111,13 +111,18 @@ def _copy_present(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return copied
 
 
+def finished_in_out(plan: StudyPlan, job: Job) -> bool:
+    """`job` finished in OUT: its stamp and its outputs (it has some) exist."""
+    done = os.path.exists(stamp_path(plan.out_dir, job.name))
+    return done and bool(job.outputs) and all(os.path.exists(p) for p in job.outputs)
+
+
 def mirror_study(plan: StudyPlan, jobs: Sequence[Job], results_dir: str) -> list[str]:
     """`mirror_job` for every finished job in OUT (stamp and outputs exist), and OUT's wall time
     and its note; returns the copies."""
     copied = []
     for job in jobs:
-        done = os.path.exists(stamp_path(plan.out_dir, job.name))
-        if done and job.outputs and all(os.path.exists(p) for p in job.outputs):
+        if finished_in_out(plan, job):
             copied += mirror_job(plan, job, results_dir)
     names = (WALL_TIME, WALL_TIME_NOTE)
     pairs = [
